@@ -1,0 +1,255 @@
+// Package discovery holds Tributary's core model and the contracts every other
+// package plugs into: what an endpoint is, how a source hands its state over,
+// how the configuration is read, and the manager that runs the sources.
+//
+// It imports nothing else of Tributary's.
+package discovery
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// MaxHostLen bounds the host part of an authority (the DNS limit).
+const MaxHostLen = 255
+
+// DefaultWeight is the weight of an endpoint that does not declare one. It is
+// the weight Linkerd's destination controller gives every endpoint.
+const DefaultWeight = 10000
+
+// ErrInvalidAuthority is wrapped by every error ParseAuthority returns.
+var ErrInvalidAuthority = errors.New("invalid authority")
+
+// Authority is the name a client asks for: a host and a port. Port 0 stands
+// for "any port" on the serving side: a service declared without a port
+// answers for every port of its host.
+type Authority struct {
+	Host string
+	Port uint16
+}
+
+// String formats the authority as host:port, or host alone when Port is 0.
+func (a Authority) String() string {
+	if a.Port == 0 {
+		return a.Host
+	}
+	return a.Host + ":" + strconv.Itoa(int(a.Port))
+}
+
+// ParseAuthority reads "host[:port]". A missing port is defaultPort. Hosts are
+// lower-cased and a trailing dot is dropped, so "Web.Demo." and "web.demo"
+// are one authority. It rejects an empty host, a host longer than MaxHostLen,
+// control characters, spaces, non-ASCII bytes, and a port that is not a number in 1..65535.
+// The error wraps ErrInvalidAuthority.
+func ParseAuthority(s string, defaultPort uint16) (Authority, error) {
+	if len(s) > MaxHostLen+6 {
+		return Authority{}, fmt.Errorf("%w: longer than %d bytes", ErrInvalidAuthority, MaxHostLen+6)
+	}
+	host, port := s, defaultPort
+	if i := strings.LastIndexByte(s, ':'); i >= 0 && !strings.HasSuffix(s, "]") {
+		if strings.IndexByte(s[:i], ':') >= 0 && !strings.HasPrefix(s, "[") {
+			return Authority{}, fmt.Errorf("%w: %q: an IPv6 address must be in brackets", ErrInvalidAuthority, s)
+		}
+		p, err := strconv.ParseUint(s[i+1:], 10, 16)
+		if err != nil || p == 0 {
+			return Authority{}, fmt.Errorf("%w: %q: port must be a number from 1 to 65535", ErrInvalidAuthority, s)
+		}
+		host, port = s[:i], uint16(p)
+	}
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	if host == "" {
+		return Authority{}, fmt.Errorf("%w: %q: empty host", ErrInvalidAuthority, s)
+	}
+	if len(host) > MaxHostLen {
+		return Authority{}, fmt.Errorf("%w: host longer than %d bytes", ErrInvalidAuthority, MaxHostLen)
+	}
+	for i := 0; i < len(host); i++ {
+		if c := host[i]; c <= ' ' || c >= 0x7f || c == '/' || c == '\\' {
+			return Authority{}, fmt.Errorf("%w: %q: host must be printable ASCII without spaces or slashes (use punycode for international names)", ErrInvalidAuthority, s)
+		}
+	}
+	return Authority{Host: host, Port: port}, nil
+}
+
+// Health is the state of an endpoint as its source or the active checker sees it.
+type Health uint8
+
+const (
+	// HealthUnknown: nothing says either way. Served.
+	HealthUnknown Health = iota
+	// HealthPassing: checks pass. Served.
+	HealthPassing
+	// HealthWarning: degraded but serving (a source that treats warning as
+	// unhealthy maps it to HealthCritical itself). Served.
+	HealthWarning
+	// HealthCritical: failing. Evicted on read; the row stays, so recovery is instant.
+	HealthCritical
+)
+
+var healthNames = [...]string{"unknown", "passing", "warning", "critical"}
+
+func (h Health) String() string {
+	if int(h) < len(healthNames) {
+		return healthNames[h]
+	}
+	return "health(" + strconv.Itoa(int(h)) + ")"
+}
+
+// ParseHealth reads the names String returns.
+func ParseHealth(s string) (Health, error) {
+	for i, n := range healthNames {
+		if s == n {
+			return Health(i), nil
+		}
+	}
+	return 0, fmt.Errorf("unknown health %q (want unknown, passing, warning or critical)", s)
+}
+
+// Serving reports whether an endpoint in this state receives traffic.
+func (h Health) Serving() bool { return h != HealthCritical }
+
+// IdentityKind says how an endpoint's TLS identity is named.
+type IdentityKind uint8
+
+const (
+	// IdentityNone: not known. The proxy then does not attempt mTLS; an
+	// identity is never guessed.
+	IdentityNone IdentityKind = iota
+	// IdentityDNS: a DNS-like name, as Linkerd's own identities
+	// (web.demo.serviceaccount.identity.linkerd.cluster.local).
+	IdentityDNS
+	// IdentitySPIFFE: a SPIFFE URI (spiffe://trust-domain/path). It always
+	// comes with a ServerName, the SNI the proxy sends.
+	IdentitySPIFFE
+)
+
+// Identity is the workload identity a client should expect of an endpoint.
+type Identity struct {
+	Kind IdentityKind
+	// Name is the DNS-like name or the SPIFFE URI.
+	Name string
+	// ServerName is the TLS server name; required with IdentitySPIFFE, and
+	// the same as Name for IdentityDNS.
+	ServerName string
+}
+
+// ParseIdentity classifies an identity string as written in configuration
+// or by a backend: "spiffe://…" is a SPIFFE URI and then needs serverName;
+// anything else non-empty is a DNS-like name.
+func ParseIdentity(name, serverName string) (Identity, error) {
+	switch {
+	case name == "" && serverName == "":
+		return Identity{}, nil
+	case name == "":
+		return Identity{}, errors.New("server_name given without identity")
+	case strings.HasPrefix(name, "spiffe://"):
+		if len(name) <= len("spiffe://") || strings.ContainsAny(name, " \t\r\n") {
+			return Identity{}, fmt.Errorf("identity %q is not a valid SPIFFE ID", name)
+		}
+		if serverName == "" {
+			return Identity{}, fmt.Errorf("identity %q is a SPIFFE ID and needs a server_name (the proxy rejects one without)", name)
+		}
+		return Identity{Kind: IdentitySPIFFE, Name: name, ServerName: serverName}, nil
+	case strings.Contains(name, "://"):
+		return Identity{}, fmt.Errorf("identity %q: only spiffe:// URIs and DNS-like names are supported", name)
+	default:
+		if serverName != "" && serverName != name {
+			return Identity{}, fmt.Errorf("identity %q is DNS-like; its server name is the name itself (drop server_name)", name)
+		}
+		return Identity{Kind: IdentityDNS, Name: name, ServerName: name}, nil
+	}
+}
+
+// Protocol is a hint of what an endpoint speaks, passed to the proxy.
+type Protocol uint8
+
+const (
+	ProtocolUnknown Protocol = iota // the proxy detects
+	ProtocolH2                      // the endpoint accepts HTTP/2 (the proxy may upgrade)
+	ProtocolOpaque                  // forward bytes; no protocol detection
+)
+
+var protocolNames = [...]string{"", "h2", "opaque"}
+
+func (p Protocol) String() string {
+	if int(p) < len(protocolNames) {
+		return protocolNames[p]
+	}
+	return "protocol(" + strconv.Itoa(int(p)) + ")"
+}
+
+// ParseProtocol reads "", "h2" or "opaque".
+func ParseProtocol(s string) (Protocol, error) {
+	for i, n := range protocolNames {
+		if s == n {
+			return Protocol(i), nil
+		}
+	}
+	return 0, fmt.Errorf("unknown protocol %q (want h2 or opaque)", s)
+}
+
+// Endpoint is one address serving an authority. Endpoints are immutable once
+// handed to a Sink: sources build new ones rather than editing old ones, and
+// readers share them without copying.
+type Endpoint struct {
+	Addr     netip.AddrPort
+	Weight   uint32 // 0 means DefaultWeight
+	Zone     string
+	Health   Health
+	Identity Identity
+	Protocol Protocol
+	// Labels become metric labels on the proxy side. Keys must not collide
+	// with the ones Tributary sets itself (zone, source).
+	Labels map[string]string
+
+	// Provenance, stamped by the store: the source instance and the key of
+	// the group the endpoint came in. Sources leave them empty.
+	Source string
+	Key    string
+}
+
+// EffectiveWeight is Weight with DefaultWeight for 0.
+func (e *Endpoint) EffectiveWeight() uint32 {
+	if e.Weight == 0 {
+		return DefaultWeight
+	}
+	return e.Weight
+}
+
+// Equal reports whether two endpoints carry the same content, provenance included.
+func (e *Endpoint) Equal(o *Endpoint) bool {
+	return e.Addr == o.Addr && e.Weight == o.Weight && e.Zone == o.Zone &&
+		e.Health == o.Health && e.Identity == o.Identity && e.Protocol == o.Protocol &&
+		e.Source == o.Source && e.Key == o.Key && maps.Equal(e.Labels, o.Labels)
+}
+
+// SameWire reports whether two endpoints look the same to a proxy: the
+// fields that reach the wire, ignoring health and provenance key.
+func (e *Endpoint) SameWire(o *Endpoint) bool {
+	return e.Addr == o.Addr && e.EffectiveWeight() == o.EffectiveWeight() && e.Zone == o.Zone &&
+		e.Identity == o.Identity && e.Protocol == o.Protocol && e.Source == o.Source &&
+		maps.Equal(e.Labels, o.Labels)
+}
+
+// Service is a source's assertion that an authority exists, with the
+// endpoints it knows for it (possibly none: "exists, no endpoints").
+type Service struct {
+	Authority Authority
+	// Opaque marks the service as opaque (no protocol detection), which
+	// GetProfile reports as opaque_protocol.
+	Opaque    bool
+	Endpoints []Endpoint
+}
+
+// Group is the complete state a source knows under one key: a file, a Consul
+// service, an EndpointSlice's Service, an SRV name. A group replaces
+// everything the source said before under that key; a group with no services
+// withdraws the key.
+type Group struct {
+	Key      string
+	Services []Service
+}
