@@ -1,0 +1,331 @@
+package discovery
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+const testKind = "test-kind-x"
+
+// testKindSource is what the test kind builds: its decoded config and context.
+type testKindSource struct {
+	Paths    []string `yaml:"paths"`
+	Interval Duration `yaml:"interval"`
+	bc       BuildContext
+}
+
+func (s *testKindSource) Run(ctx context.Context, _ Sink) { <-ctx.Done() }
+
+func init() {
+	Register(Kind{Name: testKind, New: func(node *yaml.Node, bc BuildContext) (Source, error) {
+		s := &testKindSource{bc: bc}
+		if err := DecodeStrict(node, s); err != nil {
+			return nil, err
+		}
+		if len(s.Paths) == 0 {
+			return nil, errors.New("paths: at least one path is required")
+		}
+		return s, nil
+	}})
+}
+
+const fullConfig = `# a full config
+server:
+  listen: 0.0.0.0:8086
+  admin: 127.0.0.1:9990
+  startup_timeout: 1500ms
+  log_level: debug
+  log_format: json
+sources:
+  - name: east
+    kind: test-kind-x
+    priority: 10
+    stale_after: 5m
+    paths: [east.yaml]
+    interval: 30s
+  - name: west/dc2
+    kind: test-kind-x
+    paths: [/abs/west.yaml]
+federation:
+  - authority: Web.Demo:8080
+    aliases: [web.service.dc1.consul:80, web.prod.svc.cluster.local:8080]
+    failover:
+      - sources: [east]
+        min_healthy: 2
+      - sources: [west/dc2]
+  - authority: api.demo
+    aliases: [api.legacy]
+`
+
+func TestParseConfigFull(t *testing.T) {
+	c, err := ParseConfig([]byte(fullConfig), "conf/tributary.yaml")
+	if err != nil {
+		t.Fatalf("ParseConfig: %v", err)
+	}
+	wantServer := ServerConfig{
+		Listen: "0.0.0.0:8086", Admin: "127.0.0.1:9990",
+		StartupTimeout: Duration(1500 * time.Millisecond), ShutdownTimeout: Duration(10 * time.Second),
+		LogLevel: "debug", LogFormat: "json",
+	}
+	if c.Server != wantServer {
+		t.Errorf("server = %+v, want %+v", c.Server, wantServer)
+	}
+	if c.Server.SlogLevel() != slog.LevelDebug {
+		t.Errorf("SlogLevel = %v", c.Server.SlogLevel())
+	}
+	if c.File != "conf/tributary.yaml" || c.BaseDir != "conf" {
+		t.Errorf("File %q BaseDir %q", c.File, c.BaseDir)
+	}
+	if len(c.Sources) != 2 {
+		t.Fatalf("sources: %+v", c.Sources)
+	}
+	s0, s1 := c.Sources[0], c.Sources[1]
+	if s0.Name != "east" || s0.Kind != testKind || s0.Priority != 10 || time.Duration(s0.StaleAfter) != 5*time.Minute || s0.Line != 9 {
+		t.Errorf("source 0 = %+v", s0)
+	}
+	if s1.Name != "west/dc2" || s1.Priority != 0 || s1.StaleAfter != 0 || s1.Line != 15 {
+		t.Errorf("source 1 = %+v", s1)
+	}
+	// Node holds the kind's keys only.
+	var own map[string]any
+	if err := s0.Node.Decode(&own); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(own, map[string]any{"paths": []any{"east.yaml"}, "interval": "30s"}) {
+		t.Errorf("source 0 node = %v", own)
+	}
+
+	want := []FederationRule{
+		{
+			Authority: Authority{"web.demo", 8080},
+			Aliases:   []Authority{{"web.service.dc1.consul", 80}, {"web.prod.svc.cluster.local", 8080}},
+			Failover:  []Tier{{Sources: []string{"east"}, MinHealthy: 2}, {Sources: []string{"west/dc2"}, MinHealthy: 1}},
+			Line:      19,
+		},
+		{Authority: Authority{"api.demo", 0}, Aliases: []Authority{{"api.legacy", 0}}, Line: 25},
+	}
+	if !reflect.DeepEqual(c.Federation, want) {
+		t.Errorf("federation = %+v\nwant %+v", c.Federation, want)
+	}
+
+	insts, err := c.BuildSources(nil)
+	if err != nil {
+		t.Fatalf("BuildSources: %v", err)
+	}
+	if len(insts) != 2 || insts[0].Config.Name != "east" {
+		t.Fatalf("instances = %+v", insts)
+	}
+	src := insts[0].Source.(*testKindSource)
+	if !reflect.DeepEqual(src.Paths, []string{"east.yaml"}) || time.Duration(src.Interval) != 30*time.Second {
+		t.Errorf("built source = %+v", src)
+	}
+	if src.bc.Name != "east" || src.bc.BaseDir != "conf" || src.bc.Logger == nil {
+		t.Errorf("build context = %+v", src.bc)
+	}
+
+	f, err := c.BuildFederation()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := f.Members(Authority{"api.demo", 9000}); !reflect.DeepEqual(got, []Authority{{"api.demo", 9000}, {"api.legacy", 9000}}) {
+		t.Errorf("members = %v", got)
+	}
+}
+
+func TestParseConfigDefaults(t *testing.T) {
+	for _, src := range []string{"", "# nothing\n", "sources: []\n", "server:\nsources:\nfederation:\n"} {
+		c, err := ParseConfig([]byte(src), "")
+		if err != nil {
+			t.Errorf("%q: %v", src, err)
+			continue
+		}
+		if c.Server != DefaultServerConfig() || len(c.Sources) != 0 || len(c.Federation) != 0 || c.BaseDir != "" {
+			t.Errorf("%q: %+v", src, c)
+		}
+	}
+	d := DefaultServerConfig()
+	if d.Listen != "127.0.0.1:8086" || d.Admin != "127.0.0.1:9996" || time.Duration(d.StartupTimeout) != 2*time.Second ||
+		time.Duration(d.ShutdownTimeout) != 10*time.Second || d.LogLevel != "info" || d.LogFormat != "text" {
+		t.Errorf("defaults = %+v", d)
+	}
+	// A partial server section keeps the other defaults.
+	c, err := ParseConfig([]byte("server:\n  log_level: warn\n"), "")
+	if err != nil || c.Server.LogLevel != "warn" || c.Server.Listen != d.Listen || c.Server.SlogLevel() != slog.LevelWarn {
+		t.Errorf("partial server: %+v %v", c, err)
+	}
+}
+
+func TestParseConfigErrors(t *testing.T) {
+	src := func(s string) string { return "sources:\n  - name: east\n    kind: test-kind-x\n    paths: [a]\n" + s }
+	// each want: substrings the error must contain, in this order within one line
+	cases := []struct {
+		name string
+		yaml string
+		want [][]string
+	}{
+		{"unknown top-level key", "server: {}\nsorces: []\n", [][]string{{"c.yaml:2: sorces: unknown key (valid keys: server, sources, federation)"}}},
+		{"unknown server key", "server:\n  listen: :1\n  lissen: :2\n", [][]string{{"c.yaml:3: server.lissen: unknown key"}}},
+		{"duplicate server key", "server:\n  listen: :1\n  listen: :2\n", [][]string{{"c.yaml:3: server.listen: duplicate key (first at line 2)"}}},
+		{"listen not host:port", "server:\n  listen: localhost\n", [][]string{{"c.yaml:2: server.listen:", "must be host:port"}}},
+		{"admin port not numeric", "server:\n  admin: localhost:http\n", [][]string{{"c.yaml:2: server.admin:", "not a number"}}},
+		{"listen equals admin", "server:\n  listen: :9000\n  admin: :9000\n", [][]string{{"c.yaml:3: server.admin:", "also server.listen"}}},
+		{"startup timeout 3s", "server:\n  startup_timeout: 3s\n", [][]string{{"c.yaml:2: server.startup_timeout:", "less than 3s"}}},
+		{"bad duration", "server:\n  shutdown_timeout: ten\n", [][]string{{"c.yaml:2: server.shutdown_timeout:", `invalid duration "ten"`}}},
+		{"negative duration", "server:\n  shutdown_timeout: -1s\n", [][]string{{"c.yaml:2: server.shutdown_timeout:", "negative"}}},
+		{"bad log level", "server:\n  log_level: loud\n", [][]string{{"c.yaml:2: server.log_level:", `"loud"`}}},
+		{"bad log format", "server:\n  log_format: xml\n", [][]string{{"c.yaml:2: server.log_format:", `"xml"`}}},
+		{"sources not a list", "sources: {a: 1}\n", [][]string{{"c.yaml:1: sources: want a list"}}},
+		{"source not a mapping", "sources:\n  - east\n", [][]string{{"c.yaml:2: sources[0]: a source must be a mapping"}}},
+		{"missing name", "sources:\n  - kind: test-kind-x\n", [][]string{{"c.yaml:2: sources[0].name: required"}}},
+		{"bad name", "sources:\n  - name: East\n    kind: test-kind-x\n", [][]string{{"c.yaml:2: sources[0].name:", "not a valid source name"}}},
+		{"duplicate names", src("  - name: east\n    kind: test-kind-x\n"), [][]string{{"c.yaml:5: sources[1].name:", `duplicate source name "east" (first at line 2)`}}},
+		{"missing kind", "sources:\n  - name: a\n", [][]string{{"c.yaml:2: sources[0].kind: required", testKind}}},
+		{"unknown kind", "sources:\n  - name: a\n    kind: nope\n", [][]string{{"c.yaml:3: sources[0].kind:", `unknown kind "nope"`, "known kinds:", testKind}}},
+		{"bad priority", "sources:\n  - name: a\n    kind: test-kind-x\n    priority: high\n", [][]string{{"c.yaml:4: sources[0].priority:", "cannot unmarshal !!str `high` into int"}}},
+		{"bad stale_after", "sources:\n  - name: a\n    kind: test-kind-x\n    stale_after: 1x\n", [][]string{{"c.yaml:4: sources[0].stale_after:", "invalid duration"}}},
+		{"rule without authority", src("federation:\n  - aliases: [a:1]\n"), [][]string{{"c.yaml:6: federation[0].authority: required"}}},
+		{"bad authority", src("federation:\n  - authority: 'web:0'\n"), [][]string{{"c.yaml:6: federation[0].authority:", "invalid authority"}}},
+		{"unknown rule key", src("federation:\n  - authority: web:80\n    alias: [x:80]\n"), [][]string{{"c.yaml:7: federation[0].alias: unknown key"}}},
+		{"duplicate rules", src("federation:\n  - authority: web:80\n  - authority: WEB:80\n"), [][]string{{"c.yaml:7: federation[1].authority:", "a second rule for web:80 (first at line 6)"}}},
+		{"bad alias", src("federation:\n  - authority: web:80\n    aliases:\n      - ok:80\n      - 'bad host:80'\n"), [][]string{{"c.yaml:9: federation[0].aliases[1]:", "invalid authority"}}},
+		{"alias is own authority", src("federation:\n  - authority: web:80\n    aliases: [web:80]\n"), [][]string{{"c.yaml:7: federation[0].aliases[0]:", "own authority"}}},
+		{"rule and alias", src("federation:\n  - authority: web:80\n    aliases: [api:80]\n  - authority: api:80\n"), [][]string{{"c.yaml:7: federation[0].aliases[0]:", "api:80 is also matched by the federation rule for api:80 (line 8)"}}},
+		{"alias matched by a bare-host rule", src("federation:\n  - authority: web:80\n    aliases: [api:9000]\n  - authority: api\n"), [][]string{{"c.yaml:7: federation[0].aliases[0]:", "api:9000 is also matched by the federation rule for api (line 8)"}}},
+		{"portless alias under a bare rule", src("federation:\n  - authority: web\n    aliases: [api]\n  - authority: api:81\n"), [][]string{{"c.yaml:7: federation[0].aliases[0]:", "rule for api:81"}}},
+		{"unknown tier source", src("federation:\n  - authority: web:80\n    failover:\n      - sources: [east, nowhere]\n"), [][]string{{"c.yaml:8: federation[0].failover[0].sources[1]:", `unknown source "nowhere"`}}},
+		{"source in two tiers", src("federation:\n  - authority: web:80\n    failover:\n      - sources: [east]\n      - sources:\n          - east\n"), [][]string{{"c.yaml:10: federation[0].failover[1].sources[0]:", "already in failover[0]"}}},
+		{"min_healthy 0", src("federation:\n  - authority: web:80\n    failover:\n      - sources: [east]\n        min_healthy: 0\n"), [][]string{{"c.yaml:9: federation[0].failover[0].min_healthy:", "at least 1"}}},
+		{"empty tier", src("federation:\n  - authority: web:80\n    failover:\n      - min_healthy: 2\n"), [][]string{{"c.yaml:8: federation[0].failover[0].sources:", "at least one source"}}},
+		{"yaml syntax", "server:\n  listen: [\n", [][]string{{"c.yaml:", "did not find expected"}}},
+		{"two documents", "server: {}\n---\nsources: []\n", [][]string{{"c.yaml:2:", "more than one YAML document"}}},
+		{"not a mapping", "- a\n", [][]string{{"c.yaml:1: a config must be a mapping"}}},
+		{
+			"several together",
+			"server:\n  startup_timeout: 5s\n  log_level: x\nsources:\n  - name: a\n    kind: nope\n  - name: a\n    kind: test-kind-x\nbogus: 1\n",
+			[][]string{
+				{"c.yaml:2: server.startup_timeout:"},
+				{"c.yaml:3: server.log_level:"},
+				{"c.yaml:6: sources[0].kind:", "unknown kind"},
+				{"c.yaml:7: sources[1].name:", "duplicate"},
+				{"c.yaml:9: bogus: unknown key"},
+			},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := ParseConfig([]byte(tc.yaml), "c.yaml")
+			if err == nil {
+				t.Fatalf("no error; config %+v", c)
+			}
+			if c != nil {
+				t.Error("a config came back with the error")
+			}
+			lines := strings.Split(err.Error(), "\n")
+			if len(lines) != len(tc.want) {
+				t.Fatalf("got %d errors, want %d:\n%v", len(lines), len(tc.want), err)
+			}
+			for i, parts := range tc.want {
+				rest := lines[i]
+				for _, p := range parts {
+					j := strings.Index(rest, p)
+					if j < 0 {
+						t.Errorf("error %q: missing %q (in order)", lines[i], p)
+						break
+					}
+					rest = rest[j+len(p):]
+				}
+			}
+			for _, ce := range configErrors(t, err) {
+				if ce.File != "c.yaml" {
+					t.Errorf("%v: File = %q", ce, ce.File)
+				}
+			}
+		})
+	}
+}
+
+func TestParseConfigAliasesAllowed(t *testing.T) {
+	// A portless alias takes the rule's port, so a rule for another port of
+	// its host is no conflict; nor is a bare rule aliasing a port of its own host.
+	cfg := "federation:\n  - authority: web:80\n    aliases: [api]\n  - authority: api:81\n  - authority: db\n    aliases: [db:5432, other:1]\n  - authority: other:2\n"
+	c, err := ParseConfig([]byte(cfg), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Federation) != 4 {
+		t.Errorf("rules = %+v", c.Federation)
+	}
+}
+
+func TestBuildSourcesWrapsKindErrors(t *testing.T) {
+	cfg := "sources:\n" +
+		"  - name: good\n    kind: test-kind-x\n    paths: [a]\n" + // lines 2-4
+		"  - name: typo\n    kind: test-kind-x\n    paths: [a]\n    pathz: [b]\n" + // lines 5-8
+		"  - name: empty\n    kind: test-kind-x\n    interval: 1s\n" + // lines 9-11
+		"  - name: badtype\n    kind: test-kind-x\n    paths: [a]\n    interval: soon\n" // lines 12-15
+	c, err := ParseConfig([]byte(cfg), "c.yaml")
+	if err != nil {
+		t.Fatalf("ParseConfig (kind keys are not its business): %v", err)
+	}
+	insts, err := c.BuildSources(slog.New(slog.DiscardHandler))
+	if err == nil || insts != nil {
+		t.Fatalf("BuildSources = %v, %v", insts, err)
+	}
+	want := []string{
+		"c.yaml:8: sources[1].pathz: unknown key (valid keys: paths, interval)",
+		`c.yaml:9: sources[2]: test-kind-x source "empty": paths: at least one path is required`,
+		`c.yaml:15: sources[3].interval: invalid duration "soon"`,
+	}
+	got := strings.Split(err.Error(), "\n")
+	if len(got) != len(want) {
+		t.Fatalf("got:\n%v", err)
+	}
+	for i := range want {
+		if !strings.HasPrefix(got[i], want[i]) {
+			t.Errorf("error %d = %q, want prefix %q", i, got[i], want[i])
+		}
+	}
+	for _, ce := range configErrors(t, err) {
+		if ce.File != "c.yaml" {
+			t.Errorf("File = %q", ce.File)
+		}
+	}
+}
+
+func TestLoadConfig(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "tributary.yaml")
+	if err := os.WriteFile(path, []byte(fullConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(dir)
+	c, err := LoadConfig("tributary.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.File != "tributary.yaml" || !filepath.IsAbs(c.BaseDir) {
+		t.Errorf("File %q BaseDir %q", c.File, c.BaseDir)
+	}
+	if want, _ := filepath.EvalSymlinks(dir); c.BaseDir != dir && c.BaseDir != want {
+		t.Errorf("BaseDir = %q, want %q", c.BaseDir, dir)
+	}
+	if _, err := LoadConfig(filepath.Join(dir, "missing.yaml")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("missing file: %v", err)
+	}
+	if err := os.WriteFile(path, []byte("server:\n  nope: 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadConfig(path); err == nil || !strings.HasPrefix(err.Error(), path+":2: server.nope:") {
+		t.Errorf("error = %v", err)
+	}
+}
