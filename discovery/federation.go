@@ -1,0 +1,308 @@
+package discovery
+
+import (
+	"cmp"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+)
+
+// Federation is the compiled federation rules plus each source's priority:
+// what turns the endpoints the registry holds for an authority into what is
+// served. Immutable and safe for concurrent use. A nil *Federation has no
+// rules and gives every source priority 0.
+type Federation struct {
+	rules      map[Authority]*compiledRule
+	priorities map[string]int
+}
+
+type compiledRule struct {
+	rule FederationRule
+	// tierOf maps a source named in a tier to the tier's index; any other
+	// source is in the implicit last tier, len(rule.Failover).
+	tierOf map[string]int
+	// minHealthy per tier, the implicit last one included (1).
+	minHealthy []int
+}
+
+// NewFederation compiles rules (as ParseConfig validated them) with the
+// sources' priorities (a source missing from the map has priority 0). Both
+// are copied. It rejects two rules for one authority, and a source in two
+// tiers of one rule. A MinHealthy below 1 counts as 1.
+func NewFederation(rules []FederationRule, priorities map[string]int) (*Federation, error) {
+	f := &Federation{
+		rules:      make(map[Authority]*compiledRule, len(rules)),
+		priorities: maps.Clone(priorities),
+	}
+	for _, r := range rules {
+		if _, dup := f.rules[r.Authority]; dup {
+			return nil, fmt.Errorf("federation: two rules for %s", r.Authority)
+		}
+		cr := &compiledRule{rule: cloneRule(r)}
+		if len(r.Failover) > 0 {
+			cr.tierOf = make(map[string]int)
+			cr.minHealthy = make([]int, len(r.Failover)+1)
+			for t, tier := range r.Failover {
+				cr.minHealthy[t] = max(tier.MinHealthy, 1)
+				for _, s := range tier.Sources {
+					if prev, dup := cr.tierOf[s]; dup && prev != t {
+						return nil, fmt.Errorf("federation: rule %s: source %q is in failover tiers %d and %d", r.Authority, s, prev, t)
+					}
+					cr.tierOf[s] = t
+				}
+			}
+			cr.minHealthy[len(r.Failover)] = 1
+		}
+		f.rules[r.Authority] = cr
+	}
+	return f, nil
+}
+
+func cloneRule(r FederationRule) FederationRule {
+	r.Aliases = slices.Clone(r.Aliases)
+	r.Failover = slices.Clone(r.Failover)
+	for i := range r.Failover {
+		r.Failover[i].Sources = slices.Clone(r.Failover[i].Sources)
+	}
+	return r
+}
+
+// lookup finds the rule for a: on the exact authority, else on its host
+// with port 0 (a rule written with a bare host applies to every port).
+func (f *Federation) lookup(a Authority) *compiledRule {
+	if f == nil || len(f.rules) == 0 {
+		return nil
+	}
+	if r, ok := f.rules[a]; ok {
+		return r
+	}
+	if a.Port != 0 {
+		return f.rules[Authority{Host: a.Host}]
+	}
+	return nil
+}
+
+// Rule returns the rule that applies to a, if any, as Members and Resolve
+// use it (exact authority first, then bare host). The result is a copy.
+func (f *Federation) Rule(a Authority) (FederationRule, bool) {
+	r := f.lookup(a)
+	if r == nil {
+		return FederationRule{}, false
+	}
+	return cloneRule(r.rule), true
+}
+
+// Members returns the authorities whose endpoints serve a: a itself first,
+// then the aliases of its rule, without repeats. An alias written without a
+// port takes a's port. Without a rule it is just a. The slice is the
+// caller's.
+func (f *Federation) Members(a Authority) []Authority {
+	r := f.lookup(a)
+	if r == nil {
+		return []Authority{a}
+	}
+	out := make([]Authority, 1, 1+len(r.rule.Aliases))
+	out[0] = a
+	for _, al := range r.rule.Aliases {
+		if al.Port == 0 {
+			al.Port = a.Port
+		}
+		if !slices.Contains(out, al) {
+			out = append(out, al)
+		}
+	}
+	return out
+}
+
+// Resolve turns every endpoint the registry holds for a's members (all
+// health states, provenance stamped) into what is served:
+//
+//  1. Failover, when a's rule has tiers: the first tier, in order, whose
+//     sources have at least MinHealthy serving endpoints (distinct
+//     addresses) is used. Sources named in no tier form an implicit last
+//     tier (needing one). If no tier qualifies, the first tier with any
+//     serving endpoint is used; if none has any, nothing is served.
+//  2. Endpoints that are not Health.Serving are evicted.
+//  3. Endpoints of one address are deduplicated: the one of the source with
+//     the highest priority wins, ties going to the smallest source name,
+//     then key, then content, so the answer never depends on input order.
+//  4. The result is sorted by address.
+//
+// eps and the endpoints are not modified; the result is a new slice of the
+// same pointers (nil when nothing is served). One allocation per call.
+func (f *Federation) Resolve(a Authority, eps []*Endpoint) []*Endpoint {
+	n := 0
+	for _, e := range eps {
+		if e.Health.Serving() {
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	out := make([]*Endpoint, 0, n)
+	for _, e := range eps {
+		if e.Health.Serving() {
+			out = append(out, e)
+		}
+	}
+	slices.SortFunc(out, func(x, y *Endpoint) int { return x.Addr.Compare(y.Addr) })
+
+	if r := f.lookup(a); r != nil && len(r.rule.Failover) > 0 {
+		out = r.selectTier(out)
+	}
+
+	// One winner per run of equal addresses.
+	w := 0
+	for i := 0; i < len(out); {
+		best := out[i]
+		j := i + 1
+		for ; j < len(out) && out[j].Addr == best.Addr; j++ {
+			if f.compare(out[j], best) < 0 {
+				best = out[j]
+			}
+		}
+		out[w] = best
+		w++
+		i = j
+	}
+	clear(out[w:])
+	return out[:w]
+}
+
+func (r *compiledRule) tier(source string) int {
+	if t, ok := r.tierOf[source]; ok {
+		return t
+	}
+	return len(r.rule.Failover)
+}
+
+// selectTier keeps the endpoints of the tier to serve. out holds serving
+// endpoints sorted by address; it is filtered in place.
+func (r *compiledRule) selectTier(out []*Endpoint) []*Endpoint {
+	nt := len(r.minHealthy)
+	var countBuf, lastBuf [8]int
+	counts, last := countBuf[:0], lastBuf[:0]
+	if nt <= len(countBuf) {
+		counts, last = countBuf[:nt], lastBuf[:nt]
+	} else {
+		counts, last = make([]int, nt), make([]int, nt)
+	}
+	for t := range last {
+		last[t] = -1
+	}
+	// Count distinct addresses per tier: runs of one address are adjacent.
+	for i := 0; i < len(out); {
+		j := i
+		for ; j < len(out) && out[j].Addr == out[i].Addr; j++ {
+			if t := r.tier(out[j].Source); last[t] != i {
+				last[t] = i
+				counts[t]++
+			}
+		}
+		i = j
+	}
+	chosen := -1
+	for t := range nt {
+		if counts[t] >= r.minHealthy[t] {
+			chosen = t
+			break
+		}
+	}
+	if chosen < 0 {
+		for t := range nt {
+			if counts[t] > 0 {
+				chosen = t
+				break
+			}
+		}
+	}
+	w := 0
+	for _, e := range out {
+		if r.tier(e.Source) == chosen {
+			out[w] = e
+			w++
+		}
+	}
+	clear(out[w:])
+	return out[:w]
+}
+
+// compare orders endpoints of one address, the winner first: higher source
+// priority, then smaller source name, then smaller key, then content (so
+// that even identical provenance gives one answer whatever the input order).
+func (f *Federation) compare(x, y *Endpoint) int {
+	if x == y {
+		return 0
+	}
+	if x.Source != y.Source {
+		var px, py int
+		if f != nil {
+			px, py = f.priorities[x.Source], f.priorities[y.Source]
+		}
+		if c := cmp.Compare(py, px); c != 0 {
+			return c
+		}
+		return strings.Compare(x.Source, y.Source)
+	}
+	if c := strings.Compare(x.Key, y.Key); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(healthRank(x.Health), healthRank(y.Health)); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(x.EffectiveWeight(), y.EffectiveWeight()); c != 0 {
+		return -c // the heavier first
+	}
+	if c := cmp.Compare(x.Weight, y.Weight); c != 0 {
+		return c
+	}
+	if c := strings.Compare(x.Zone, y.Zone); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(x.Identity.Kind, y.Identity.Kind); c != 0 {
+		return c
+	}
+	if c := strings.Compare(x.Identity.Name, y.Identity.Name); c != 0 {
+		return c
+	}
+	if c := strings.Compare(x.Identity.ServerName, y.Identity.ServerName); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(x.Protocol, y.Protocol); c != 0 {
+		return c
+	}
+	return compareLabels(x.Labels, y.Labels)
+}
+
+// compareLabels orders label sets as sorted lists of key/value pairs. It
+// allocates, but only runs for two endpoints of one address, source and key.
+func compareLabels(a, b map[string]string) int {
+	if maps.Equal(a, b) {
+		return 0
+	}
+	ka, kb := slices.Sorted(maps.Keys(a)), slices.Sorted(maps.Keys(b))
+	for i := range min(len(ka), len(kb)) {
+		if c := strings.Compare(ka[i], kb[i]); c != 0 {
+			return c
+		}
+		if c := strings.Compare(a[ka[i]], b[kb[i]]); c != 0 {
+			return c
+		}
+	}
+	return cmp.Compare(len(ka), len(kb))
+}
+
+// healthRank orders serving states, the best first.
+func healthRank(h Health) int {
+	switch h {
+	case HealthPassing:
+		return 0
+	case HealthUnknown:
+		return 1
+	case HealthWarning:
+		return 2
+	}
+	return 3
+}
