@@ -1,0 +1,264 @@
+package cache
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/hashicorp/go-memdb"
+
+	"github.com/tributary-mesh/tributary/discovery"
+)
+
+const (
+	tableServices  = "services"
+	tableEndpoints = "endpoints"
+
+	// indexID is memdb's primary index: (provider, key, host, port) for a
+	// service, the same plus the address for an endpoint.
+	indexID = "id"
+	// indexHost: (host, port), read with a discovery.Authority; its prefix
+	// form takes a hostQuery and matches every port of that host.
+	indexHost = "host"
+	// indexGroup: (provider, key), read with a groupQuery; its prefix form
+	// takes a providerQuery and matches every key of exactly that provider.
+	indexGroup = "group"
+	// indexAddr: the endpoint address, read with a netip.AddrPort.
+	indexAddr = "addr"
+
+	prefix = "_prefix"
+)
+
+// serviceRow is one provider's assertion, under one group key, that an
+// authority exists. Rows are immutable once inserted.
+type serviceRow struct {
+	provider, key string
+	auth          discovery.Authority
+	opaque        bool
+}
+
+// endpointRow is one endpoint of a service row; ep.Source and ep.Key hold
+// the provider and the group key. Rows are immutable once inserted, and
+// readers are handed &row.ep.
+type endpointRow struct {
+	auth discovery.Authority
+	ep   discovery.Endpoint
+}
+
+// Read arguments. Every index takes exactly one, of the type documented on
+// its constant, so that a compound prefix is always made of whole components.
+type (
+	serviceID struct {
+		provider, key string
+		auth          discovery.Authority
+	}
+	endpointID struct {
+		serviceID
+		addr netip.AddrPort
+	}
+	groupQuery struct{ provider, key string }
+	// providerQuery selects every group of one provider.
+	providerQuery string
+	// hostQuery selects every port of one host.
+	hostQuery string
+)
+
+// schema is the registry's memdb schema. Strings in keys end in a NUL byte
+// (Apply rejects NUL inside them), so "consul/dc1" never prefixes
+// "consul/dc10"; ports are two bytes big-endian.
+func schema() *memdb.DBSchema {
+	return &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
+		tableServices:  servicesTableSchema(),
+		tableEndpoints: endpointsTableSchema(),
+	}}
+}
+
+func servicesTableSchema() *memdb.TableSchema {
+	return &memdb.TableSchema{
+		Name: tableServices,
+		Indexes: map[string]*memdb.IndexSchema{
+			indexID: {
+				Name:   indexID,
+				Unique: true,
+				Indexer: index[serviceID, *serviceRow]{
+					query:  func(q serviceID) []byte { return appendServiceID(nil, q.provider, q.key, q.auth) },
+					object: func(r *serviceRow) []byte { return appendServiceID(nil, r.provider, r.key, r.auth) },
+				},
+			},
+			indexHost: {
+				Name: indexHost,
+				Indexer: prefixIndex[discovery.Authority, hostQuery, *serviceRow]{
+					index: index[discovery.Authority, *serviceRow]{
+						query: func(a discovery.Authority) []byte { return appendHostPort(nil, a) },
+						object: func(r *serviceRow) []byte {
+							return appendHostPort(make([]byte, 0, hostPortLen(r.auth)+serviceIDLen(r)), r.auth)
+						},
+					},
+					prefix: func(h hostQuery) []byte { return appendString(nil, string(h)) },
+				},
+			},
+			indexGroup: {
+				Name: indexGroup,
+				Indexer: prefixIndex[groupQuery, providerQuery, *serviceRow]{
+					index: index[groupQuery, *serviceRow]{
+						query: func(q groupQuery) []byte { return appendGroup(nil, q.provider, q.key) },
+						object: func(r *serviceRow) []byte {
+							return appendGroup(make([]byte, 0, groupLen(r.provider, r.key)+serviceIDLen(r)), r.provider, r.key)
+						},
+					},
+					prefix: func(p providerQuery) []byte { return appendString(nil, string(p)) },
+				},
+			},
+		},
+	}
+}
+
+func endpointsTableSchema() *memdb.TableSchema {
+	return &memdb.TableSchema{
+		Name: tableEndpoints,
+		Indexes: map[string]*memdb.IndexSchema{
+			indexID: {
+				Name:   indexID,
+				Unique: true,
+				Indexer: index[endpointID, *endpointRow]{
+					query: func(q endpointID) []byte {
+						return appendAddr(appendServiceID(nil, q.provider, q.key, q.auth), q.addr)
+					},
+					object: func(r *endpointRow) []byte { return appendEndpointID(nil, r) },
+				},
+			},
+			indexHost: {
+				Name: indexHost,
+				Indexer: prefixIndex[discovery.Authority, hostQuery, *endpointRow]{
+					index: index[discovery.Authority, *endpointRow]{
+						query: func(a discovery.Authority) []byte { return appendHostPort(nil, a) },
+						object: func(r *endpointRow) []byte {
+							return appendHostPort(make([]byte, 0, hostPortLen(r.auth)+endpointIDLen(r)), r.auth)
+						},
+					},
+					prefix: func(h hostQuery) []byte { return appendString(nil, string(h)) },
+				},
+			},
+			indexGroup: {
+				Name: indexGroup,
+				Indexer: prefixIndex[groupQuery, providerQuery, *endpointRow]{
+					index: index[groupQuery, *endpointRow]{
+						query: func(q groupQuery) []byte { return appendGroup(nil, q.provider, q.key) },
+						object: func(r *endpointRow) []byte {
+							return appendGroup(make([]byte, 0, groupLen(r.ep.Source, r.ep.Key)+endpointIDLen(r)), r.ep.Source, r.ep.Key)
+						},
+					},
+					prefix: func(p providerQuery) []byte { return appendString(nil, string(p)) },
+				},
+			},
+			indexAddr: {
+				Name: indexAddr,
+				Indexer: index[netip.AddrPort, *endpointRow]{
+					query: func(a netip.AddrPort) []byte { return appendAddr(nil, a) },
+					object: func(r *endpointRow) []byte {
+						return appendAddr(make([]byte, 0, addrLen(r.ep.Addr)+endpointIDLen(r)), r.ep.Addr)
+					},
+				},
+			},
+		},
+	}
+}
+
+// index adapts typed key builders to memdb: reads take exactly one argument
+// of type Q, rows are of type R. Non-unique indexes size their keys with room
+// for the primary key memdb appends.
+type index[Q, R any] struct {
+	query  func(Q) []byte
+	object func(R) []byte
+}
+
+func (ix index[Q, R]) FromArgs(args ...any) ([]byte, error) {
+	if len(args) != 1 {
+		return nil, fmt.Errorf("cache: index takes one argument, got %d", len(args))
+	}
+	q, ok := args[0].(Q)
+	if !ok {
+		return nil, fmt.Errorf("cache: index argument is %T, want %T", args[0], q)
+	}
+	return ix.query(q), nil
+}
+
+func (ix index[Q, R]) FromObject(raw any) (bool, []byte, error) {
+	r, ok := raw.(R)
+	if !ok {
+		return false, nil, fmt.Errorf("cache: row is %T, want %T", raw, r)
+	}
+	return true, ix.object(r), nil
+}
+
+// prefixIndex is an index that also answers "_prefix" reads with an
+// argument of type P.
+type prefixIndex[Q, P, R any] struct {
+	index[Q, R]
+	prefix func(P) []byte
+}
+
+func (ix prefixIndex[Q, P, R]) PrefixFromArgs(args ...any) ([]byte, error) {
+	if len(args) != 1 {
+		return nil, fmt.Errorf("cache: prefix index takes one argument, got %d", len(args))
+	}
+	p, ok := args[0].(P)
+	if !ok {
+		return nil, fmt.Errorf("cache: prefix index argument is %T, want %T", args[0], p)
+	}
+	return ix.prefix(p), nil
+}
+
+// Key encoding.
+
+func appendString(b []byte, s string) []byte { return append(append(b, s...), 0) }
+
+func appendPort(b []byte, p uint16) []byte { return append(b, byte(p>>8), byte(p)) }
+
+func hostPortLen(a discovery.Authority) int { return len(a.Host) + 1 + 2 }
+
+func appendHostPort(b []byte, a discovery.Authority) []byte {
+	return appendPort(appendString(b, a.Host), a.Port)
+}
+
+func groupLen(provider, key string) int { return len(provider) + 1 + len(key) + 1 }
+
+func appendGroup(b []byte, provider, key string) []byte {
+	return appendString(appendString(b, provider), key)
+}
+
+func serviceIDLen(r *serviceRow) int { return groupLen(r.provider, r.key) + hostPortLen(r.auth) }
+
+func appendServiceID(b []byte, provider, key string, a discovery.Authority) []byte {
+	if b == nil {
+		b = make([]byte, 0, groupLen(provider, key)+hostPortLen(a))
+	}
+	return appendHostPort(appendGroup(b, provider, key), a)
+}
+
+func endpointIDLen(r *endpointRow) int {
+	return groupLen(r.ep.Source, r.ep.Key) + hostPortLen(r.auth) + addrLen(r.ep.Addr)
+}
+
+func appendEndpointID(b []byte, r *endpointRow) []byte {
+	if b == nil {
+		b = make([]byte, 0, endpointIDLen(r))
+	}
+	return appendAddr(appendServiceID(b, r.ep.Source, r.ep.Key, r.auth), r.ep.Addr)
+}
+
+// An address is a family byte (4 or 6, so 1.2.3.4 and ::ffff:1.2.3.4 stay
+// distinct), the 16-byte form, the port, and the zone as a terminated string.
+func addrLen(a netip.AddrPort) int { return 1 + 16 + 2 + len(a.Addr().Zone()) + 1 }
+
+func appendAddr(b []byte, a netip.AddrPort) []byte {
+	ip := a.Addr()
+	family := byte(6)
+	if ip.Is4() {
+		family = 4
+	}
+	a16 := ip.As16()
+	b = append(b, family)
+	b = append(b, a16[:]...)
+	b = appendPort(b, a.Port())
+	return appendString(b, ip.Zone())
+}

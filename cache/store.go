@@ -1,0 +1,431 @@
+// Package cache is Tributary's registry: every source's groups, stored in
+// go-memdb and indexed by host, by address and by (provider, group key).
+//
+// Writes come from the manager through Apply and DropProvider and are
+// serialised. Reads go through a Snapshot, a lock-free MVCC view, and take a
+// memdb.WatchSet that fires when what they read may have changed; a writer
+// that changes nothing closes no channel.
+package cache
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/hashicorp/go-memdb"
+
+	"github.com/tributary-mesh/tributary/discovery"
+)
+
+// ErrInvalid is wrapped by every error Apply and DropProvider return for
+// input that is not well-formed.
+var ErrInvalid = errors.New("invalid registry input")
+
+// Store is the registry. Safe for concurrent use; writes are serialised,
+// reads are lock-free MVCC snapshots.
+type Store struct {
+	db *memdb.MemDB
+}
+
+// New returns an empty store.
+func New() *Store {
+	db, err := memdb.NewMemDB(schema())
+	if err != nil {
+		panic("cache: invalid schema: " + err.Error())
+	}
+	return &Store{db: db}
+}
+
+// Apply writes the groups of one provider (a source instance name) in one
+// memdb write transaction and reports whether anything changed.
+//
+// Each group replaces every row the provider had under group.Key; a group
+// without services withdraws the key. When a key is listed twice, the last
+// group wins. Two services of one group with the same authority are merged
+// (endpoints together, Opaque ORed), and within one authority of a group
+// the last endpoint of an address wins.
+//
+// Rows whose content did not change are not rewritten, and when nothing
+// changed the transaction is aborted: watchers are woken only for hosts
+// whose rows really changed.
+//
+// Stored endpoints are copies stamped with Source = provider and Key =
+// group.Key; the caller's groups are neither modified nor retained. Hosts
+// are stored canonical: lower case, without a trailing dot.
+//
+// Input that is not well-formed is rejected as a whole with an error
+// wrapping ErrInvalid, and nothing changes: an empty provider or group key,
+// a NUL byte in either, an empty host or one ParseAuthority would reject,
+// an endpoint address that is not valid, has port 0, or has a zone with a
+// NUL byte.
+func (s *Store) Apply(provider string, groups []discovery.Group) (changed bool, err error) {
+	if err := checkName("provider", provider); err != nil {
+		return false, err
+	}
+	if len(groups) == 0 {
+		return false, nil
+	}
+	plans, err := plan(groups)
+	if err != nil {
+		return false, fmt.Errorf("source %q: %w", provider, err)
+	}
+
+	txn := s.db.Txn(true)
+	defer txn.Abort()
+	w := writer{txn: txn, provider: provider}
+	for i := range plans {
+		c, err := w.syncGroup(&plans[i])
+		if err != nil {
+			return false, fmt.Errorf("source %q: group %q: %w", provider, plans[i].key, err)
+		}
+		changed = changed || c
+	}
+	if !changed {
+		return false, nil
+	}
+	txn.Commit()
+	return true, nil
+}
+
+// Keys lists the group keys a provider currently has rows for, sorted.
+func (s *Store) Keys(provider string) []string {
+	if checkName("provider", provider) != nil {
+		return nil
+	}
+	it, err := s.db.Txn(false).Get(tableServices, indexGroup+prefix, providerQuery(provider))
+	if err != nil {
+		panic("cache: " + err.Error())
+	}
+	var keys []string
+	for obj := it.Next(); obj != nil; obj = it.Next() {
+		if k := obj.(*serviceRow).key; len(keys) == 0 || keys[len(keys)-1] != k {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// DropProvider deletes every row of a provider in one transaction and
+// reports whether anything changed.
+func (s *Store) DropProvider(provider string) (changed bool, err error) {
+	if err := checkName("provider", provider); err != nil {
+		return false, err
+	}
+	txn := s.db.Txn(true)
+	defer txn.Abort()
+	n := 0
+	for _, table := range [...]string{tableEndpoints, tableServices} {
+		d, err := txn.DeleteAll(table, indexGroup+prefix, providerQuery(provider))
+		if err != nil {
+			return false, fmt.Errorf("source %q: %w", provider, err)
+		}
+		n += d
+	}
+	if n == 0 {
+		return false, nil
+	}
+	txn.Commit()
+	return true, nil
+}
+
+// Snapshot returns a consistent read-only view of the registry. It is cheap
+// and never blocks writers; later writes do not show in it.
+func (s *Store) Snapshot() *Snapshot {
+	return &Snapshot{txn: s.db.Txn(false)}
+}
+
+// Planning: validate and normalise a whole Apply before the write lock.
+
+type groupPlan struct {
+	key  string
+	svcs []svcWant // sorted by authority, unique
+	eps  []epWant  // sorted by authority then address, unique
+}
+
+type svcWant struct {
+	auth   discovery.Authority
+	opaque bool
+}
+
+type epWant struct {
+	auth discovery.Authority
+	seq  int // input order: the last of an address wins
+	ep   *discovery.Endpoint
+}
+
+func plan(groups []discovery.Group) ([]groupPlan, error) {
+	nsvc, nep := 0, 0
+	for i := range groups {
+		nsvc += len(groups[i].Services)
+		for j := range groups[i].Services {
+			nep += len(groups[i].Services[j].Endpoints)
+		}
+	}
+	plans := make([]groupPlan, 0, len(groups))
+	svcs := make([]svcWant, 0, nsvc)
+	eps := make([]epWant, 0, nep)
+	for gi := range groups {
+		g := &groups[gi]
+		if err := checkName("group key", g.Key); err != nil {
+			return nil, err
+		}
+		s0, e0 := len(svcs), len(eps)
+		for si := range g.Services {
+			svc := &g.Services[si]
+			host, err := canonicalHost(svc.Authority.Host)
+			if err != nil {
+				return nil, fmt.Errorf("group %q: service %q: %w", g.Key, svc.Authority, err)
+			}
+			auth := discovery.Authority{Host: host, Port: svc.Authority.Port}
+			svcs = append(svcs, svcWant{auth: auth, opaque: svc.Opaque})
+			for ei := range svc.Endpoints {
+				ep := &svc.Endpoints[ei]
+				if err := checkAddr(ep.Addr); err != nil {
+					return nil, fmt.Errorf("group %q: service %q: endpoint %d: %w", g.Key, svc.Authority, ei, err)
+				}
+				eps = append(eps, epWant{auth: auth, seq: len(eps), ep: ep})
+			}
+		}
+		plans = append(plans, groupPlan{
+			key:  g.Key,
+			svcs: uniqueServices(svcs[s0:]),
+			eps:  uniqueEndpoints(eps[e0:]),
+		})
+	}
+	if len(plans) > 1 {
+		slices.SortStableFunc(plans, func(a, b groupPlan) int { return strings.Compare(a.key, b.key) })
+		out := plans[:0]
+		for i := range plans {
+			if i+1 < len(plans) && plans[i+1].key == plans[i].key {
+				continue // a later group of the same key wins
+			}
+			out = append(out, plans[i])
+		}
+		plans = out
+	}
+	return plans, nil
+}
+
+func cmpAuth(a, b discovery.Authority) int {
+	if c := strings.Compare(a.Host, b.Host); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Port, b.Port)
+}
+
+func uniqueServices(s []svcWant) []svcWant {
+	slices.SortFunc(s, func(a, b svcWant) int { return cmpAuth(a.auth, b.auth) })
+	out := s[:0]
+	for _, w := range s {
+		if n := len(out); n > 0 && out[n-1].auth == w.auth {
+			out[n-1].opaque = out[n-1].opaque || w.opaque
+			continue
+		}
+		out = append(out, w)
+	}
+	return out
+}
+
+func cmpEndpointKey(a discovery.Authority, addrA netip.AddrPort, b discovery.Authority, addrB netip.AddrPort) int {
+	if c := cmpAuth(a, b); c != 0 {
+		return c
+	}
+	return addrA.Compare(addrB)
+}
+
+func uniqueEndpoints(s []epWant) []epWant {
+	slices.SortFunc(s, func(a, b epWant) int {
+		if c := cmpEndpointKey(a.auth, a.ep.Addr, b.auth, b.ep.Addr); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.seq, b.seq)
+	})
+	out := s[:0]
+	for _, w := range s {
+		if n := len(out); n > 0 && out[n-1].auth == w.auth && out[n-1].ep.Addr == w.ep.Addr {
+			out[n-1] = w
+			continue
+		}
+		out = append(out, w)
+	}
+	return out
+}
+
+// Validation.
+
+func checkName(what, s string) error {
+	switch {
+	case s == "":
+		return fmt.Errorf("%w: empty %s", ErrInvalid, what)
+	case strings.IndexByte(s, 0) >= 0:
+		return fmt.Errorf("%w: %s %q contains a NUL byte", ErrInvalid, what, s)
+	}
+	return nil
+}
+
+// canonicalHost returns h as ParseAuthority would: lower case, without one
+// trailing dot. It rejects what ParseAuthority rejects, since no client could
+// ask for it. It allocates only when h has upper-case letters.
+func canonicalHost(h string) (string, error) {
+	h = strings.TrimSuffix(h, ".")
+	if h == "" {
+		return "", fmt.Errorf("%w: empty host", ErrInvalid)
+	}
+	if len(h) > discovery.MaxHostLen {
+		return "", fmt.Errorf("%w: host longer than %d bytes", ErrInvalid, discovery.MaxHostLen)
+	}
+	upper := false
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		if c <= ' ' || c >= 0x7f || c == '/' || c == '\\' {
+			return "", fmt.Errorf("%w: host %q: must be printable ASCII without spaces or slashes", ErrInvalid, h)
+		}
+		upper = upper || ('A' <= c && c <= 'Z')
+	}
+	if upper {
+		h = strings.ToLower(h)
+	}
+	return h, nil
+}
+
+func checkAddr(a netip.AddrPort) error {
+	switch {
+	case !a.IsValid():
+		return fmt.Errorf("%w: invalid address", ErrInvalid)
+	case a.Port() == 0:
+		return fmt.Errorf("%w: address %s has no port", ErrInvalid, a)
+	case strings.IndexByte(a.Addr().Zone(), 0) >= 0:
+		return fmt.Errorf("%w: address %q has a NUL byte in its zone", ErrInvalid, a)
+	}
+	return nil
+}
+
+// Writing: merge a group's sorted plan with its sorted rows.
+
+type writer struct {
+	txn      *memdb.Txn
+	provider string
+	oldSvcs  []*serviceRow  // scratch, reused across groups
+	oldEps   []*endpointRow // scratch, reused across groups
+	args     []any          // scratch: Get's variadic argument, reused
+}
+
+func (w *writer) syncGroup(p *groupPlan) (changed bool, err error) {
+	if w.args == nil {
+		w.args = make([]any, 1)
+	}
+	w.args[0] = groupQuery{provider: w.provider, key: p.key}
+
+	// Rows are collected before writing: a write txn's iterator must not
+	// outlive a modification.
+	it, err := w.txn.Get(tableServices, indexGroup, w.args...)
+	if err != nil {
+		return false, err
+	}
+	w.oldSvcs = w.oldSvcs[:0]
+	for obj := it.Next(); obj != nil; obj = it.Next() {
+		w.oldSvcs = append(w.oldSvcs, obj.(*serviceRow))
+	}
+	it, err = w.txn.Get(tableEndpoints, indexGroup, w.args...)
+	if err != nil {
+		return false, err
+	}
+	if cap(w.oldEps) < len(p.eps) {
+		w.oldEps = make([]*endpointRow, 0, len(p.eps)) // usually what the group had
+	}
+	w.oldEps = w.oldEps[:0]
+	for obj := it.Next(); obj != nil; obj = it.Next() {
+		w.oldEps = append(w.oldEps, obj.(*endpointRow))
+	}
+	// The index yields rows in (nearly always exactly) this order, so the
+	// sorts are linear; they keep the merge correct regardless.
+	slices.SortFunc(w.oldSvcs, func(a, b *serviceRow) int { return cmpAuth(a.auth, b.auth) })
+	slices.SortFunc(w.oldEps, func(a, b *endpointRow) int {
+		return cmpEndpointKey(a.auth, a.ep.Addr, b.auth, b.ep.Addr)
+	})
+
+	old, want := w.oldSvcs, p.svcs
+	for i, j := 0, 0; i < len(old) || j < len(want); {
+		var c int
+		switch {
+		case i == len(old):
+			c = 1
+		case j == len(want):
+			c = -1
+		default:
+			c = cmpAuth(old[i].auth, want[j].auth)
+		}
+		switch {
+		case c < 0:
+			err = w.txn.Delete(tableServices, old[i])
+			i++
+		case c > 0:
+			err = w.txn.Insert(tableServices, &serviceRow{provider: w.provider, key: p.key, auth: want[j].auth, opaque: want[j].opaque})
+			j++
+		case old[i].opaque == want[j].opaque:
+			i, j = i+1, j+1
+			continue
+		default:
+			err = w.txn.Insert(tableServices, &serviceRow{provider: w.provider, key: p.key, auth: want[j].auth, opaque: want[j].opaque})
+			i, j = i+1, j+1
+		}
+		if err != nil {
+			return false, err
+		}
+		changed = true
+	}
+
+	oldE, wantE := w.oldEps, p.eps
+	for i, j := 0, 0; i < len(oldE) || j < len(wantE); {
+		var c int
+		switch {
+		case i == len(oldE):
+			c = 1
+		case j == len(wantE):
+			c = -1
+		default:
+			c = cmpEndpointKey(oldE[i].auth, oldE[i].ep.Addr, wantE[j].auth, wantE[j].ep.Addr)
+		}
+		switch {
+		case c < 0:
+			err = w.txn.Delete(tableEndpoints, oldE[i])
+			i++
+		case c > 0:
+			err = w.txn.Insert(tableEndpoints, w.endpointRow(p.key, &wantE[j]))
+			j++
+		case sameEndpoint(&oldE[i].ep, wantE[j].ep, w.provider, p.key):
+			i, j = i+1, j+1
+			continue
+		default:
+			err = w.txn.Insert(tableEndpoints, w.endpointRow(p.key, &wantE[j]))
+			i, j = i+1, j+1
+		}
+		if err != nil {
+			return false, err
+		}
+		changed = true
+	}
+	return changed, nil
+}
+
+// sameEndpoint reports whether stored is what storing in would produce.
+func sameEndpoint(stored, in *discovery.Endpoint, provider, key string) bool {
+	e := *in
+	e.Source, e.Key = provider, key
+	return stored.Equal(&e)
+}
+
+func (w *writer) endpointRow(key string, want *epWant) *endpointRow {
+	r := &endpointRow{auth: want.auth, ep: *want.ep}
+	r.ep.Source, r.ep.Key = w.provider, key
+	if len(r.ep.Labels) == 0 {
+		r.ep.Labels = nil
+	} else {
+		r.ep.Labels = maps.Clone(r.ep.Labels)
+	}
+	return r
+}
