@@ -1,0 +1,10 @@
+// Package all links in every source kind.
+//
+// Import it for its side effect, as cmd/tributary does:
+//
+//	import _ "github.com/tributary-mesh/tributary/sources/all"
+package all
+
+import (
+	_ "github.com/tributary-mesh/tributary/sources/file" // kind: file
+)
