@@ -1,0 +1,81 @@
+package destination
+
+import (
+	"time"
+
+	pb "github.com/linkerd/linkerd2-proxy-api/go/destination"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the destination API's Prometheus metrics. A nil *Metrics
+// records nothing.
+type Metrics struct {
+	streams  *prometheus.GaugeVec
+	updates  *prometheus.CounterVec
+	firstMsg *prometheus.HistogramVec
+}
+
+// NewMetrics creates the metrics and registers them with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		streams: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "tributary_streams",
+			Help: "Open destination API streams.",
+		}, []string{"method"}),
+		updates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tributary_updates_sent_total",
+			Help: "Messages sent on destination API streams, by type (add, remove, no_endpoints, profile).",
+		}, []string{"type"}),
+		firstMsg: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "tributary_stream_first_message_seconds",
+			Help:    "Time from a stream's request to its first message (includes the startup sync wait).",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2, 3},
+		}, []string{"method"}),
+	}
+	reg.MustRegister(m.streams, m.updates, m.firstMsg)
+	for _, method := range []string{"Get", "GetProfile"} {
+		m.streams.WithLabelValues(method)
+	}
+	for _, t := range []string{"add", "remove", "no_endpoints", "profile"} {
+		m.updates.WithLabelValues(t)
+	}
+	return m
+}
+
+func (m *Metrics) streamOpened(method string) {
+	if m != nil {
+		m.streams.WithLabelValues(method).Inc()
+	}
+}
+
+func (m *Metrics) streamClosed(method string) {
+	if m != nil {
+		m.streams.WithLabelValues(method).Dec()
+	}
+}
+
+func (m *Metrics) sent(u *pb.Update) {
+	if m == nil {
+		return
+	}
+	switch u.GetUpdate().(type) {
+	case *pb.Update_Add:
+		m.updates.WithLabelValues("add").Inc()
+	case *pb.Update_Remove:
+		m.updates.WithLabelValues("remove").Inc()
+	case *pb.Update_NoEndpoints:
+		m.updates.WithLabelValues("no_endpoints").Inc()
+	}
+}
+
+func (m *Metrics) sentProfile() {
+	if m != nil {
+		m.updates.WithLabelValues("profile").Inc()
+	}
+}
+
+func (m *Metrics) firstMessage(method string, d time.Duration) {
+	if m != nil {
+		m.firstMsg.WithLabelValues(method).Observe(d.Seconds())
+	}
+}

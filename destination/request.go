@@ -1,0 +1,87 @@
+package destination
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/tributary-mesh/tributary/discovery"
+)
+
+// MaxContextTokenLen bounds the context token a client may send. Linkerd's
+// tokens are well under 200 bytes.
+const MaxContextTokenLen = 4096
+
+// ErrBadRequest is wrapped by every request validation error; the server
+// maps it to InvalidArgument.
+var ErrBadRequest = errors.New("bad request")
+
+// parseGetPath reads a Get path: "host:port" with port 80 when absent. IP
+// literals are refused: endpoints of an address are not a service.
+func parseGetPath(path string) (discovery.Authority, error) {
+	a, err := parsePath(path)
+	if err != nil {
+		return a, err
+	}
+	if _, err := netip.ParseAddr(strings.Trim(a.Host, "[]")); err == nil {
+		return discovery.Authority{}, fmt.Errorf("%w: %q is an IP address; Get resolves service names (use GetProfile for an IP:port)", ErrBadRequest, path)
+	}
+	return a, nil
+}
+
+// parseProfileTarget reads a GetProfile path: a service authority or an
+// IP:port. Exactly one of the results is set.
+func parseProfileTarget(path string) (discovery.Authority, netip.AddrPort, error) {
+	if ap, err := netip.ParseAddrPort(path); err == nil {
+		return discovery.Authority{}, ap, nil
+	}
+	a, err := parsePath(path)
+	if err != nil {
+		return a, netip.AddrPort{}, err
+	}
+	if ip, err := netip.ParseAddr(strings.Trim(a.Host, "[]")); err == nil {
+		return discovery.Authority{}, netip.AddrPortFrom(ip, a.Port), nil
+	}
+	return a, netip.AddrPort{}, nil
+}
+
+func parsePath(path string) (discovery.Authority, error) {
+	if !utf8.ValidString(path) {
+		return discovery.Authority{}, fmt.Errorf("%w: path is not valid UTF-8", ErrBadRequest)
+	}
+	a, err := discovery.ParseAuthority(path, 80)
+	if err != nil {
+		return a, fmt.Errorf("%w: %w", ErrBadRequest, err)
+	}
+	return a, nil
+}
+
+// contextToken is what Linkerd proxies send in GetDestination.context_token:
+// JSON set at injection time. "zone" is Tributary's own addition for clients
+// outside Kubernetes, which have no node to look the zone up by.
+type contextToken struct {
+	NS       string `json:"ns"`
+	NodeName string `json:"nodeName"`
+	Pod      string `json:"pod"`
+	Zone     string `json:"zone"`
+}
+
+// parseContextToken decodes a token. Empty is fine; a token that is not
+// JSON is ignored (old proxies sent a bare namespace string), but an
+// oversized one is refused.
+func parseContextToken(s string) (contextToken, error) {
+	var t contextToken
+	if len(s) > MaxContextTokenLen {
+		return t, fmt.Errorf("%w: context token is %d bytes; at most %d are accepted", ErrBadRequest, len(s), MaxContextTokenLen)
+	}
+	if s == "" || s[0] != '{' {
+		return t, nil
+	}
+	if err := json.Unmarshal([]byte(s), &t); err != nil {
+		return contextToken{}, nil
+	}
+	return t, nil
+}

@@ -1,0 +1,263 @@
+// Package destination serves Linkerd's destination gRPC API
+// (io.linkerd.proxy.destination.Destination) from the registry: Get streams
+// endpoint updates for an authority, GetProfile a minimal service profile.
+package destination
+
+import (
+	"context"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/hashicorp/go-memdb"
+	pb "github.com/linkerd/linkerd2-proxy-api/go/destination"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/tributary-mesh/tributary/cache"
+	"github.com/tributary-mesh/tributary/discovery"
+)
+
+// DefaultStartupTimeout bounds how long a stream waits for the sources to
+// sync before its first answer; below the proxy's 3 s first-message timeout.
+const DefaultStartupTimeout = 2 * time.Second
+
+// Options configures a Server.
+type Options struct {
+	Store *cache.Store
+	// Federation rules; nil means none (plain union by address).
+	Federation *discovery.Federation
+	// Synced is closed when every source has synced; nil means already synced.
+	Synced <-chan struct{}
+	// StartupTimeout bounds the wait for Synced; 0 means DefaultStartupTimeout.
+	StartupTimeout time.Duration
+	Logger         *slog.Logger
+	// Metrics, when set, records stream and update counts.
+	Metrics *Metrics
+}
+
+// Server implements the Destination service. Every stream runs in its gRPC
+// handler goroutine: it sleeps on a watch set of its service, and on wake
+// reads the newest consistent state and sends the difference. Nothing is
+// queued per stream, so a slow client costs only its last-sent state.
+type Server struct {
+	pb.UnimplementedDestinationServer
+
+	store   *cache.Store
+	fed     *discovery.Federation
+	synced  <-chan struct{}
+	startup time.Duration
+	log     *slog.Logger
+	metrics *Metrics
+	// drain ends with Drain; every stream's context is tied to it.
+	drain    context.Context
+	drainNow context.CancelFunc
+}
+
+// NewServer returns a server; register it with Register.
+func NewServer(opts Options) *Server {
+	s := &Server{
+		store:   opts.Store,
+		fed:     opts.Federation,
+		synced:  opts.Synced,
+		startup: opts.StartupTimeout,
+		log:     opts.Logger,
+		metrics: opts.Metrics,
+	}
+	s.drain, s.drainNow = context.WithCancel(context.Background())
+	if s.fed == nil {
+		s.fed, _ = discovery.NewFederation(nil, nil)
+	}
+	if s.startup <= 0 {
+		s.startup = DefaultStartupTimeout
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	return s
+}
+
+// Register adds the Destination service to a gRPC server.
+func (s *Server) Register(g *grpc.Server) { pb.RegisterDestinationServer(g, s) }
+
+// Drain ends every open stream and refuses new ones with Unavailable, so
+// that proxies reconnect elsewhere. Call it before grpc.Server.GracefulStop.
+func (s *Server) Drain() { s.drainNow() }
+
+// Get streams endpoint updates for the authority in req.Path.
+func (s *Server) Get(req *pb.GetDestination, stream pb.Destination_GetServer) error {
+	start := time.Now()
+	a, err := parseGetPath(req.GetPath())
+	if err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	tok, err := parseContextToken(req.GetContextToken())
+	if err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	ctx, done, err := s.begin(stream.Context(), "Get")
+	if err != nil {
+		return err
+	}
+	defer done()
+
+	t := newTranslator(tok.Zone)
+	first := true
+	for {
+		ws := memdb.NewWatchSet()
+		updates := t.next(s.view(ws, a))
+		for _, u := range updates {
+			if err := stream.Send(u); err != nil {
+				return err
+			}
+			s.metrics.sent(u)
+		}
+		if first {
+			first = false
+			s.metrics.firstMessage("Get", time.Since(start))
+		}
+		if err := ws.WatchCtx(ctx); err != nil {
+			return s.ended(stream.Context())
+		}
+	}
+}
+
+// GetProfile streams a minimal profile for a service authority or an
+// IP:port, and a new one whenever it changes.
+func (s *Server) GetProfile(req *pb.GetDestination, stream pb.Destination_GetProfileServer) error {
+	start := time.Now()
+	a, ip, err := parseProfileTarget(req.GetPath())
+	if err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	tok, err := parseContextToken(req.GetContextToken())
+	if err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	ctx, done, err := s.begin(stream.Context(), "GetProfile")
+	if err != nil {
+		return err
+	}
+	defer done()
+
+	var last *pb.DestinationProfile
+	for {
+		ws := memdb.NewWatchSet()
+		var p *pb.DestinationProfile
+		if ip.IsValid() {
+			p = s.endpointProfile(ws, ip, tok.Zone)
+		} else {
+			p = s.serviceProfile(ws, a)
+		}
+		if last == nil || !proto.Equal(last, p) {
+			if err := stream.Send(p); err != nil {
+				return err
+			}
+			s.metrics.sentProfile()
+			if last == nil {
+				s.metrics.firstMessage("GetProfile", time.Since(start))
+			}
+			last = p
+		}
+		if err := ws.WatchCtx(ctx); err != nil {
+			return s.ended(stream.Context())
+		}
+	}
+}
+
+// begin admits a stream: refuses it while draining, waits (bounded) for the
+// sources to sync, and returns a context that ends with the stream or with
+// Drain.
+func (s *Server) begin(streamCtx context.Context, method string) (context.Context, func(), error) {
+	if s.drain.Err() != nil {
+		return nil, nil, status.Error(codes.Unavailable, "server is shutting down")
+	}
+	ctx, cancel := context.WithCancel(streamCtx)
+	stopWatch := context.AfterFunc(s.drain, cancel)
+	s.metrics.streamOpened(method)
+	done := func() {
+		stopWatch()
+		cancel()
+		s.metrics.streamClosed(method)
+	}
+	if s.synced != nil {
+		select {
+		case <-s.synced:
+		default:
+			timer := time.NewTimer(s.startup)
+			select {
+			case <-s.synced:
+			case <-timer.C:
+				s.log.Warn("answering before every source synced", "waited", s.startup)
+			case <-ctx.Done():
+			}
+			timer.Stop()
+		}
+	}
+	return ctx, done, nil
+}
+
+// ended is a stream's return value once its context is done: nil when the
+// client went away, Unavailable when the server drains.
+func (s *Server) ended(streamCtx context.Context) error {
+	if streamCtx.Err() != nil {
+		return nil
+	}
+	return status.Error(codes.Unavailable, "server is shutting down; reconnect")
+}
+
+// view reads what is served for a, adding watches for every member authority.
+func (s *Server) view(ws memdb.WatchSet, a discovery.Authority) view {
+	snap := s.store.Snapshot()
+	members := s.fed.Members(a)
+	var v view
+	var all []*discovery.Endpoint
+	for _, m := range members {
+		st := snap.Service(ws, m)
+		v.exists = v.exists || st.Exists
+		v.opaque = v.opaque || st.Opaque
+		if len(members) == 1 {
+			all = st.Endpoints
+		} else {
+			all = append(all, st.Endpoints...)
+		}
+	}
+	v.endpoints = s.fed.Resolve(a, all)
+	return v
+}
+
+// defaultRetryBudget is Linkerd's default: 20% extra load, at least 10
+// retries per second, over a 10 s window.
+func defaultRetryBudget() *pb.RetryBudget {
+	return &pb.RetryBudget{RetryRatio: 0.2, MinRetriesPerSecond: 10, Ttl: durationpb.New(10 * time.Second)}
+}
+
+func (s *Server) serviceProfile(ws memdb.WatchSet, a discovery.Authority) *pb.DestinationProfile {
+	v := s.view(ws, a)
+	p := &pb.DestinationProfile{RetryBudget: defaultRetryBudget(), OpaqueProtocol: v.opaque}
+	if v.exists {
+		p.FullyQualifiedName = a.Host
+	}
+	return p
+}
+
+func (s *Server) endpointProfile(ws memdb.WatchSet, ip netip.AddrPort, clientZone string) *pb.DestinationProfile {
+	p := &pb.DestinationProfile{RetryBudget: defaultRetryBudget()}
+	matches := s.store.Snapshot().EndpointsByAddr(ws, ip)
+	var best *cache.AddrMatch
+	for i := range matches {
+		m := &matches[i]
+		if best == nil || (!best.Endpoint.Health.Serving() && m.Endpoint.Health.Serving()) {
+			best = m
+		}
+	}
+	if best == nil {
+		return p
+	}
+	p.Endpoint = weightedAddr(best.Endpoint, clientZone)
+	p.OpaqueProtocol = best.Endpoint.Protocol == discovery.ProtocolOpaque
+	return p
+}

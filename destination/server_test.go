@@ -1,0 +1,314 @@
+package destination
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	pb "github.com/linkerd/linkerd2-proxy-api/go/destination"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/tributary-mesh/tributary/cache"
+	"github.com/tributary-mesh/tributary/discovery"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// waitFor bounds every receive in these tests; it is a hang guard, not a
+// latency assertion.
+const waitFor = 5 * time.Second
+
+type harness struct {
+	t      *testing.T
+	store  *cache.Store
+	srv    *Server
+	client pb.DestinationClient
+}
+
+func newHarness(t *testing.T, opts Options) *harness {
+	t.Helper()
+	if opts.Store == nil {
+		opts.Store = cache.New()
+	}
+	srv := NewServer(opts)
+	g := grpc.NewServer()
+	srv.Register(g)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = g.Serve(ln) }()
+	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		conn.Close()
+		srv.Drain()
+		g.Stop()
+	})
+	return &harness{t: t, store: opts.Store, srv: srv, client: pb.NewDestinationClient(conn)}
+}
+
+func (h *harness) apply(provider string, groups ...discovery.Group) {
+	h.t.Helper()
+	if _, err := h.store.Apply(provider, groups); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+func group(key string, host string, port uint16, addrs ...string) discovery.Group {
+	svc := discovery.Service{Authority: discovery.Authority{Host: host, Port: port}}
+	for _, a := range addrs {
+		svc.Endpoints = append(svc.Endpoints, discovery.Endpoint{Addr: netip.MustParseAddrPort(a)})
+	}
+	return discovery.Group{Key: key, Services: []discovery.Service{svc}}
+}
+
+type stream struct {
+	t       *testing.T
+	updates chan *pb.Update
+	errc    chan error
+	cancel  context.CancelFunc
+}
+
+func (h *harness) get(path, token string) *stream {
+	h.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &stream{t: h.t, updates: make(chan *pb.Update, 100), errc: make(chan error, 1), cancel: cancel}
+	st, err := h.client.Get(ctx, &pb.GetDestination{Scheme: "k8s", Path: path, ContextToken: token})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	go func() {
+		for {
+			u, err := st.Recv()
+			if err != nil {
+				s.errc <- err
+				return
+			}
+			s.updates <- u
+		}
+	}()
+	h.t.Cleanup(func() {
+		cancel()
+		<-s.errc
+	})
+	return s
+}
+
+func (s *stream) next() string {
+	s.t.Helper()
+	select {
+	case u := <-s.updates:
+		return kind(u)
+	case err := <-s.errc:
+		s.t.Fatalf("stream ended: %v", err)
+	case <-time.After(waitFor):
+		s.t.Fatal("no update")
+	}
+	return ""
+}
+
+func (s *stream) err() error {
+	s.t.Helper()
+	select {
+	case err := <-s.errc:
+		s.errc <- err // for Cleanup
+		return err
+	case u := <-s.updates:
+		s.t.Fatalf("want the stream to end, got %s", kind(u))
+	case <-time.After(waitFor):
+		s.t.Fatal("stream did not end")
+	}
+	return nil
+}
+
+func TestGetFirstMessagesAndDiffs(t *testing.T) {
+	h := newHarness(t, Options{})
+	h.apply("p1", group("f1", "web.demo", 8080, "10.0.0.1:8080", "10.0.0.2:8080"), group("f2", "empty.demo", 80))
+
+	web := h.get("web.demo:8080", "")
+	if got := web.next(); got != "add:10.0.0.1:8080,10.0.0.2:8080" {
+		t.Fatalf("web first: %s", got)
+	}
+	if got := h.get("empty.demo", "").next(); got != "none:true" {
+		t.Fatalf("empty.demo (port 80 by default) first: %s", got)
+	}
+	unknown := h.get("nope.demo:80", "")
+	if got := unknown.next(); got != "none:false" {
+		t.Fatalf("unknown first: %s", got)
+	}
+	if got := h.get("web.demo:9999", "").next(); got != "none:false" {
+		t.Fatalf("other port first: %s", got)
+	}
+
+	h.apply("p1", group("f1", "web.demo", 8080, "10.0.0.2:8080", "10.0.0.3:8080"))
+	if got := web.next(); got != "add:10.0.0.3:8080" {
+		t.Fatalf("web diff add: %s", got)
+	}
+	if got := web.next(); got != "remove:10.0.0.1:8080" {
+		t.Fatalf("web diff remove: %s", got)
+	}
+
+	// The unknown service appears: the open stream gets its add.
+	h.apply("p2", group("g", "nope.demo", 0, "10.9.9.9:80"))
+	if got := unknown.next(); got != "add:10.9.9.9:80" {
+		t.Fatalf("unknown then known: %s", got)
+	}
+	// Withdrawn: back to unknown.
+	h.apply("p2", discovery.Group{Key: "g"})
+	if got := unknown.next(); got != "none:false" {
+		t.Fatalf("withdrawn: %s", got)
+	}
+}
+
+func TestGetEvictsCritical(t *testing.T) {
+	h := newHarness(t, Options{})
+	g := group("f", "web.demo", 80, "10.0.0.1:80", "10.0.0.2:80")
+	h.apply("p", g)
+	s := h.get("web.demo:80", "")
+	if got := s.next(); got != "add:10.0.0.1:80,10.0.0.2:80" {
+		t.Fatal(got)
+	}
+	g = group("f", "web.demo", 80, "10.0.0.1:80", "10.0.0.2:80")
+	g.Services[0].Endpoints[0].Health = discovery.HealthCritical
+	h.apply("p", g)
+	if got := s.next(); got != "remove:10.0.0.1:80" {
+		t.Fatal(got)
+	}
+}
+
+func TestGetInvalidArgument(t *testing.T) {
+	h := newHarness(t, Options{})
+	for _, tc := range []struct{ path, token string }{
+		{"", ""},
+		{":80", ""},
+		{"web.demo:0", ""},
+		{"web.demo:65536", ""},
+		{"web.demo:http", ""},
+		{"web\x00demo:80", ""},
+		{"web demo:80", ""},
+		{strings.Repeat("a", 256) + ":80", ""},
+		{strings.Repeat("a", 64<<10), ""},
+		{"10.0.0.1:80", ""},
+		{"[::1]:80", ""},
+		{"web.demo:80", strings.Repeat("x", MaxContextTokenLen+1)},
+	} {
+		st, err := h.client.Get(context.Background(), &pb.GetDestination{Path: tc.path, ContextToken: tc.token})
+		if err == nil {
+			_, err = st.Recv()
+		}
+		if status.Code(err) != codes.InvalidArgument {
+			t.Errorf("path %.40q token %d bytes: got %v, want InvalidArgument", tc.path, len(tc.token), err)
+		}
+	}
+}
+
+func TestGetZoneLocalityFromContextToken(t *testing.T) {
+	h := newHarness(t, Options{})
+	g := group("f", "web.demo", 80, "10.0.0.1:80")
+	g.Services[0].Endpoints[0].Zone = "zone-a"
+	h.apply("p", g)
+	s := h.get("web.demo", `{"ns":"demo","zone":"zone-a"}`)
+	select {
+	case u := <-s.updates:
+		if got := u.GetAdd().GetAddrs()[0].GetMetricLabels()["zone_locality"]; got != "local" {
+			t.Fatalf("zone_locality %q", got)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("no update")
+	}
+}
+
+func TestStartupGateWaitsForSync(t *testing.T) {
+	synced := make(chan struct{})
+	h := newHarness(t, Options{Synced: synced, StartupTimeout: time.Minute})
+	s := h.get("web.demo:80", "")
+	// While unsynced nothing may be answered; the registry then fills and syncs.
+	h.apply("p", group("f", "web.demo", 80, "10.0.0.1:80"))
+	close(synced)
+	if got := s.next(); got != "add:10.0.0.1:80" {
+		t.Fatalf("after sync: %s", got)
+	}
+}
+
+func TestStartupGateIsBounded(t *testing.T) {
+	h := newHarness(t, Options{Synced: make(chan struct{}), StartupTimeout: 10 * time.Millisecond})
+	if got := h.get("web.demo:80", "").next(); got != "none:false" {
+		t.Fatalf("after the bound: %s", got)
+	}
+}
+
+func TestDrainEndsStreamsAndRefusesNewOnes(t *testing.T) {
+	h := newHarness(t, Options{})
+	h.apply("p", group("f", "web.demo", 80, "10.0.0.1:80"))
+	s := h.get("web.demo:80", "")
+	s.next()
+	h.srv.Drain()
+	if code := status.Code(s.err()); code != codes.Unavailable {
+		t.Fatalf("open stream ended with %v, want Unavailable", code)
+	}
+	st, err := h.client.Get(context.Background(), &pb.GetDestination{Path: "web.demo:80"})
+	if err == nil {
+		_, err = st.Recv()
+	}
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("new stream: %v, want Unavailable", err)
+	}
+}
+
+func TestGetProfile(t *testing.T) {
+	h := newHarness(t, Options{})
+	g := group("f", "web.demo", 8080, "10.0.0.1:8080")
+	g.Services[0].Opaque = true
+	g.Services[0].Endpoints[0].Protocol = discovery.ProtocolOpaque
+	h.apply("p", g)
+
+	recv := func(path string) (*pb.DestinationProfile, pb.Destination_GetProfileClient) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+		t.Cleanup(cancel)
+		st, err := h.client.GetProfile(ctx, &pb.GetDestination{Path: path})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := st.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p, st
+	}
+	p, _ := recv("web.demo:8080")
+	if p.GetFullyQualifiedName() != "web.demo" || !p.GetOpaqueProtocol() || p.GetRetryBudget() == nil {
+		t.Errorf("known service profile: %v", p)
+	}
+	p, _ = recv("nope.demo:8080")
+	if p.GetFullyQualifiedName() != "" || p.GetOpaqueProtocol() || p.GetEndpoint() != nil {
+		t.Errorf("unknown service profile: %v", p)
+	}
+	p, st := recv("10.0.0.1:8080")
+	if ap, _ := AddrPortFromTCP(p.GetEndpoint().GetAddr()); ap.String() != "10.0.0.1:8080" || !p.GetOpaqueProtocol() {
+		t.Errorf("endpoint profile: %v", p)
+	}
+	// The endpoint goes away: a new profile without it follows.
+	h.apply("p", discovery.Group{Key: "f"})
+	p, err := st.Recv()
+	if err != nil || p.GetEndpoint() != nil {
+		t.Errorf("after withdrawal: %v %v", p, err)
+	}
+	bad, err := h.client.GetProfile(context.Background(), &pb.GetDestination{Path: "bad host:80"})
+	if err == nil {
+		_, err = bad.Recv()
+	}
+	if status.Code(err) != codes.InvalidArgument {
+		t.Errorf("bad profile path: %v, want InvalidArgument", err)
+	}
+}
