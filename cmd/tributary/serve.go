@@ -1,0 +1,198 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/tributary-mesh/tributary/cache"
+	"github.com/tributary-mesh/tributary/destination"
+	"github.com/tributary-mesh/tributary/destination/admin"
+	"github.com/tributary-mesh/tributary/discovery"
+	_ "github.com/tributary-mesh/tributary/sources/all"
+)
+
+func serveCmd(args []string) int {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	configPath := fs.String("config", "", "Tributary config file (YAML)")
+	listen := fs.String("listen", "", "destination API address; overrides server.listen")
+	adminAddr := fs.String("admin", "", "admin HTTP address; overrides server.admin")
+	logLevel := fs.String("log-level", "", "debug|info|warn|error; overrides server.log_level")
+	pprofOn := fs.Bool("pprof", false, "serve /debug/pprof/ on the admin port")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *configPath == "" {
+		fmt.Fprintln(os.Stderr, "tributary serve: --config is required (try examples/tributary.yaml)")
+		return 2
+	}
+	cfg, err := discovery.LoadConfig(*configPath)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "tributary serve: invalid config:\n%v\n", err)
+		return 1
+	}
+	if *listen != "" {
+		cfg.Server.Listen = *listen
+	}
+	if *adminAddr != "" {
+		cfg.Server.Admin = *adminAddr
+	}
+	if *logLevel != "" {
+		cfg.Server.LogLevel = *logLevel
+	}
+	logger, err := newLogger(cfg.Server.LogLevel, cfg.Server.LogFormat)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "tributary serve: %v\n", err)
+		return 2
+	}
+	slog.SetDefault(logger)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := serve(ctx, cfg, logger, *pprofOn); err != nil {
+		logger.Error("tributary stopped", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level %q: %w", level, err)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "", "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("log format %q: want text or json", format)
+}
+
+// serve wires the registry, the sources, the gRPC API and the admin HTTP
+// server, and runs them until ctx ends; then it drains: not ready, no new
+// streams, open streams end, exit — bounded by server.shutdown_timeout.
+func serve(ctx context.Context, cfg *discovery.Config, logger *slog.Logger, pprofOn bool) error {
+	instances, err := cfg.BuildSources(logger)
+	if err != nil {
+		return err
+	}
+	fed, err := cfg.BuildFederation()
+	if err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	store := cache.New()
+	mgr := discovery.NewManager(store, instances, discovery.ManagerOptions{Logger: logger})
+	reg.MustRegister(admin.NewSourceCollector(mgr.Status, store))
+
+	dest := destination.NewServer(destination.Options{
+		Store:          store,
+		Federation:     fed,
+		Synced:         mgr.Synced(),
+		StartupTimeout: time.Duration(cfg.Server.StartupTimeout),
+		Logger:         logger,
+		Metrics:        destination.NewMetrics(reg),
+	})
+	grpcServer := grpc.NewServer(
+		// Requests are tiny; a bound keeps a hostile one from costing more than this.
+		grpc.MaxRecvMsgSize(128<<10),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+	)
+	dest.Register(grpcServer)
+	healthSrv := health.NewServer()
+	healthSrv.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	healthpb.RegisterHealthServer(grpcServer, healthSrv)
+	reflection.Register(grpcServer)
+
+	adminHandler := admin.New(admin.Options{
+		Store: store, Status: mgr.Status, Gatherer: reg, Synced: mgr.Synced(), Version: version, Pprof: pprofOn,
+	})
+
+	grpcLn, err := net.Listen("tcp", cfg.Server.Listen)
+	if err != nil {
+		return fmt.Errorf("destination API: %w", err)
+	}
+	adminLn, err := net.Listen("tcp", cfg.Server.Admin)
+	if err != nil {
+		grpcLn.Close()
+		return fmt.Errorf("admin: %w", err)
+	}
+	adminServer := &http.Server{Handler: adminHandler, ReadHeaderTimeout: 10 * time.Second}
+	logger.Info("tributary serving", "version", version, "api", grpcLn.Addr().String(), "admin", adminLn.Addr().String(),
+		"sources", len(instances), "kinds", strings.Join(discovery.KindNames(), ","))
+
+	srcCtx, stopSources := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	wg.Go(func() { mgr.Run(srcCtx) })
+	wg.Go(func() {
+		if err := grpcServer.Serve(grpcLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			errc <- fmt.Errorf("destination API: %w", err)
+		}
+	})
+	wg.Go(func() {
+		if err := adminServer.Serve(adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("admin: %w", err)
+		}
+	})
+	go func() {
+		select {
+		case <-mgr.Synced():
+			healthSrv.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+		case <-srcCtx.Done():
+		}
+	}()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		logger.Info("shutting down", "timeout", time.Duration(cfg.Server.ShutdownTimeout))
+	case runErr = <-errc:
+	}
+
+	// Drain: not ready, no new streams, open streams end, then exit.
+	deadline := time.Now().Add(time.Duration(cfg.Server.ShutdownTimeout))
+	adminHandler.SetDraining()
+	healthSrv.Shutdown()
+	dest.Drain()
+	stopped := make(chan struct{})
+	go func() { grpcServer.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(time.Until(deadline)):
+		logger.Warn("graceful stop timed out; closing connections")
+		grpcServer.Stop()
+		<-stopped
+	}
+	stopSources()
+	shutCtx, cancel := context.WithDeadline(context.Background(), deadline.Add(time.Second))
+	defer cancel()
+	_ = adminServer.Shutdown(shutCtx)
+	wg.Wait()
+	logger.Info("stopped")
+	return runErr
+}
