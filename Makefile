@@ -1,0 +1,52 @@
+# Tributary — see README.md. `make run` and `make test` are the two commands
+# a new user needs; everything else is for developers.
+
+GO       ?= go
+BIN      := bin/tributary
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X main.version=$(VERSION)
+CONFIG   ?= examples/tributary.yaml
+# Real peers for integration tests are built once per version into this cache
+# (outside the repo); see tools/peers.sh and docs/testing.md.
+export TRIBUTARY_PEERS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tributary-peers
+
+.PHONY: all build run test test-unit test-integration bench lint fmt peers clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/tributary
+
+## run: start Tributary on the example config (file source with example services)
+run: build
+	./$(BIN) serve --config $(CONFIG)
+
+## test: every test — unit tests with the race detector, then integration tests
+## against the real tributary binary and real peers.
+test: test-unit test-integration
+
+test-unit:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 ./...
+
+test-integration: build
+	TRIBUTARY_BIN=$(CURDIR)/$(BIN) $(GO) test -race -count=1 -tags integration -timeout 20m ./integration/...
+
+bench: build
+	$(GO) test -run '^$$' -bench . -benchmem ./cache/ ./destination/ ./discovery/
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+	$(GO) vet -tags integration ./integration/...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+## peers: build every real peer (Consul, etcd, CoreDNS, kube-apiserver) into the cache
+peers:
+	tools/peers.sh all
+
+clean:
+	rm -rf bin
