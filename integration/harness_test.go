@@ -1,0 +1,316 @@
+//go:build integration
+
+// Package integration runs the real tributary binary against real backends
+// (files here; Consul, kube-apiserver, DNS and etcd as their sources land)
+// and checks what a gRPC client on the upstream Linkerd stubs receives.
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	pb "github.com/linkerd/linkerd2-proxy-api/go/destination"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/tributary-mesh/tributary/destination"
+)
+
+// waitFor bounds every wait: a guard against hangs, never a latency claim.
+const waitFor = 10 * time.Second
+
+var tributaryBin string
+
+func TestMain(m *testing.M) {
+	tributaryBin = os.Getenv("TRIBUTARY_BIN")
+	var tmp string
+	if tributaryBin == "" {
+		var err error
+		tmp, err = os.MkdirTemp("", "tributary-bin")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		tributaryBin = filepath.Join(tmp, "tributary")
+		build := exec.Command("go", "build", "-o", tributaryBin, "../cmd/tributary")
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "building tributary:", err)
+			os.Exit(1)
+		}
+	}
+	code := 0
+	func() {
+		defer func() {
+			if tmp != "" {
+				os.RemoveAll(tmp)
+			}
+		}()
+		goleak.VerifyTestMain(exitCapture{&code, m})
+	}()
+	os.Exit(code)
+}
+
+// exitCapture lets TestMain clean up after goleak.VerifyTestMain, which
+// would otherwise call os.Exit itself.
+type exitCapture struct {
+	code *int
+	m    *testing.M
+}
+
+func (e exitCapture) Run() int { *e.code = e.m.Run(); return *e.code }
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// writeAtomic writes a file the way careful tools do: a temporary file in
+// the same folder, then a rename over the target.
+func writeAtomic(t *testing.T, path, content string) {
+	t.Helper()
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
+	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// syncBuffer collects a process's output safely for concurrent reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// server is one running tributary process.
+type server struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	API    string
+	Admin  string
+	Dir    string
+	logs   *syncBuffer
+	exited chan struct{}
+	conn   *grpc.ClientConn
+}
+
+// startServer writes config (its "server:" section is added here) into dir
+// and starts tributary on free loopback ports; it returns once /readyz is 200.
+func startServer(t *testing.T, dir, sourcesAndRules string) *server {
+	t.Helper()
+	s := &server{t: t, API: freePort(t), Admin: freePort(t), Dir: dir, logs: &syncBuffer{}, exited: make(chan struct{})}
+	cfg := fmt.Sprintf("server:\n  listen: %s\n  admin: %s\n  shutdown_timeout: 10s\n%s", s.API, s.Admin, sourcesAndRules)
+	// A dot-file: the tests' "*.yaml" globs must not match the config itself.
+	cfgPath := filepath.Join(dir, ".tributary.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.cmd = exec.Command(tributaryBin, "serve", "--config", cfgPath, "--log-level", "debug")
+	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = s.cmd.Wait(); close(s.exited) }()
+	t.Cleanup(func() {
+		if s.conn != nil {
+			s.conn.Close()
+		}
+		select {
+		case <-s.exited:
+		default:
+			_ = s.cmd.Process.Kill()
+			<-s.exited
+		}
+		if t.Failed() {
+			t.Logf("tributary output:\n%s", s.logs.String())
+		}
+	})
+	deadline := time.Now().Add(waitFor)
+	for {
+		code, _ := s.httpGet("/readyz")
+		if code == http.StatusOK {
+			break
+		}
+		select {
+		case <-s.exited:
+			t.Fatalf("tributary exited at start:\n%s", s.logs.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("tributary not ready after %v:\n%s", waitFor, s.logs.String())
+		}
+	}
+	conn, err := grpc.NewClient(s.API, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.conn = conn
+	return s
+}
+
+func (s *server) httpGet(path string) (int, string) {
+	resp, err := http.Get("http://" + s.Admin + path)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func (s *server) client() pb.DestinationClient { return pb.NewDestinationClient(s.conn) }
+
+// waitLog waits until the server's output contains substr.
+func (s *server) waitLog(substr string) {
+	s.t.Helper()
+	deadline := time.Now().Add(waitFor)
+	for !strings.Contains(s.logs.String(), substr) {
+		if time.Now().After(deadline) {
+			s.t.Fatalf("log never contained %q", substr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stream is one Get stream, replayed into the set a proxy would hold.
+type stream struct {
+	t       *testing.T
+	updates chan *pb.Update
+	errc    chan error
+	Set     destination.EndpointSet
+}
+
+func (s *server) get(path string) *stream {
+	s.t.Helper()
+	return s.getWithToken(path, "")
+}
+
+func (s *server) getWithToken(path, token string) *stream {
+	s.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	st := &stream{t: s.t, updates: make(chan *pb.Update, 100), errc: make(chan error, 1)}
+	c, err := s.client().Get(ctx, &pb.GetDestination{Scheme: "k8s", Path: path, ContextToken: token})
+	if err != nil {
+		cancel()
+		s.t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			u, err := c.Recv()
+			if err != nil {
+				st.errc <- err
+				return
+			}
+			st.updates <- u
+		}
+	}()
+	s.t.Cleanup(func() { cancel(); <-done })
+	return st
+}
+
+// next returns the next update in the compact form "add:a,b", "remove:a",
+// "none:true|false", after checking it against the wire contract.
+func (st *stream) next() string {
+	st.t.Helper()
+	select {
+	case u := <-st.updates:
+		if err := st.Set.Apply(u); err != nil {
+			st.t.Fatalf("contract: %v", err)
+		}
+		return describe(u)
+	case err := <-st.errc:
+		st.errc <- err
+		st.t.Fatalf("stream ended: %v", err)
+	case <-time.After(waitFor):
+		st.t.Fatal("no update")
+	}
+	return ""
+}
+
+// end waits for the stream to end and returns its error.
+func (st *stream) end() error {
+	st.t.Helper()
+	for {
+		select {
+		case <-st.updates:
+		case err := <-st.errc:
+			st.errc <- err
+			return err
+		case <-time.After(waitFor):
+			st.t.Fatal("stream did not end")
+			return nil
+		}
+	}
+}
+
+func describe(u *pb.Update) string {
+	var parts []string
+	switch x := u.GetUpdate().(type) {
+	case *pb.Update_Add:
+		for _, wa := range x.Add.GetAddrs() {
+			ap, _ := destination.AddrPortFromTCP(wa.GetAddr())
+			parts = append(parts, ap.String())
+		}
+		return "add:" + strings.Join(parts, ",")
+	case *pb.Update_Remove:
+		for _, a := range x.Remove.GetAddrs() {
+			ap, _ := destination.AddrPortFromTCP(a)
+			parts = append(parts, ap.String())
+		}
+		return "remove:" + strings.Join(parts, ",")
+	case *pb.Update_NoEndpoints:
+		return fmt.Sprintf("none:%t", x.NoEndpoints.GetExists())
+	}
+	return "?"
+}
+
+// sigterm sends SIGTERM and waits for the process to exit; it returns the
+// exit code and how long the exit took.
+func (s *server) sigterm() (int, time.Duration) {
+	s.t.Helper()
+	start := time.Now()
+	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		s.t.Fatal(err)
+	}
+	select {
+	case <-s.exited:
+	case <-time.After(30 * time.Second):
+		s.t.Fatal("tributary did not exit after SIGTERM")
+	}
+	return s.cmd.ProcessState.ExitCode(), time.Since(start)
+}
