@@ -37,6 +37,9 @@ type Options struct {
 	Logger         *slog.Logger
 	// Metrics, when set, records stream and update counts.
 	Metrics *Metrics
+	// NodeZones, when set, gives the zone of a client that names its node
+	// in the context token but not its zone.
+	NodeZones discovery.NodeZoner
 }
 
 // Server implements the Destination service. Every stream runs in its gRPC
@@ -52,6 +55,7 @@ type Server struct {
 	startup time.Duration
 	log     *slog.Logger
 	metrics *Metrics
+	zones   discovery.NodeZoner
 	// drain ends with Drain; every stream's context is tied to it.
 	drain    context.Context
 	drainNow context.CancelFunc
@@ -66,6 +70,7 @@ func NewServer(opts Options) *Server {
 		startup: opts.StartupTimeout,
 		log:     opts.Logger,
 		metrics: opts.Metrics,
+		zones:   opts.NodeZones,
 	}
 	s.drain, s.drainNow = context.WithCancel(context.Background())
 	if s.fed == nil {
@@ -104,7 +109,7 @@ func (s *Server) Get(req *pb.GetDestination, stream pb.Destination_GetServer) er
 	}
 	defer done()
 
-	t := newTranslator(tok.Zone)
+	t := newTranslator(s.clientZone(tok))
 	first := true
 	for {
 		ws := memdb.NewWatchSet()
@@ -148,7 +153,7 @@ func (s *Server) GetProfile(req *pb.GetDestination, stream pb.Destination_GetPro
 		ws := memdb.NewWatchSet()
 		var p *pb.DestinationProfile
 		if ip.IsValid() {
-			p = s.endpointProfile(ws, ip, tok.Zone)
+			p = s.endpointProfile(ws, ip, s.clientZone(tok))
 		} else {
 			p = s.serviceProfile(ws, a)
 		}
@@ -198,6 +203,16 @@ func (s *Server) begin(streamCtx context.Context, method string) (context.Contex
 		}
 	}
 	return ctx, done, nil
+}
+
+// clientZone is the zone a client says it is in, or the zone of the node it
+// names, when known.
+func (s *Server) clientZone(tok contextToken) string {
+	if tok.Zone != "" || tok.NodeName == "" || s.zones == nil {
+		return tok.Zone
+	}
+	zone, _ := s.zones.NodeZone(tok.NodeName)
+	return zone
 }
 
 // ended is a stream's return value once its context is done: nil when the

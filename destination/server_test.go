@@ -312,3 +312,23 @@ func TestGetProfile(t *testing.T) {
 		t.Errorf("bad profile path: %v, want InvalidArgument", err)
 	}
 }
+
+type zones map[string]string
+
+func (z zones) NodeZone(node string) (string, bool) { v, ok := z[node]; return v, ok }
+
+func TestZoneLocalityFromNodeName(t *testing.T) {
+	h := newHarness(t, Options{NodeZones: zones{"node-1": "zone-b"}})
+	g := group("f", "web.demo", 80, "10.0.0.1:80")
+	g.Services[0].Endpoints[0].Zone = "zone-a"
+	h.apply("p", g)
+	s := h.get("web.demo", `{"ns":"demo","nodeName":"node-1","pod":"web-0"}`)
+	select {
+	case u := <-s.updates:
+		if got := u.GetAdd().GetAddrs()[0].GetMetricLabels()["zone_locality"]; got != "remote" {
+			t.Fatalf("zone_locality %q", got)
+		}
+	case <-time.After(waitFor):
+		t.Fatal("no update")
+	}
+}

@@ -109,3 +109,11 @@ func KindNames() []string {
 	sort.Strings(names)
 	return names
 }
+
+// NodeZoner is implemented by sources that know the zone of the nodes their
+// clients run on (Kubernetes: the node's topology.kubernetes.io/zone
+// label). The destination server asks it for a client that sends a
+// nodeName but no zone in its context token, to set zone_locality.
+type NodeZoner interface {
+	NodeZone(node string) (zone string, ok bool)
+}

@@ -108,7 +108,14 @@ func serve(ctx context.Context, cfg *discovery.Config, logger *slog.Logger, ppro
 	mgr := discovery.NewManager(store, instances, discovery.ManagerOptions{Logger: logger})
 	reg.MustRegister(admin.NewSourceCollector(mgr.Status, store))
 
+	var zoners nodeZoners
+	for _, in := range instances {
+		if z, ok := in.Source.(discovery.NodeZoner); ok {
+			zoners = append(zoners, z)
+		}
+	}
 	dest := destination.NewServer(destination.Options{
+		NodeZones:      zoners,
 		Store:          store,
 		Federation:     fed,
 		Synced:         mgr.Synced(),
@@ -195,4 +202,16 @@ func serve(ctx context.Context, cfg *discovery.Config, logger *slog.Logger, ppro
 	wg.Wait()
 	logger.Info("stopped")
 	return runErr
+}
+
+// nodeZoners asks each source that knows node zones, in config order.
+type nodeZoners []discovery.NodeZoner
+
+func (zs nodeZoners) NodeZone(node string) (string, bool) {
+	for _, z := range zs {
+		if zone, ok := z.NodeZone(node); ok {
+			return zone, true
+		}
+	}
+	return "", false
 }

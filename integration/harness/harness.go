@@ -1,9 +1,9 @@
-//go:build integration
-
-// Package integration runs the real tributary binary against real backends
-// (files here; Consul, kube-apiserver, DNS and etcd as their sources land)
-// and checks what a gRPC client on the upstream Linkerd stubs receives.
-package integration
+// Package harness runs the real tributary binary and real peers for the
+// integration tests: it starts `tributary serve` on free loopback ports,
+// opens Get streams over the upstream Linkerd stubs, replays them as a proxy
+// would, and finds (building once, cached outside the repo) the Consul,
+// etcd, CoreDNS and kube-apiserver binaries.
+package harness
 
 import (
 	"bytes"
@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -29,13 +30,19 @@ import (
 	"github.com/tributary-mesh/tributary/destination"
 )
 
-// waitFor bounds every wait: a guard against hangs, never a latency claim.
-const waitFor = 10 * time.Second
+// WaitFor bounds every wait: a guard against hangs, never a latency claim.
+const WaitFor = 10 * time.Second
 
-var tributaryBin string
+const waitFor = WaitFor
 
-func TestMain(m *testing.M) {
-	tributaryBin = os.Getenv("TRIBUTARY_BIN")
+// Bin is the tributary binary under test, set by Main.
+var Bin string
+
+// Main is the TestMain of every integration package: it builds tributary
+// unless TRIBUTARY_BIN names a binary, runs the tests under goleak, and
+// exits.
+func Main(m *testing.M) {
+	tributaryBin := os.Getenv("TRIBUTARY_BIN")
 	var tmp string
 	if tributaryBin == "" {
 		var err error
@@ -45,13 +52,14 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 		tributaryBin = filepath.Join(tmp, "tributary")
-		build := exec.Command("go", "build", "-o", tributaryBin, "../cmd/tributary")
+		build := exec.Command("go", "build", "-o", tributaryBin, "github.com/tributary-mesh/tributary/cmd/tributary")
 		build.Stdout, build.Stderr = os.Stderr, os.Stderr
 		if err := build.Run(); err != nil {
 			fmt.Fprintln(os.Stderr, "building tributary:", err)
 			os.Exit(1)
 		}
 	}
+	Bin = tributaryBin
 	code := 0
 	func() {
 		defer func() {
@@ -73,8 +81,8 @@ type exitCapture struct {
 
 func (e exitCapture) Run() int { *e.code = e.m.Run(); return *e.code }
 
-// freePort returns a loopback port that was free a moment ago.
-func freePort(t *testing.T) string {
+// FreePort returns a loopback port that was free a moment ago.
+func FreePort(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -84,9 +92,9 @@ func freePort(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// writeAtomic writes a file the way careful tools do: a temporary file in
+// WriteAtomic writes a file the way careful tools do: a temporary file in
 // the same folder, then a rename over the target.
-func writeAtomic(t *testing.T, path, content string) {
+func WriteAtomic(t *testing.T, path, content string) {
 	t.Helper()
 	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
 	if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
@@ -97,49 +105,49 @@ func writeAtomic(t *testing.T, path, content string) {
 	}
 }
 
-// syncBuffer collects a process's output safely for concurrent reads.
-type syncBuffer struct {
+// SyncBuffer collects a process's output safely for concurrent reads.
+type SyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *SyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
 }
 
-// server is one running tributary process.
-type server struct {
+// Server is one running tributary process.
+type Server struct {
 	t      *testing.T
 	cmd    *exec.Cmd
 	API    string
 	Admin  string
 	Dir    string
-	logs   *syncBuffer
+	Logs   *SyncBuffer
 	exited chan struct{}
 	conn   *grpc.ClientConn
 }
 
-// startServer writes config (its "server:" section is added here) into dir
+// Start writes config (its "server:" section is added here) into dir
 // and starts tributary on free loopback ports; it returns once /readyz is 200.
-func startServer(t *testing.T, dir, sourcesAndRules string) *server {
+func Start(t *testing.T, dir, sourcesAndRules string) *Server {
 	t.Helper()
-	s := &server{t: t, API: freePort(t), Admin: freePort(t), Dir: dir, logs: &syncBuffer{}, exited: make(chan struct{})}
+	s := &Server{t: t, API: FreePort(t), Admin: FreePort(t), Dir: dir, Logs: &SyncBuffer{}, exited: make(chan struct{})}
 	cfg := fmt.Sprintf("server:\n  listen: %s\n  admin: %s\n  shutdown_timeout: 10s\n%s", s.API, s.Admin, sourcesAndRules)
 	// A dot-file: the tests' "*.yaml" globs must not match the config itself.
 	cfgPath := filepath.Join(dir, ".tributary.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s.cmd = exec.Command(tributaryBin, "serve", "--config", cfgPath, "--log-level", "debug")
-	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
+	s.cmd = exec.Command(Bin, "serve", "--config", cfgPath, "--log-level", "debug")
+	s.cmd.Stdout, s.cmd.Stderr = s.Logs, s.Logs
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -155,22 +163,22 @@ func startServer(t *testing.T, dir, sourcesAndRules string) *server {
 			<-s.exited
 		}
 		if t.Failed() {
-			t.Logf("tributary output:\n%s", s.logs.String())
+			t.Logf("tributary output:\n%s", s.Logs.String())
 		}
 	})
 	deadline := time.Now().Add(waitFor)
 	for {
-		code, _ := s.httpGet("/readyz")
+		code, _ := s.HTTPGet("/readyz")
 		if code == http.StatusOK {
 			break
 		}
 		select {
 		case <-s.exited:
-			t.Fatalf("tributary exited at start:\n%s", s.logs.String())
+			t.Fatalf("tributary exited at start:\n%s", s.Logs.String())
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("tributary not ready after %v:\n%s", waitFor, s.logs.String())
+			t.Fatalf("tributary not ready after %v:\n%s", waitFor, s.Logs.String())
 		}
 	}
 	conn, err := grpc.NewClient(s.API, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -181,7 +189,7 @@ func startServer(t *testing.T, dir, sourcesAndRules string) *server {
 	return s
 }
 
-func (s *server) httpGet(path string) (int, string) {
+func (s *Server) HTTPGet(path string) (int, string) {
 	resp, err := http.Get("http://" + s.Admin + path)
 	if err != nil {
 		return 0, err.Error()
@@ -191,13 +199,13 @@ func (s *server) httpGet(path string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-func (s *server) client() pb.DestinationClient { return pb.NewDestinationClient(s.conn) }
+func (s *Server) Client() pb.DestinationClient { return pb.NewDestinationClient(s.conn) }
 
-// waitLog waits until the server's output contains substr.
-func (s *server) waitLog(substr string) {
+// WaitLog waits until the server's output contains substr.
+func (s *Server) WaitLog(substr string) {
 	s.t.Helper()
 	deadline := time.Now().Add(waitFor)
-	for !strings.Contains(s.logs.String(), substr) {
+	for !strings.Contains(s.Logs.String(), substr) {
 		if time.Now().After(deadline) {
 			s.t.Fatalf("log never contained %q", substr)
 		}
@@ -205,24 +213,24 @@ func (s *server) waitLog(substr string) {
 	}
 }
 
-// stream is one Get stream, replayed into the set a proxy would hold.
-type stream struct {
+// Stream is one Get stream, replayed into the set a proxy would hold.
+type Stream struct {
 	t       *testing.T
 	updates chan *pb.Update
 	errc    chan error
 	Set     destination.EndpointSet
 }
 
-func (s *server) get(path string) *stream {
+func (s *Server) Get(path string) *Stream {
 	s.t.Helper()
-	return s.getWithToken(path, "")
+	return s.GetWithToken(path, "")
 }
 
-func (s *server) getWithToken(path, token string) *stream {
+func (s *Server) GetWithToken(path, token string) *Stream {
 	s.t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	st := &stream{t: s.t, updates: make(chan *pb.Update, 100), errc: make(chan error, 1)}
-	c, err := s.client().Get(ctx, &pb.GetDestination{Scheme: "k8s", Path: path, ContextToken: token})
+	st := &Stream{t: s.t, updates: make(chan *pb.Update, 100), errc: make(chan error, 1)}
+	c, err := s.Client().Get(ctx, &pb.GetDestination{Scheme: "k8s", Path: path, ContextToken: token})
 	if err != nil {
 		cancel()
 		s.t.Fatal(err)
@@ -243,16 +251,16 @@ func (s *server) getWithToken(path, token string) *stream {
 	return st
 }
 
-// next returns the next update in the compact form "add:a,b", "remove:a",
+// Next returns the next update in the compact form "add:a,b", "remove:a",
 // "none:true|false", after checking it against the wire contract.
-func (st *stream) next() string {
+func (st *Stream) Next() string {
 	st.t.Helper()
 	select {
 	case u := <-st.updates:
 		if err := st.Set.Apply(u); err != nil {
 			st.t.Fatalf("contract: %v", err)
 		}
-		return describe(u)
+		return Describe(u)
 	case err := <-st.errc:
 		st.errc <- err
 		st.t.Fatalf("stream ended: %v", err)
@@ -262,8 +270,8 @@ func (st *stream) next() string {
 	return ""
 }
 
-// end waits for the stream to end and returns its error.
-func (st *stream) end() error {
+// End waits for the stream to end and returns its error.
+func (st *Stream) End() error {
 	st.t.Helper()
 	for {
 		select {
@@ -278,7 +286,7 @@ func (st *stream) end() error {
 	}
 }
 
-func describe(u *pb.Update) string {
+func Describe(u *pb.Update) string {
 	var parts []string
 	switch x := u.GetUpdate().(type) {
 	case *pb.Update_Add:
@@ -299,9 +307,9 @@ func describe(u *pb.Update) string {
 	return "?"
 }
 
-// sigterm sends SIGTERM and waits for the process to exit; it returns the
+// Sigterm sends SIGTERM and waits for the process to exit; it returns the
 // exit code and how long the exit took.
-func (s *server) sigterm() (int, time.Duration) {
+func (s *Server) Sigterm() (int, time.Duration) {
 	s.t.Helper()
 	start := time.Now()
 	if err := s.cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -313,4 +321,21 @@ func (s *server) sigterm() (int, time.Duration) {
 		s.t.Fatal("tributary did not exit after SIGTERM")
 	}
 	return s.cmd.ProcessState.ExitCode(), time.Since(start)
+}
+
+// Peer returns the folder that holds a real peer's binaries — "consul",
+// "etcd" (etcd, etcdctl), "coredns" or "k8s" (kube-apiserver) — building it
+// first if this machine has not yet (tools/peers.sh; minutes, once per
+// version, cached outside the repo).
+func Peer(t testing.TB, name string) string {
+	t.Helper()
+	_, self, _, _ := runtime.Caller(0)
+	script := filepath.Join(filepath.Dir(self), "..", "..", "tools", "peers.sh")
+	cmd := exec.Command(script, "path", name)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("peer %s: %v", name, err)
+	}
+	return strings.TrimSpace(string(out))
 }
