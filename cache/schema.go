@@ -3,6 +3,7 @@ package cache
 import (
 	"fmt"
 	"net/netip"
+	"time"
 
 	"github.com/hashicorp/go-memdb"
 
@@ -12,6 +13,8 @@ import (
 const (
 	tableServices  = "services"
 	tableEndpoints = "endpoints"
+	// tableHosts holds one versionRow per host that has ever had rows.
+	tableHosts = "hosts"
 
 	// indexID is memdb's primary index: (provider, key, host, port) for a
 	// service, the same plus the address for an endpoint.
@@ -44,6 +47,16 @@ type endpointRow struct {
 	ep   discovery.Endpoint
 }
 
+// versionRow records the last change to any row of a host: the store-wide
+// version of the transaction and the time the change was handed over.
+// Readers use it to tell whether a view they computed is still current and
+// how long a change took to reach a client.
+type versionRow struct {
+	host    string
+	version uint64
+	changed time.Time
+}
+
 // Read arguments. Every index takes exactly one, of the type documented on
 // its constant, so that a compound prefix is always made of whole components.
 type (
@@ -69,6 +82,7 @@ func schema() *memdb.DBSchema {
 	return &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
 		tableServices:  servicesTableSchema(),
 		tableEndpoints: endpointsTableSchema(),
+		tableHosts:     hostsTableSchema(),
 	}}
 }
 
@@ -106,6 +120,22 @@ func servicesTableSchema() *memdb.TableSchema {
 						},
 					},
 					prefix: func(p providerQuery) []byte { return appendString(nil, string(p)) },
+				},
+			},
+		},
+	}
+}
+
+func hostsTableSchema() *memdb.TableSchema {
+	return &memdb.TableSchema{
+		Name: tableHosts,
+		Indexes: map[string]*memdb.IndexSchema{
+			indexID: {
+				Name:   indexID,
+				Unique: true,
+				Indexer: index[hostQuery, *versionRow]{
+					query:  func(h hostQuery) []byte { return appendString(nil, string(h)) },
+					object: func(r *versionRow) []byte { return appendString(nil, r.host) },
 				},
 			},
 		},

@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/go-memdb"
 
@@ -32,6 +33,11 @@ type ServiceState struct {
 	// reader's business), sorted by Addr, then Source, then Key. Shared and
 	// immutable.
 	Endpoints []*discovery.Endpoint
+	// Version is the store version of the host's last change (0: never
+	// had rows); equal versions mean equal content for the host.
+	Version uint64
+	// Changed is when that change was handed over to the store.
+	Changed time.Time
 }
 
 // AddrMatch is an endpoint row found by address, with the authority it serves.
@@ -74,6 +80,10 @@ func (sn *Snapshot) Service(ws memdb.WatchSet, a discovery.Authority) ServiceSta
 		st   ServiceState
 		rows []*endpointRow
 	)
+	if raw, err := sn.txn.First(tableHosts, indexID, hostQuery(host)); err == nil && raw != nil {
+		v := raw.(*versionRow)
+		st.Version, st.Changed = v.version, v.changed
+	}
 	visit := func(index string, arg any) {
 		it := sn.get(ws, tableServices, index, arg)
 		for obj := it.Next(); obj != nil; obj = it.Next() {

@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/go-memdb"
 
@@ -29,6 +30,9 @@ var ErrInvalid = errors.New("invalid registry input")
 // reads are lock-free MVCC snapshots.
 type Store struct {
 	db *memdb.MemDB
+	// version counts the transactions that changed something. Only written
+	// inside a write transaction, which memdb serialises.
+	version uint64
 }
 
 // New returns an empty store.
@@ -63,6 +67,13 @@ func New() *Store {
 // an endpoint address that is not valid, has port 0, or has a zone with a
 // NUL byte.
 func (s *Store) Apply(provider string, groups []discovery.Group) (changed bool, err error) {
+	return s.ApplyAt(provider, groups, time.Now())
+}
+
+// ApplyAt is Apply for a change handed over at time at: every host it
+// changes records at (ServiceState.Changed), so readers can measure how
+// long the change took to reach a client.
+func (s *Store) ApplyAt(provider string, groups []discovery.Group, at time.Time) (changed bool, err error) {
 	if err := checkName("provider", provider); err != nil {
 		return false, err
 	}
@@ -87,8 +98,23 @@ func (s *Store) Apply(provider string, groups []discovery.Group) (changed bool, 
 	if !changed {
 		return false, nil
 	}
+	if err := s.bumpHosts(txn, w.touched, at); err != nil {
+		return false, err
+	}
 	txn.Commit()
 	return true, nil
+}
+
+// bumpHosts gives every touched host the next store version; the caller
+// commits.
+func (s *Store) bumpHosts(txn *memdb.Txn, hosts map[string]struct{}, at time.Time) error {
+	s.version++
+	for h := range hosts {
+		if err := txn.Insert(tableHosts, &versionRow{host: h, version: s.version, changed: at}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // Keys lists the group keys a provider currently has rows for, sorted.
@@ -117,16 +143,33 @@ func (s *Store) DropProvider(provider string) (changed bool, err error) {
 	}
 	txn := s.db.Txn(true)
 	defer txn.Abort()
-	n := 0
+	touched := map[string]struct{}{}
 	for _, table := range [...]string{tableEndpoints, tableServices} {
-		d, err := txn.DeleteAll(table, indexGroup+prefix, providerQuery(provider))
+		it, err := txn.Get(table, indexGroup+prefix, providerQuery(provider))
 		if err != nil {
 			return false, fmt.Errorf("source %q: %w", provider, err)
 		}
-		n += d
+		var rows []any
+		for obj := it.Next(); obj != nil; obj = it.Next() {
+			rows = append(rows, obj)
+		}
+		for _, obj := range rows {
+			switch r := obj.(type) {
+			case *endpointRow:
+				touched[r.auth.Host] = struct{}{}
+			case *serviceRow:
+				touched[r.auth.Host] = struct{}{}
+			}
+			if err := txn.Delete(table, obj); err != nil {
+				return false, fmt.Errorf("source %q: %w", provider, err)
+			}
+		}
 	}
-	if n == 0 {
+	if len(touched) == 0 {
 		return false, nil
+	}
+	if err := s.bumpHosts(txn, touched, time.Now()); err != nil {
+		return false, err
 	}
 	txn.Commit()
 	return true, nil
@@ -312,6 +355,15 @@ type writer struct {
 	oldSvcs  []*serviceRow  // scratch, reused across groups
 	oldEps   []*endpointRow // scratch, reused across groups
 	args     []any          // scratch: Get's variadic argument, reused
+	touched  map[string]struct{}
+}
+
+// touch records that a row of host changed.
+func (w *writer) touch(host string) {
+	if w.touched == nil {
+		w.touched = make(map[string]struct{}, 4)
+	}
+	w.touched[host] = struct{}{}
 }
 
 func (w *writer) syncGroup(p *groupPlan) (changed bool, err error) {
@@ -361,15 +413,18 @@ func (w *writer) syncGroup(p *groupPlan) (changed bool, err error) {
 		}
 		switch {
 		case c < 0:
+			w.touch(old[i].auth.Host)
 			err = w.txn.Delete(tableServices, old[i])
 			i++
 		case c > 0:
+			w.touch(want[j].auth.Host)
 			err = w.txn.Insert(tableServices, &serviceRow{provider: w.provider, key: p.key, auth: want[j].auth, opaque: want[j].opaque})
 			j++
 		case old[i].opaque == want[j].opaque:
 			i, j = i+1, j+1
 			continue
 		default:
+			w.touch(want[j].auth.Host)
 			err = w.txn.Insert(tableServices, &serviceRow{provider: w.provider, key: p.key, auth: want[j].auth, opaque: want[j].opaque})
 			i, j = i+1, j+1
 		}
@@ -392,15 +447,18 @@ func (w *writer) syncGroup(p *groupPlan) (changed bool, err error) {
 		}
 		switch {
 		case c < 0:
+			w.touch(oldE[i].auth.Host)
 			err = w.txn.Delete(tableEndpoints, oldE[i])
 			i++
 		case c > 0:
+			w.touch(wantE[j].auth.Host)
 			err = w.txn.Insert(tableEndpoints, w.endpointRow(p.key, &wantE[j]))
 			j++
 		case sameEndpoint(&oldE[i].ep, wantE[j].ep, w.provider, p.key):
 			i, j = i+1, j+1
 			continue
 		default:
+			w.touch(wantE[j].auth.Host)
 			err = w.txn.Insert(tableEndpoints, w.endpointRow(p.key, &wantE[j]))
 			i, j = i+1, j+1
 		}

@@ -691,3 +691,43 @@ func TestConcurrentApplyAndRead(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+func TestHostVersionsTrackChanges(t *testing.T) {
+	s := New()
+	version := func(a string) (uint64, time.Time) {
+		st := s.Snapshot().Service(nil, auth(a))
+		return st.Version, st.Changed
+	}
+	if v, _ := version("web:80"); v != 0 {
+		t.Fatalf("unknown host has version %d", v)
+	}
+	at := time.Unix(1000, 0)
+	if _, err := s.ApplyAt("p", []discovery.Group{group("k", svc("web:80", ep("10.0.0.1:80"))), group("j", svc("api:80", ep("10.0.0.2:80")))}, at); err != nil {
+		t.Fatal(err)
+	}
+	web1, changed := version("web:80")
+	api1, _ := version("api:80")
+	if web1 == 0 || web1 != api1 || !changed.Equal(at) {
+		t.Fatalf("after first apply: web %d api %d changed %v", web1, api1, changed)
+	}
+	// A no-op keeps every version.
+	apply(t, s, "p", group("k", svc("web:80", ep("10.0.0.1:80"))))
+	if v, _ := version("web:80"); v != web1 {
+		t.Fatalf("no-op moved the version %d -> %d", web1, v)
+	}
+	// A change to web moves web only.
+	apply(t, s, "p", group("k", svc("web:80", ep("10.0.0.1:80", weight(3)))))
+	web2, _ := version("web:80")
+	if api2, _ := version("api:80"); web2 <= web1 || api2 != api1 {
+		t.Fatalf("web %d -> %d, api %d -> %d", web1, web2, api1, api2)
+	}
+	// Dropping the provider moves both.
+	if _, err := s.DropProvider("p"); err != nil {
+		t.Fatal(err)
+	}
+	web3, _ := version("web:80")
+	api3, _ := version("api:80")
+	if web3 <= web2 || api3 <= api1 {
+		t.Fatalf("after drop: web %d api %d", web3, api3)
+	}
+}

@@ -10,9 +10,10 @@ import (
 // Metrics are the destination API's Prometheus metrics. A nil *Metrics
 // records nothing.
 type Metrics struct {
-	streams  *prometheus.GaugeVec
-	updates  *prometheus.CounterVec
-	firstMsg *prometheus.HistogramVec
+	streams     *prometheus.GaugeVec
+	updates     *prometheus.CounterVec
+	firstMsg    *prometheus.HistogramVec
+	propagation prometheus.Histogram
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -32,7 +33,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2, 3},
 		}, []string{"method"}),
 	}
-	reg.MustRegister(m.streams, m.updates, m.firstMsg)
+	m.propagation = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "tributary_update_propagation_seconds",
+		Help:    "Time from a change entering the registry to its send on a Get stream, per stream that sent something.",
+		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
+	})
+	reg.MustRegister(m.streams, m.updates, m.firstMsg, m.propagation)
 	for _, method := range []string{"Get", "GetProfile"} {
 		m.streams.WithLabelValues(method)
 	}
@@ -77,5 +83,11 @@ func (m *Metrics) sentProfile() {
 func (m *Metrics) firstMessage(method string, d time.Duration) {
 	if m != nil {
 		m.firstMsg.WithLabelValues(method).Observe(d.Seconds())
+	}
+}
+
+func (m *Metrics) propagated(d time.Duration) {
+	if m != nil {
+		m.propagation.Observe(d.Seconds())
 	}
 }

@@ -113,7 +113,8 @@ func (s *Server) Get(req *pb.GetDestination, stream pb.Destination_GetServer) er
 	first := true
 	for {
 		ws := memdb.NewWatchSet()
-		updates := t.next(s.view(ws, a))
+		v := s.view(ws, a)
+		updates := t.next(v)
 		for _, u := range updates {
 			if err := stream.Send(u); err != nil {
 				return err
@@ -123,6 +124,8 @@ func (s *Server) Get(req *pb.GetDestination, stream pb.Destination_GetServer) er
 		if first {
 			first = false
 			s.metrics.firstMessage("Get", time.Since(start))
+		} else if len(updates) > 0 {
+			s.metrics.propagated(time.Since(v.changed))
 		}
 		if err := ws.WatchCtx(ctx); err != nil {
 			return s.ended(stream.Context())
@@ -234,6 +237,9 @@ func (s *Server) view(ws memdb.WatchSet, a discovery.Authority) view {
 		st := snap.Service(ws, m)
 		v.exists = v.exists || st.Exists
 		v.opaque = v.opaque || st.Opaque
+		if st.Changed.After(v.changed) {
+			v.changed = st.Changed
+		}
 		if len(members) == 1 {
 			all = st.Endpoints
 		} else {

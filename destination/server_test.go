@@ -9,6 +9,7 @@ import (
 	"time"
 
 	pb "github.com/linkerd/linkerd2-proxy-api/go/destination"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -331,4 +332,58 @@ func TestZoneLocalityFromNodeName(t *testing.T) {
 	case <-time.After(waitFor):
 		t.Fatal("no update")
 	}
+}
+
+func TestMetricsCountUpdatesAndPropagation(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	h := newHarness(t, Options{Metrics: NewMetrics(reg)})
+	h.apply("p", group("f", "web.demo", 80, "10.0.0.1:80"))
+	s := h.get("web.demo:80", "")
+	s.next()
+	h.apply("p", group("f", "web.demo", 80, "10.0.0.2:80"))
+	s.next()
+	s.next()
+	for name, want := range map[string]float64{
+		`tributary_updates_sent_total{type="add"}`:    2,
+		`tributary_updates_sent_total{type="remove"}`: 1,
+		`tributary_streams{method="Get"}`:             1,
+		`tributary_update_propagation_seconds_count`:  1,
+	} {
+		if got := gathered(t, reg, name); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+}
+
+// gathered reads one sample, named as in the text exposition format.
+func gathered(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			id := mf.GetName()
+			if len(m.GetLabel()) > 0 {
+				id += "{"
+				for i, l := range m.GetLabel() {
+					if i > 0 {
+						id += ","
+					}
+					id += l.GetName() + `="` + l.GetValue() + `"`
+				}
+				id += "}"
+			}
+			switch {
+			case m.GetCounter() != nil && id == name:
+				return m.GetCounter().GetValue()
+			case m.GetGauge() != nil && id == name:
+				return m.GetGauge().GetValue()
+			case m.GetHistogram() != nil && id+"_count" == name:
+				return float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return -1
 }

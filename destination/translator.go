@@ -3,6 +3,7 @@ package destination
 import (
 	"net/netip"
 	"slices"
+	"time"
 
 	pb "github.com/linkerd/linkerd2-proxy-api/go/destination"
 	pbnet "github.com/linkerd/linkerd2-proxy-api/go/net"
@@ -16,6 +17,7 @@ type view struct {
 	exists    bool
 	opaque    bool
 	endpoints []*discovery.Endpoint // serving only, one per address, sorted by address
+	changed   time.Time             // when the newest change in it was handed to the store
 }
 
 // translator turns successive views of one Get stream into the updates the
