@@ -3,7 +3,6 @@ package destination
 import (
 	"time"
 
-	pb "github.com/linkerd/linkerd2-proxy-api/go/destination"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -60,17 +59,9 @@ func (m *Metrics) streamClosed(method string) {
 	}
 }
 
-func (m *Metrics) sent(u *pb.Update) {
-	if m == nil {
-		return
-	}
-	switch u.GetUpdate().(type) {
-	case *pb.Update_Add:
-		m.updates.WithLabelValues("add").Inc()
-	case *pb.Update_Remove:
-		m.updates.WithLabelValues("remove").Inc()
-	case *pb.Update_NoEndpoints:
-		m.updates.WithLabelValues("no_endpoints").Inc()
+func (m *Metrics) sentKind(kind string) {
+	if m != nil {
+		m.updates.WithLabelValues(kind).Inc()
 	}
 }
 

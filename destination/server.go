@@ -56,6 +56,7 @@ type Server struct {
 	log     *slog.Logger
 	metrics *Metrics
 	zones   discovery.NodeZoner
+	hub     *hub
 	// drain ends with Drain; every stream's context is tied to it.
 	drain    context.Context
 	drainNow context.CancelFunc
@@ -71,6 +72,7 @@ func NewServer(opts Options) *Server {
 		log:     opts.Logger,
 		metrics: opts.Metrics,
 		zones:   opts.NodeZones,
+		hub:     newHub(),
 	}
 	s.drain, s.drainNow = context.WithCancel(context.Background())
 	if s.fed == nil {
@@ -85,7 +87,8 @@ func NewServer(opts Options) *Server {
 	return s
 }
 
-// Register adds the Destination service to a gRPC server.
+// Register adds the Destination service to a gRPC server, which must have
+// been created with ServerOptions().
 func (s *Server) Register(g *grpc.Server) { pb.RegisterDestinationServer(g, s) }
 
 // Drain ends every open stream and refuses new ones with Unavailable, so
@@ -109,23 +112,29 @@ func (s *Server) Get(req *pb.GetDestination, stream pb.Destination_GetServer) er
 	}
 	defer done()
 
-	t := newTranslator(s.clientZone(tok))
-	first := true
+	members := s.fed.Members(a)
+	entry := s.hub.acquire(hubKey{authority: a.String(), zone: s.clientZone(tok)})
+	defer s.hub.release(entry)
+	var last *snapshot
 	for {
 		ws := memdb.NewWatchSet()
-		v := s.view(ws, a)
-		updates := t.next(v)
-		for _, u := range updates {
-			if err := stream.Send(u); err != nil {
-				return err
+		snap := s.store.Snapshot()
+		version := hostsVersion(snap, ws, members)
+		cur := entry.current(version, func() view { return s.view(snap, nil, a, members) })
+		if cur != last {
+			msgs := cur.messagesFrom(last)
+			for _, m := range msgs {
+				if err := stream.SendMsg(preEncoded(m.b)); err != nil {
+					return err
+				}
+				s.metrics.sentKind(m.kind)
 			}
-			s.metrics.sent(u)
-		}
-		if first {
-			first = false
-			s.metrics.firstMessage("Get", time.Since(start))
-		} else if len(updates) > 0 {
-			s.metrics.propagated(time.Since(v.changed))
+			if last == nil {
+				s.metrics.firstMessage("Get", time.Since(start))
+			} else if len(msgs) > 0 {
+				s.metrics.propagated(time.Since(cur.view.changed))
+			}
+			last = cur
 		}
 		if err := ws.WatchCtx(ctx); err != nil {
 			return s.ended(stream.Context())
@@ -227,10 +236,9 @@ func (s *Server) ended(streamCtx context.Context) error {
 	return status.Error(codes.Unavailable, "server is shutting down; reconnect")
 }
 
-// view reads what is served for a, adding watches for every member authority.
-func (s *Server) view(ws memdb.WatchSet, a discovery.Authority) view {
-	snap := s.store.Snapshot()
-	members := s.fed.Members(a)
+// view reads what is served for a from snap (members are a's federation
+// members), adding watches to ws when it is not nil.
+func (s *Server) view(snap *cache.Snapshot, ws memdb.WatchSet, a discovery.Authority, members []discovery.Authority) view {
 	var v view
 	var all []*discovery.Endpoint
 	for _, m := range members {
@@ -257,7 +265,7 @@ func defaultRetryBudget() *pb.RetryBudget {
 }
 
 func (s *Server) serviceProfile(ws memdb.WatchSet, a discovery.Authority) *pb.DestinationProfile {
-	v := s.view(ws, a)
+	v := s.view(s.store.Snapshot(), ws, a, s.fed.Members(a))
 	p := &pb.DestinationProfile{RetryBudget: defaultRetryBudget(), OpaqueProtocol: v.opaque}
 	if v.exists {
 		p.FullyQualifiedName = a.Host

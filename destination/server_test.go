@@ -39,7 +39,7 @@ func newHarness(t *testing.T, opts Options) *harness {
 		opts.Store = cache.New()
 	}
 	srv := NewServer(opts)
-	g := grpc.NewServer()
+	g := grpc.NewServer(ServerOptions()...)
 	srv.Register(g)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -386,4 +386,59 @@ func gathered(t *testing.T, reg *prometheus.Registry, name string) float64 {
 		}
 	}
 	return -1
+}
+
+// TestSharedSnapshotsConvergeForEveryStream: streams of one service share
+// snapshots and encoded diffs; whatever versions each one skips, every
+// client ends holding exactly the final state.
+func TestSharedSnapshotsConvergeForEveryStream(t *testing.T) {
+	h := newHarness(t, Options{})
+	h.apply("p", group("f", "web.demo", 80, "10.0.0.1:80"))
+	const n = 20
+	streams := make([]*stream, n)
+	sets := make([]EndpointSet, n)
+	for i := range streams {
+		streams[i] = h.get("web.demo:80", "")
+	}
+	var final []string
+	for step := 0; step < 30; step++ {
+		final = final[:0]
+		for k := 0; k < 8; k++ {
+			if (step*7+k*3)%5 < 3 {
+				final = append(final, netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(k + 1)}), 80).String())
+			}
+		}
+		h.apply("p", group("f", "web.demo", 80, final...))
+	}
+	want := map[netip.AddrPort]bool{}
+	for _, a := range final {
+		want[netip.MustParseAddrPort(a)] = true
+	}
+	for i, s := range streams {
+		deadline := time.After(waitFor)
+		for {
+			if len(sets[i].Addrs) == len(want) && sets[i].Started {
+				ok := true
+				for ap := range sets[i].Addrs {
+					ok = ok && want[ap]
+				}
+				if ok {
+					break
+				}
+			}
+			select {
+			case u := <-s.updates:
+				if err := sets[i].Apply(u); err != nil {
+					t.Fatalf("stream %d: %v", i, err)
+				}
+			case <-deadline:
+				t.Fatalf("stream %d holds %v, want %v", i, sets[i].Sorted(), final)
+			}
+		}
+	}
+	h.srv.hub.mu.Lock()
+	defer h.srv.hub.mu.Unlock()
+	if got := len(h.srv.hub.entries); got != 1 {
+		t.Fatalf("%d hub entries for one service, want 1", got)
+	}
 }

@@ -2,7 +2,6 @@ package destination
 
 import (
 	"net/netip"
-	"slices"
 	"time"
 
 	pb "github.com/linkerd/linkerd2-proxy-api/go/destination"
@@ -20,68 +19,78 @@ type view struct {
 	changed   time.Time             // when the newest change in it was handed to the store
 }
 
-// translator turns successive views of one Get stream into the updates the
-// wire contract asks for. It remembers only what this client was last sent;
-// it never queues: given the newest view it emits the difference at once.
-//
-// Contract (linkerd2-proxy-api destination.proto):
-//   - the first call always yields a message: add(all) or no_endpoints{exists};
-//   - later calls yield add for new or changed endpoints, then remove for
-//     gone ones; never an empty add or remove;
+// diff returns the updates that take a client holding prev (nil: nothing
+// sent yet) to cur, as the wire contract asks (linkerd2-proxy-api
+// destination.proto):
+//   - the first message is always sent: add(all) or no_endpoints{exists};
+//   - later, add for new or changed endpoints, then remove for gone ones;
+//     never an empty add or remove;
 //   - a set that becomes empty yields no_endpoints{exists} (a remove of the
 //     last endpoint means the same; no_endpoints also says whether the
 //     service still exists);
-//   - nothing changed, nothing sent.
-type translator struct {
-	clientZone string
-	started    bool
-	exists     bool // what the last no_endpoints said, when sent is empty
-	sent       map[netip.AddrPort]*discovery.Endpoint
-}
-
-func newTranslator(clientZone string) *translator {
-	return &translator{clientZone: clientZone}
-}
-
-func (t *translator) next(v view) []*pb.Update {
-	if len(v.endpoints) == 0 {
-		if t.started && len(t.sent) == 0 && t.exists == v.exists {
+//   - nothing changed that the client sees, nothing sent.
+//
+// Both views are sorted by address, so this is one merge walk.
+func diff(prev, cur *view, clientZone string) []*pb.Update {
+	if len(cur.endpoints) == 0 {
+		if prev != nil && len(prev.endpoints) == 0 && prev.exists == cur.exists {
 			return nil
 		}
-		t.started, t.exists, t.sent = true, v.exists, nil
-		return []*pb.Update{noEndpoints(v.exists)}
+		return []*pb.Update{noEndpoints(cur.exists)}
 	}
-
-	next := make(map[netip.AddrPort]*discovery.Endpoint, len(v.endpoints))
+	var old []*discovery.Endpoint
+	if prev != nil {
+		old = prev.endpoints
+	}
 	var add []*pb.WeightedAddr
-	for _, e := range v.endpoints {
-		next[e.Addr] = e
-		old, ok := t.sent[e.Addr]
-		if ok && (old == e || old.SameWire(e)) {
-			continue
+	var remove []*pbnet.TcpAddress
+	i, j := 0, 0
+	for i < len(old) || j < len(cur.endpoints) {
+		var c int
+		switch {
+		case i == len(old):
+			c = 1
+		case j == len(cur.endpoints):
+			c = -1
+		default:
+			c = old[i].Addr.Compare(cur.endpoints[j].Addr)
 		}
-		add = append(add, weightedAddr(e, t.clientZone))
-	}
-	var gone []netip.AddrPort
-	for addr := range t.sent {
-		if _, ok := next[addr]; !ok {
-			gone = append(gone, addr)
+		switch {
+		case c < 0:
+			remove = append(remove, tcpAddress(old[i].Addr))
+			i++
+		case c > 0:
+			add = append(add, weightedAddr(cur.endpoints[j], clientZone))
+			j++
+		default:
+			if o, n := old[i], cur.endpoints[j]; o != n && !o.SameWire(n) {
+				add = append(add, weightedAddr(n, clientZone))
+			}
+			i, j = i+1, j+1
 		}
 	}
-	t.started, t.sent = true, next
-
 	var out []*pb.Update
 	if len(add) > 0 {
 		out = append(out, &pb.Update{Update: &pb.Update_Add{Add: &pb.WeightedAddrSet{Addrs: add}}})
 	}
-	if len(gone) > 0 {
-		slices.SortFunc(gone, netip.AddrPort.Compare)
-		remove := make([]*pbnet.TcpAddress, len(gone))
-		for i, addr := range gone {
-			remove[i] = tcpAddress(addr)
-		}
+	if len(remove) > 0 {
 		out = append(out, &pb.Update{Update: &pb.Update_Remove{Remove: &pb.AddrSet{Addrs: remove}}})
 	}
+	return out
+}
+
+// translator applies diff to successive views of one stream; the tests use
+// it to drive the contract step by step.
+type translator struct {
+	clientZone string
+	last       *view
+}
+
+func newTranslator(clientZone string) *translator { return &translator{clientZone: clientZone} }
+
+func (t *translator) next(v view) []*pb.Update {
+	out := diff(t.last, &v, t.clientZone)
+	t.last = &v
 	return out
 }
 

@@ -123,12 +123,12 @@ func serve(ctx context.Context, cfg *discovery.Config, logger *slog.Logger, ppro
 		Logger:         logger,
 		Metrics:        destination.NewMetrics(reg),
 	})
-	grpcServer := grpc.NewServer(
+	grpcServer := grpc.NewServer(append(destination.ServerOptions(),
 		// Requests are tiny; a bound keeps a hostile one from costing more than this.
 		grpc.MaxRecvMsgSize(128<<10),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-	)
+	)...)
 	dest.Register(grpcServer)
 	healthSrv := health.NewServer()
 	healthSrv.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
