@@ -13,6 +13,8 @@ type Metrics struct {
 	updates     *prometheus.CounterVec
 	firstMsg    *prometheus.HistogramVec
 	propagation prometheus.Histogram
+	refused     *prometheus.CounterVec
+	slowClosed  prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -37,7 +39,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help:    "Time from a change entering the registry to its send on a Get stream, per stream that sent something.",
 		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
 	})
-	reg.MustRegister(m.streams, m.updates, m.firstMsg, m.propagation)
+	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "tributary_streams_refused_total",
+		Help: "New streams refused with ResourceExhausted by the admission limits.",
+	}, []string{"method"})
+	m.slowClosed = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "tributary_streams_slow_closed_total",
+		Help: "Streams closed with Unavailable because the client took no update within the send timeout.",
+	})
+	reg.MustRegister(m.streams, m.updates, m.firstMsg, m.propagation, m.refused, m.slowClosed)
 	for _, method := range []string{"Get", "GetProfile"} {
 		m.streams.WithLabelValues(method)
 	}
@@ -80,5 +90,17 @@ func (m *Metrics) firstMessage(method string, d time.Duration) {
 func (m *Metrics) propagated(d time.Duration) {
 	if m != nil {
 		m.propagation.Observe(d.Seconds())
+	}
+}
+
+func (m *Metrics) streamRefused(method string) {
+	if m != nil {
+		m.refused.WithLabelValues(method).Inc()
+	}
+}
+
+func (m *Metrics) slowClientClosed() {
+	if m != nil {
+		m.slowClosed.Inc()
 	}
 }

@@ -7,10 +7,13 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-memdb"
 	pb "github.com/linkerd/linkerd2-proxy-api/go/destination"
+	"golang.org/x/time/rate"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -40,7 +43,28 @@ type Options struct {
 	// NodeZones, when set, gives the zone of a client that names its node
 	// in the context token but not its zone.
 	NodeZones discovery.NodeZoner
+
+	// SendTimeout closes a stream whose client has not taken a message for
+	// this long, with Unavailable: it reconnects and gets a fresh snapshot.
+	// 0 means DefaultSendTimeout; negative disables the check.
+	SendTimeout time.Duration
+	// NewStreamsPerSecond and NewStreamsBurst rate-limit stream admission:
+	// beyond them a new stream gets ResourceExhausted with a retry delay, so
+	// a reconnect storm is spread out instead of exhausting memory. 0 means
+	// the defaults; a negative rate disables the limit.
+	NewStreamsPerSecond float64
+	NewStreamsBurst     int
+	// MaxStreams bounds open streams (0: no bound); beyond it new streams
+	// get ResourceExhausted.
+	MaxStreams int
 }
+
+// Admission and slow-client defaults.
+const (
+	DefaultSendTimeout         = 30 * time.Second
+	DefaultNewStreamsPerSecond = 5000
+	DefaultNewStreamsBurst     = 10000
+)
 
 // Server implements the Destination service. Every stream runs in its gRPC
 // handler goroutine: it sleeps on a watch set of its service, and on wake
@@ -57,6 +81,11 @@ type Server struct {
 	metrics *Metrics
 	zones   discovery.NodeZoner
 	hub     *hub
+
+	sendTimeout time.Duration
+	admit       *rate.Limiter // nil: no limit
+	maxStreams  int64
+	open        atomic.Int64
 	// drain ends with Drain; every stream's context is tied to it.
 	drain    context.Context
 	drainNow context.CancelFunc
@@ -73,6 +102,22 @@ func NewServer(opts Options) *Server {
 		metrics: opts.Metrics,
 		zones:   opts.NodeZones,
 		hub:     newHub(),
+
+		sendTimeout: opts.SendTimeout,
+		maxStreams:  int64(opts.MaxStreams),
+	}
+	if s.sendTimeout == 0 {
+		s.sendTimeout = DefaultSendTimeout
+	}
+	if opts.NewStreamsPerSecond >= 0 {
+		r, b := opts.NewStreamsPerSecond, opts.NewStreamsBurst
+		if r == 0 {
+			r = DefaultNewStreamsPerSecond
+		}
+		if b <= 0 {
+			b = DefaultNewStreamsBurst
+		}
+		s.admit = rate.NewLimiter(rate.Limit(r), b)
 	}
 	s.drain, s.drainNow = context.WithCancel(context.Background())
 	if s.fed == nil {
@@ -123,11 +168,8 @@ func (s *Server) Get(req *pb.GetDestination, stream pb.Destination_GetServer) er
 		cur := entry.current(version, func() view { return s.view(snap, nil, a, members) })
 		if cur != last {
 			msgs := cur.messagesFrom(last)
-			for _, m := range msgs {
-				if err := stream.SendMsg(preEncoded(m.b)); err != nil {
-					return err
-				}
-				s.metrics.sentKind(m.kind)
+			if err := s.send(stream, msgs); err != nil {
+				return err
 			}
 			if last == nil {
 				s.metrics.firstMessage("Get", time.Since(start))
@@ -185,12 +227,49 @@ func (s *Server) GetProfile(req *pb.GetDestination, stream pb.Destination_GetPro
 	}
 }
 
-// begin admits a stream: refuses it while draining, waits (bounded) for the
-// sources to sync, and returns a context that ends with the stream or with
-// Drain.
+// send writes a snapshot's messages. When the client does not take them
+// within the send timeout, the stream ends with Unavailable: gRPC then
+// resets it, which also unblocks the write left behind.
+func (s *Server) send(stream grpc.ServerStream, msgs []encoded) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	if s.sendTimeout < 0 {
+		return sendAll(stream, msgs, s.metrics)
+	}
+	done := make(chan error, 1)
+	go func() { done <- sendAll(stream, msgs, s.metrics) }()
+	timer := time.NewTimer(s.sendTimeout)
+	defer timer.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-timer.C:
+		s.metrics.slowClientClosed()
+		return status.Errorf(codes.Unavailable, "client took no update for %v; closing the stream (reconnect for a fresh snapshot)", s.sendTimeout)
+	}
+}
+
+func sendAll(stream grpc.ServerStream, msgs []encoded, m *Metrics) error {
+	for _, msg := range msgs {
+		if err := stream.SendMsg(preEncoded(msg.b)); err != nil {
+			return err
+		}
+		m.sentKind(msg.kind)
+	}
+	return nil
+}
+
+// begin admits a stream: refuses it while draining or over the admission
+// limits, waits (bounded) for the sources to sync, and returns a context
+// that ends with the stream or with Drain.
 func (s *Server) begin(streamCtx context.Context, method string) (context.Context, func(), error) {
 	if s.drain.Err() != nil {
 		return nil, nil, status.Error(codes.Unavailable, "server is shutting down")
+	}
+	if err := s.admitStream(); err != nil {
+		s.metrics.streamRefused(method)
+		return nil, nil, err
 	}
 	ctx, cancel := context.WithCancel(streamCtx)
 	stopWatch := context.AfterFunc(s.drain, cancel)
@@ -198,6 +277,7 @@ func (s *Server) begin(streamCtx context.Context, method string) (context.Contex
 	done := func() {
 		stopWatch()
 		cancel()
+		s.open.Add(-1)
 		s.metrics.streamClosed(method)
 	}
 	if s.synced != nil {
@@ -225,6 +305,33 @@ func (s *Server) clientZone(tok contextToken) string {
 	}
 	zone, _ := s.zones.NodeZone(tok.NodeName)
 	return zone
+}
+
+// admitStream takes a slot for a new stream or says when to retry.
+func (s *Server) admitStream() error {
+	if n := s.open.Add(1); s.maxStreams > 0 && n > s.maxStreams {
+		s.open.Add(-1)
+		return retryLater(time.Second, "%d streams open, the configured maximum", s.maxStreams)
+	}
+	if s.admit == nil {
+		return nil
+	}
+	r := s.admit.Reserve()
+	if d := r.Delay(); d > 0 {
+		r.Cancel()
+		s.open.Add(-1)
+		return retryLater(d, "too many new streams per second")
+	}
+	return nil
+}
+
+// retryLater is ResourceExhausted with a RetryInfo detail.
+func retryLater(after time.Duration, format string, args ...any) error {
+	st := status.Newf(codes.ResourceExhausted, format+"; retry later", args...)
+	if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(after)}); err == nil {
+		st = d
+	}
+	return st.Err()
 }
 
 // ended is a stream's return value once its context is done: nil when the

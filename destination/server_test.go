@@ -11,6 +11,7 @@ import (
 	pb "github.com/linkerd/linkerd2-proxy-api/go/destination"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -28,6 +29,7 @@ const waitFor = 5 * time.Second
 
 type harness struct {
 	t      *testing.T
+	addr   string
 	store  *cache.Store
 	srv    *Server
 	client pb.DestinationClient
@@ -55,7 +57,7 @@ func newHarness(t *testing.T, opts Options) *harness {
 		srv.Drain()
 		g.Stop()
 	})
-	return &harness{t: t, store: opts.Store, srv: srv, client: pb.NewDestinationClient(conn)}
+	return &harness{t: t, addr: ln.Addr().String(), store: opts.Store, srv: srv, client: pb.NewDestinationClient(conn)}
 }
 
 func (h *harness) apply(provider string, groups ...discovery.Group) {
@@ -440,5 +442,123 @@ func TestSharedSnapshotsConvergeForEveryStream(t *testing.T) {
 	defer h.srv.hub.mu.Unlock()
 	if got := len(h.srv.hub.entries); got != 1 {
 		t.Fatalf("%d hub entries for one service, want 1", got)
+	}
+}
+
+func TestAdmissionLimits(t *testing.T) {
+	h := newHarness(t, Options{NewStreamsPerSecond: 0.001, NewStreamsBurst: 2})
+	h.apply("p", group("f", "web.demo", 80, "10.0.0.1:80"))
+	h.get("web.demo:80", "").next()
+	h.get("web.demo:80", "").next()
+	st, err := h.client.Get(context.Background(), &pb.GetDestination{Path: "web.demo:80"})
+	if err == nil {
+		_, err = st.Recv()
+	}
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("third stream over the burst: %v, want ResourceExhausted", err)
+	}
+	var retry *errdetails.RetryInfo
+	for _, d := range status.Convert(err).Details() {
+		if r, ok := d.(*errdetails.RetryInfo); ok {
+			retry = r
+		}
+	}
+	if retry == nil || retry.GetRetryDelay().AsDuration() <= 0 {
+		t.Fatalf("no retry delay in %v", status.Convert(err).Details())
+	}
+
+	h2 := newHarness(t, Options{MaxStreams: 1})
+	h2.apply("p", group("f", "web.demo", 80, "10.0.0.1:80"))
+	first := h2.get("web.demo:80", "")
+	first.next()
+	st, err = h2.client.Get(context.Background(), &pb.GetDestination{Path: "web.demo:80"})
+	if err == nil {
+		_, err = st.Recv()
+	}
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("stream over MaxStreams: %v, want ResourceExhausted", err)
+	}
+	first.cancel()
+	<-first.errc
+	first.errc <- nil // for its cleanup
+	deadline := time.Now().Add(waitFor)
+	for {
+		st, err = h2.client.Get(context.Background(), &pb.GetDestination{Path: "web.demo:80"})
+		if err == nil {
+			_, err = st.Recv()
+		}
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a slot never freed: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestSlowClientIsClosedOthersUnaffected: a client that stops reading is
+// closed with Unavailable once its sends block past the send timeout; a
+// reading client of the same service keeps getting every update.
+func TestSlowClientIsClosedOthersUnaffected(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	h := newHarness(t, Options{SendTimeout: 200 * time.Millisecond, Metrics: NewMetrics(reg)})
+	big := func(round int) discovery.Group {
+		g := discovery.Group{Key: "f", Services: []discovery.Service{{Authority: discovery.Authority{Host: "web.demo", Port: 80}}}}
+		for i := 0; i < 300; i++ {
+			g.Services[0].Endpoints = append(g.Services[0].Endpoints, discovery.Endpoint{
+				Addr:   netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(round % 2), byte(i / 256), byte(i)}), 80),
+				Labels: map[string]string{"padding": strings.Repeat("x", 100)},
+			})
+		}
+		return g
+	}
+	h.apply("p", big(0))
+
+	// The slow client: its own connection with fixed small windows, and it
+	// never calls Recv after the first message.
+	conn, err := grpc.NewClient(h.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(65535), grpc.WithInitialConnWindowSize(65535))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	slow, err := pb.NewDestinationClient(conn).Get(ctx, &pb.GetDestination{Path: "web.demo:80"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := slow.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	fast := h.get("web.demo:80", "")
+	fast.next()
+
+	closed := func() bool { return gathered(t, reg, "tributary_streams_slow_closed_total") >= 1 }
+	deadline := time.Now().Add(waitFor)
+	for round := 1; !closed(); round++ {
+		if time.Now().After(deadline) {
+			t.Fatal("the slow stream was never closed")
+		}
+		h.apply("p", big(round))
+		// The reading client sees every round: an add then a remove.
+		if got := fast.next(); !strings.HasPrefix(got, "add:") {
+			t.Fatalf("round %d: fast client got %.40s", round, got)
+		}
+		if got := fast.next(); !strings.HasPrefix(got, "remove:") {
+			t.Fatalf("round %d: fast client got %.40s", round, got)
+		}
+	}
+	// The slow client, reading again, drains what was buffered and then
+	// sees the stream end with Unavailable.
+	for {
+		_, err := slow.Recv()
+		if err != nil {
+			if status.Code(err) != codes.Unavailable {
+				t.Fatalf("slow stream ended with %v, want Unavailable", err)
+			}
+			break
+		}
 	}
 }
