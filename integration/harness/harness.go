@@ -139,7 +139,14 @@ type Server struct {
 // and starts tributary on free loopback ports; it returns once /readyz is 200.
 func Start(t *testing.T, dir, sourcesAndRules string) *Server {
 	t.Helper()
-	s := &Server{t: t, API: FreePort(t), Admin: FreePort(t), Dir: dir, Logs: &SyncBuffer{}, exited: make(chan struct{})}
+	return StartAt(t, dir, FreePort(t), FreePort(t), sourcesAndRules)
+}
+
+// StartAt is Start on given API and admin addresses: a restarted server
+// takes over its predecessor's.
+func StartAt(t *testing.T, dir, api, admin, sourcesAndRules string) *Server {
+	t.Helper()
+	s := &Server{t: t, API: api, Admin: admin, Dir: dir, Logs: &SyncBuffer{}, exited: make(chan struct{})}
 	cfg := fmt.Sprintf("server:\n  listen: %s\n  admin: %s\n  shutdown_timeout: 10s\n%s", s.API, s.Admin, sourcesAndRules)
 	// A dot-file: the tests' "*.yaml" globs must not match the config itself.
 	cfgPath := filepath.Join(dir, ".tributary.yaml")
