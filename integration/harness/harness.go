@@ -169,6 +169,9 @@ func StartAt(t *testing.T, dir, api, admin, sourcesAndRules string) *Server {
 			_ = s.cmd.Process.Kill()
 			<-s.exited
 		}
+		if strings.Contains(s.Logs.String(), "WARNING: DATA RACE") {
+			t.Errorf("the race detector found a data race in tributary (built with -race)")
+		}
 		if t.Failed() {
 			t.Logf("tributary output:\n%s", s.Logs.String())
 		}
