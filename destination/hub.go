@@ -1,6 +1,7 @@
 package destination
 
 import (
+	"context"
 	"sync"
 	"sync/atomic"
 
@@ -13,41 +14,57 @@ import (
 )
 
 // The hub shares work between the streams of one service. Every Get
-// stream for the same (authority, client zone) uses one hubEntry; the entry
-// holds the newest snapshot — the view at one registry version with its
-// messages encoded once. A stream keeps only a pointer to the snapshot it
-// last sent, so an idle stream costs one pointer beyond gRPC's own state,
-// and a change to a service watched by 10,000 streams is resolved and
-// encoded once, not 10,000 times.
+// stream for the same (authority, client zone) uses one hubEntry. The entry
+// has one goroutine that sleeps on the registry's watch channels for the
+// authority and its aliases; when their version moves it builds the new
+// snapshot — the view at that version, whose messages are encoded once —
+// publishes it and wakes the entry's streams by closing a channel. A stream
+// keeps only a pointer to the snapshot it last sent, so an idle stream costs
+// its goroutine, and a change to a service watched by 10,000 streams is
+// read, resolved and encoded once, not 10,000 times.
 type hub struct {
+	store *cache.Store
+	// build computes the view of a (members are its federation members).
+	build func(snap *cache.Snapshot, a discovery.Authority, members []discovery.Authority) view
+	fed   *discovery.Federation
+
 	mu      sync.Mutex
 	entries map[hubKey]*hubEntry
+	wg      sync.WaitGroup // entry goroutines
 }
 
 type hubKey struct {
-	authority string // canonical host:port
+	authority discovery.Authority
 	zone      string // the client's zone: it decides zone_locality labels
 }
 
 type hubEntry struct {
 	key  hubKey
 	refs int // streams using the entry; guarded by hub.mu
+	stop context.CancelFunc
 
-	build sync.Mutex // one builder at a time per entry
-	cur   atomic.Pointer[snapshot]
+	state atomic.Pointer[published]
 }
 
-func newHub() *hub { return &hub{entries: map[hubKey]*hubEntry{}} }
+// published is the entry's newest snapshot (nil until the first one is
+// built) and the channel closed when a newer one replaces it.
+type published struct {
+	snap *snapshot
+	next chan struct{}
+}
 
-// acquire returns the entry for key, creating it; release it when the
+// acquire returns the entry for key, starting it; release it when the
 // stream ends.
 func (h *hub) acquire(key hubKey) *hubEntry {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	e := h.entries[key]
 	if e == nil {
-		e = &hubEntry{key: key}
+		ctx, cancel := context.WithCancel(context.Background())
+		e = &hubEntry{key: key, stop: cancel}
+		e.state.Store(&published{next: make(chan struct{})})
 		h.entries[key] = e
+		h.wg.Go(func() { h.follow(ctx, e) })
 	}
 	e.refs++
 	return e
@@ -59,24 +76,32 @@ func (h *hub) release(e *hubEntry) {
 	e.refs--
 	if e.refs == 0 {
 		delete(h.entries, e.key)
+		e.stop()
 	}
 }
 
-// current returns the entry's snapshot at registry version version or
-// newer, building it with build when the entry has none that recent.
-// Concurrent callers for the same version build once.
-func (e *hubEntry) current(version uint64, build func() view) *snapshot {
-	if cur := e.cur.Load(); cur != nil && cur.version >= version {
-		return cur
+// wait stops every entry goroutine once their streams have ended.
+func (h *hub) wait() { h.wg.Wait() }
+
+// follow is an entry's goroutine: it publishes a snapshot whenever the
+// version of the authority's members moves, until the last stream leaves.
+func (h *hub) follow(ctx context.Context, e *hubEntry) {
+	members := h.fed.Members(e.key.authority)
+	var cur *snapshot
+	for {
+		ws := memdb.NewWatchSet()
+		snap := h.store.Snapshot()
+		version := hostsVersion(snap, ws, members)
+		if cur == nil || version != cur.version {
+			cur = &snapshot{version: version, view: h.build(snap, e.key.authority, members), zone: e.key.zone}
+			old := e.state.Load()
+			e.state.Store(&published{snap: cur, next: make(chan struct{})})
+			close(old.next)
+		}
+		if ws.WatchCtx(ctx) != nil {
+			return
+		}
 	}
-	e.build.Lock()
-	defer e.build.Unlock()
-	if cur := e.cur.Load(); cur != nil && cur.version >= version {
-		return cur
-	}
-	sn := &snapshot{version: version, view: build(), zone: e.key.zone}
-	e.cur.Store(sn)
-	return sn
 }
 
 // snapshot is a view at one registry version, immutable once built, with

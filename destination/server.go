@@ -86,6 +86,7 @@ type Server struct {
 	admit       *rate.Limiter // nil: no limit
 	maxStreams  int64
 	open        atomic.Int64
+	conns       connRegistry
 	// drain ends with Drain; every stream's context is tied to it.
 	drain    context.Context
 	drainNow context.CancelFunc
@@ -101,7 +102,6 @@ func NewServer(opts Options) *Server {
 		log:     opts.Logger,
 		metrics: opts.Metrics,
 		zones:   opts.NodeZones,
-		hub:     newHub(),
 
 		sendTimeout: opts.SendTimeout,
 		maxStreams:  int64(opts.MaxStreams),
@@ -123,6 +123,10 @@ func NewServer(opts Options) *Server {
 	if s.fed == nil {
 		s.fed, _ = discovery.NewFederation(nil, nil)
 	}
+	s.hub = &hub{store: s.store, fed: s.fed, entries: map[hubKey]*hubEntry{},
+		build: func(snap *cache.Snapshot, a discovery.Authority, members []discovery.Authority) view {
+			return s.view(snap, nil, a, members)
+		}}
 	if s.startup <= 0 {
 		s.startup = DefaultStartupTimeout
 	}
@@ -157,18 +161,14 @@ func (s *Server) Get(req *pb.GetDestination, stream pb.Destination_GetServer) er
 	}
 	defer done()
 
-	members := s.fed.Members(a)
-	entry := s.hub.acquire(hubKey{authority: a.String(), zone: s.clientZone(tok)})
+	entry := s.hub.acquire(hubKey{authority: a, zone: s.clientZone(tok)})
 	defer s.hub.release(entry)
 	var last *snapshot
 	for {
-		ws := memdb.NewWatchSet()
-		snap := s.store.Snapshot()
-		version := hostsVersion(snap, ws, members)
-		cur := entry.current(version, func() view { return s.view(snap, nil, a, members) })
-		if cur != last {
+		p := entry.state.Load()
+		if cur := p.snap; cur != nil && cur != last {
 			msgs := cur.messagesFrom(last)
-			if err := s.send(stream, msgs); err != nil {
+			if err := s.send(ctx, stream, msgs); err != nil {
 				return err
 			}
 			if last == nil {
@@ -178,7 +178,9 @@ func (s *Server) Get(req *pb.GetDestination, stream pb.Destination_GetServer) er
 			}
 			last = cur
 		}
-		if err := ws.WatchCtx(ctx); err != nil {
+		select {
+		case <-p.next:
+		case <-ctx.Done():
 			return s.ended(stream.Context())
 		}
 	}
@@ -227,27 +229,28 @@ func (s *Server) GetProfile(req *pb.GetDestination, stream pb.Destination_GetPro
 	}
 }
 
-// send writes a snapshot's messages. When the client does not take them
-// within the send timeout, the stream ends with Unavailable: gRPC then
-// resets it, which also unblocks the write left behind.
-func (s *Server) send(stream grpc.ServerStream, msgs []encoded) error {
+// send writes a snapshot's messages. A client that does not take them
+// within the send timeout has its connection closed (see Listener): gRPC
+// buffers only 64 KiB per stream, so the write stays blocked otherwise, and
+// closing the connection is what unblocks it. Its proxy reconnects and gets
+// a fresh snapshot. The timer is armed only around the write.
+func (s *Server) send(ctx context.Context, stream grpc.ServerStream, msgs []encoded) error {
 	if len(msgs) == 0 {
 		return nil
 	}
 	if s.sendTimeout < 0 {
 		return sendAll(stream, msgs, s.metrics)
 	}
-	done := make(chan error, 1)
-	go func() { done <- sendAll(stream, msgs, s.metrics) }()
-	timer := time.NewTimer(s.sendTimeout)
-	defer timer.Stop()
-	select {
-	case err := <-done:
-		return err
-	case <-timer.C:
+	stall := time.AfterFunc(s.sendTimeout, func() {
 		s.metrics.slowClientClosed()
-		return status.Errorf(codes.Unavailable, "client took no update for %v; closing the stream (reconnect for a fresh snapshot)", s.sendTimeout)
+		s.log.Warn("closing the connection of a client that took no update", "timeout", s.sendTimeout, "peer", peerAddr(ctx))
+		s.conns.closePeer(ctx)
+	})
+	err := sendAll(stream, msgs, s.metrics)
+	if !stall.Stop() && err != nil {
+		return status.Errorf(codes.Unavailable, "client took no update for %v; connection closed (reconnect for a fresh snapshot)", s.sendTimeout)
 	}
+	return err
 }
 
 func sendAll(stream grpc.ServerStream, msgs []encoded, m *Metrics) error {

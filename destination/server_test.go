@@ -47,7 +47,7 @@ func newHarness(t *testing.T, opts Options) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { _ = g.Serve(ln) }()
+	go func() { _ = g.Serve(srv.Listener(ln)) }()
 	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
