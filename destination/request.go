@@ -36,16 +36,23 @@ func parseGetPath(path string) (discovery.Authority, error) {
 // IP:port. Exactly one of the results is set.
 func parseProfileTarget(path string) (discovery.Authority, netip.AddrPort, error) {
 	if ap, err := netip.ParseAddrPort(path); err == nil {
-		return discovery.Authority{}, ap, nil
+		return discovery.Authority{}, registryAddr(ap.Addr(), ap.Port()), nil
 	}
 	a, err := parsePath(path)
 	if err != nil {
 		return a, netip.AddrPort{}, err
 	}
 	if ip, err := netip.ParseAddr(strings.Trim(a.Host, "[]")); err == nil {
-		return discovery.Authority{}, netip.AddrPortFrom(ip, a.Port), nil
+		return discovery.Authority{}, registryAddr(ip, a.Port), nil
 	}
 	return a, netip.AddrPort{}, nil
+}
+
+// registryAddr is an address in the form sources store endpoints in and
+// the wire carries (tcpAddress): an IPv4-mapped IPv6 address as IPv4, no
+// zone. "[::ffff:10.0.0.1]:80" finds the endpoint 10.0.0.1:80.
+func registryAddr(ip netip.Addr, port uint16) netip.AddrPort {
+	return netip.AddrPortFrom(ip.Unmap().WithZone(""), port)
 }
 
 func parsePath(path string) (discovery.Authority, error) {
@@ -55,6 +62,18 @@ func parsePath(path string) (discovery.Authority, error) {
 	a, err := discovery.ParseAuthority(path, 80)
 	if err != nil {
 		return a, fmt.Errorf("%w: %w", ErrBadRequest, err)
+	}
+	// ParseAuthority drops one trailing dot, so "..:80" would be the host
+	// ".", which prints as an authority that no longer parses. A name with
+	// an empty label names nothing a client could ask for.
+	if h := a.Host; h[0] == '.' || h[len(h)-1] == '.' || strings.Contains(h, "..") {
+		return discovery.Authority{}, fmt.Errorf("%w: %q: the host has an empty label", ErrBadRequest, path)
+	}
+	// Likewise a host such as ":]" (no port is split off a path ending in
+	// "]"): only an authority that reads back as itself is served, so that
+	// what a stream is keyed and labelled by is a valid authority.
+	if again, err := discovery.ParseAuthority(a.String(), 80); err != nil || again != a {
+		return discovery.Authority{}, fmt.Errorf("%w: %q is not a host[:port] authority", ErrBadRequest, path)
 	}
 	return a, nil
 }
