@@ -63,12 +63,6 @@ func parsePath(path string) (discovery.Authority, error) {
 	if err != nil {
 		return a, fmt.Errorf("%w: %w", ErrBadRequest, err)
 	}
-	// ParseAuthority drops one trailing dot, so "..:80" would be the host
-	// ".", which prints as an authority that no longer parses. A name with
-	// an empty label names nothing a client could ask for.
-	if h := a.Host; h[0] == '.' || h[len(h)-1] == '.' || strings.Contains(h, "..") {
-		return discovery.Authority{}, fmt.Errorf("%w: %q: the host has an empty label", ErrBadRequest, path)
-	}
 	// Likewise a host such as ":]" (no port is split off a path ending in
 	// "]"): only an authority that reads back as itself is served, so that
 	// what a stream is keyed and labelled by is a valid authority.

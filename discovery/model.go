@@ -64,6 +64,16 @@ func ParseAuthority(s string, defaultPort uint16) (Authority, error) {
 	if host == "" {
 		return Authority{}, fmt.Errorf("%w: %q: empty host", ErrInvalidAuthority, s)
 	}
+	if strings.HasPrefix(host, ".") || strings.HasSuffix(host, ".") || strings.Contains(host, "..") {
+		return Authority{}, fmt.Errorf("%w: %q: the host has an empty label", ErrInvalidAuthority, s)
+	}
+	if strings.ContainsAny(host, ":[]") {
+		inner, ok := strings.CutPrefix(host, "[")
+		inner, ok2 := strings.CutSuffix(inner, "]")
+		if ip, err := netip.ParseAddr(inner); !ok || !ok2 || err != nil || !ip.Is6() {
+			return Authority{}, fmt.Errorf("%w: %q: a host with ':' must be an IPv6 address in brackets", ErrInvalidAuthority, s)
+		}
+	}
 	if len(host) > MaxHostLen {
 		return Authority{}, fmt.Errorf("%w: host longer than %d bytes", ErrInvalidAuthority, MaxHostLen)
 	}
