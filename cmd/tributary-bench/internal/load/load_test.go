@@ -1,0 +1,324 @@
+package load
+
+import (
+	"encoding/json"
+	"math"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	pb "github.com/linkerd/linkerd2-proxy-api/go/destination"
+	pbnet "github.com/linkerd/linkerd2-proxy-api/go/net"
+	"go.uber.org/goleak"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/tributary-mesh/tributary/sources/bench"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func tcp(ip uint32, port uint32) *pbnet.TcpAddress {
+	return &pbnet.TcpAddress{Ip: &pbnet.IPAddress{Ip: &pbnet.IPAddress_Ipv4{Ipv4: ip}}, Port: port}
+}
+
+// ep is a wire endpoint 10.0.0.n:10000 with its bench labels.
+func ep(n uint32, weight uint32, seq uint64, ts int64) *pb.WeightedAddr {
+	return &pb.WeightedAddr{
+		Addr:   tcp(10<<24|n, 10000),
+		Weight: weight,
+		MetricLabels: map[string]string{
+			bench.LabelSeq: strconv.FormatUint(seq, 10),
+			bench.LabelTS:  strconv.FormatInt(ts, 10),
+			"source":       "bench",
+		},
+	}
+}
+
+func add(eps ...*pb.WeightedAddr) *pb.Update {
+	return &pb.Update{Update: &pb.Update_Add{Add: &pb.WeightedAddrSet{Addrs: eps}}}
+}
+
+func remove(ns ...uint32) *pb.Update {
+	var addrs []*pbnet.TcpAddress
+	for _, n := range ns {
+		addrs = append(addrs, tcp(10<<24|n, 10000))
+	}
+	return &pb.Update{Update: &pb.Update_Remove{Remove: &pb.AddrSet{Addrs: addrs}}}
+}
+
+func truthOf(eps ...bench.TruthEndpoint) bench.Truth {
+	return bench.Truth{Services: []bench.TruthService{{Authority: "svc-0.bench:8080", Endpoints: eps}}}
+}
+
+func te(n uint32, weight uint32, seq uint64) bench.TruthEndpoint {
+	return bench.TruthEndpoint{Addr: "10.0.0." + strconv.Itoa(int(n)) + ":10000", Weight: weight, Seq: seq}
+}
+
+func testFleet() (*Fleet, *watcher) {
+	f := &Fleet{paths: []string{"svc-0.bench:8080"}}
+	ws, _ := f.add(1)
+	return f, ws[0]
+}
+
+func TestApplyReplaysAndRecordsLatency(t *testing.T) {
+	f, w := testFleet()
+	h := f.rec.begin(1000)
+	if !f.apply(w, add(ep(1, 10000, 0, 500), ep(2, 10000, 4, 1500)), 2000) {
+		t.Fatal("the first message was not reported as first")
+	}
+	if h.Count() != 0 {
+		t.Error("a first message is not a propagated change, yet a latency was recorded")
+	}
+	// A replacement: add of the new address, then remove of the old.
+	if f.apply(w, add(ep(3, 10000, 7, 3000)), 3500) {
+		t.Fatal("a later message reported as first")
+	}
+	f.apply(w, remove(1), 3600)
+	// A weight change, and the same seq sent again (redundant: no delivery).
+	f.apply(w, add(ep(2, 77, 8, 4000)), 4100)
+	f.apply(w, add(ep(2, 77, 8, 4000)), 4200)
+	if h.Count() != 2 || h.Min() != 100 || h.Max() != 500 {
+		t.Errorf("latencies: count %d min %d max %d, want 2 deliveries of 500ns and 100ns", h.Count(), h.Min(), h.Max())
+	}
+	if f.deliveries.Load() != 2 || f.contract.Load() != 0 {
+		t.Errorf("deliveries %d, contract violations %d", f.deliveries.Load(), f.contract.Load())
+	}
+	if lost, ex, err := f.Verify(truthOf(te(2, 77, 8), te(3, 10000, 7))); err != nil || lost != 0 {
+		t.Errorf("Verify: %d lost %v %v", lost, ex, err)
+	}
+	// no_endpoints{exists: true} empties the set: a service with no endpoints.
+	f.apply(w, &pb.Update{Update: &pb.Update_NoEndpoints{NoEndpoints: &pb.NoEndpoints{Exists: true}}}, 5000)
+	if lost, _, _ := f.Verify(truthOf()); lost != 0 {
+		t.Error("an emptied stream does not match an empty truth")
+	}
+}
+
+func TestApplyContractViolations(t *testing.T) {
+	for name, u := range map[string]*pb.Update{
+		"remove first": remove(1),
+		"empty add":    add(),
+		"no content":   {},
+		"ipv6": add(&pb.WeightedAddr{Addr: &pbnet.TcpAddress{Ip: &pbnet.IPAddress{Ip: &pbnet.IPAddress_Ipv6{Ipv6: &pbnet.IPv6{First: 1}}}, Port: 80},
+			MetricLabels: map[string]string{bench.LabelSeq: "0"}}),
+		"no bench_seq": add(&pb.WeightedAddr{Addr: tcp(1, 80)}),
+	} {
+		t.Run(name, func(t *testing.T) {
+			f, w := testFleet()
+			f.apply(w, u, 1)
+			if f.contract.Load() != 1 || len(f.Examples()) != 1 || !strings.Contains(f.Examples()[0], "contract") {
+				t.Errorf("violations %d, examples %q", f.contract.Load(), f.Examples())
+			}
+		})
+	}
+	t.Run("empty remove", func(t *testing.T) {
+		f, w := testFleet()
+		f.apply(w, add(ep(1, 1, 0, 0)), 1)
+		f.apply(w, remove(), 2)
+		if f.contract.Load() != 1 {
+			t.Errorf("violations %d", f.contract.Load())
+		}
+	})
+}
+
+func TestVerifyFindsEveryDifference(t *testing.T) {
+	truth := truthOf(te(1, 10000, 0), te(2, 500, 3))
+	for name, tc := range map[string]struct {
+		updates []*pb.Update
+		want    string
+	}{
+		"equal":          {[]*pb.Update{add(ep(1, 10000, 0, 0), ep(2, 500, 3, 0))}, ""},
+		"nothing yet":    {nil, "no message received"},
+		"stale seq":      {[]*pb.Update{add(ep(1, 10000, 0, 0), ep(2, 500, 2, 0))}, "holds seq 2 weight 500, truth seq 3 weight 500"},
+		"stale weight":   {[]*pb.Update{add(ep(1, 10000, 0, 0), ep(2, 400, 3, 0))}, "weight 400"},
+		"missing":        {[]*pb.Update{add(ep(1, 10000, 0, 0))}, "holds 1 endpoints, truth has 2"},
+		"extra":          {[]*pb.Update{add(ep(1, 10000, 0, 0), ep(9, 500, 3, 0))}, "holds 10.0.0.9:10000, which the truth does not have"},
+		"does not exist": {[]*pb.Update{{Update: &pb.Update_NoEndpoints{NoEndpoints: &pb.NoEndpoints{}}}}, "does not exist"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f, w := testFleet()
+			for i, u := range tc.updates {
+				f.apply(w, u, int64(i))
+			}
+			lost, ex, err := f.Verify(truth)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.want == "" {
+				if lost != 0 {
+					t.Errorf("lost %d: %v", lost, ex)
+				}
+				return
+			}
+			if lost != 1 || len(ex) != 1 || !strings.Contains(ex[0], tc.want) {
+				t.Errorf("lost %d, examples %q; want one naming %q", lost, ex, tc.want)
+			}
+		})
+	}
+}
+
+func TestVerifyRejectsBadTruth(t *testing.T) {
+	f, _ := testFleet()
+	if _, _, err := f.Verify(truthOf(bench.TruthEndpoint{Addr: "nonsense"})); err == nil {
+		t.Error("a truth with an unreadable address was accepted")
+	}
+	if _, _, err := f.Verify(bench.Truth{}); err == nil {
+		t.Error("a truth without the watched service was accepted")
+	}
+}
+
+func TestRecorderAttributesByChangeTime(t *testing.T) {
+	var r recorder
+	r.record(50, 60) // before any phase: dropped
+	h1 := r.begin(100)
+	h2 := r.begin(200)
+	r.record(150, 260) // made in phase 1, received in phase 2
+	r.record(250, 270)
+	r.record(90, 300) // before phase 1
+	r.end()
+	r.record(300, 310)
+	if h1.Count() != 1 || h1.Max() != 110 || h2.Count() != 1 || h2.Max() != 20 {
+		t.Errorf("phase 1: %d (max %d), phase 2: %d (max %d)", h1.Count(), h1.Max(), h2.Count(), h2.Max())
+	}
+}
+
+func TestResultLineAndJSON(t *testing.T) {
+	r := newResult("steady")
+	r.Set("streams", 10000)
+	r.Set("p99_ms", 1.23456)
+	r.Set("small", 0.000123456)
+	r.Set("cpu", "Intel Xeon @ 2.80GHz")
+	r.Set("busy", true)
+	r.Set("streams", 5) // replaced in place
+	r.Fail("one")
+	r.Fail("two")
+	want := `workload=steady streams=5 p99_ms=1.235 small=0.000123 cpu="Intel Xeon @ 2.80GHz" busy=true errors="one; two" ok=false`
+	if got := r.Line(); got != want {
+		t.Errorf("line\n got %s\nwant %s", got, want)
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantJSON := `{"workload":"steady","streams":5,"p99_ms":1.235,"small":0.000123,"cpu":"Intel Xeon @ 2.80GHz","busy":true,"errors":"one; two","ok":false}`
+	if string(b) != wantJSON {
+		t.Errorf("json\n got %s\nwant %s", b, wantJSON)
+	}
+}
+
+func TestPropagationQuantile(t *testing.T) {
+	mk := func(counts ...float64) Sample {
+		bounds := []float64{0.001, 0.01, 0.1, math.Inf(1)}
+		s := Sample{}
+		for i, c := range counts {
+			s.Propagation = append(s.Propagation, Bucket{UpperBound: bounds[i], Count: c})
+		}
+		return s
+	}
+	from := mk(10, 10, 10, 10)
+	to := mk(10, 110, 110, 110) // 100 observations in (1ms, 10ms]
+	if got, ok := PropagationQuantile(from, to, 0.5); !ok || math.Abs(got-0.0055) > 1e-9 {
+		t.Errorf("p50 = %v %v, want 5.5ms (linear inside the bucket)", got, ok)
+	}
+	if _, ok := PropagationQuantile(from, from, 0.5); ok {
+		t.Error("a quantile without observations")
+	}
+	over := mk(10, 10, 10, 20) // all beyond the last finite bound
+	if got, _ := PropagationQuantile(from, over, 0.99); got != 0.1 {
+		t.Errorf("beyond the buckets: %v, want the last finite bound", got)
+	}
+	if _, ok := PropagationQuantile(Sample{}, to, 0.5); ok {
+		t.Error("a quantile from mismatched samples")
+	}
+}
+
+func TestDefaultOptions(t *testing.T) {
+	o, err := DefaultOptions("steady", false)
+	if err != nil || o.Services != 1000 || o.Endpoints != 10 || o.Streams != 10000 || o.Conns != 100 || o.Rate != 200 || o.Duration.Seconds() != 30 {
+		t.Errorf("steady defaults %+v %v", o, err)
+	}
+	o, _ = DefaultOptions("hotfanout", false)
+	if o.Services != 1 || o.Rate != 1 || o.Streams != 10000 {
+		t.Errorf("hotfanout defaults %+v", o)
+	}
+	o, _ = DefaultOptions("steady", true)
+	if o.Streams > 1000 || o.Duration.Seconds() > 5 {
+		t.Errorf("quick is not quick: %+v", o)
+	}
+	if _, err := DefaultOptions("fast", false); err == nil || !strings.Contains(err.Error(), "steady, hotfanout, ramp, idle, storm") {
+		t.Errorf("unknown workload: %v", err)
+	}
+}
+
+func TestRetryDelay(t *testing.T) {
+	st, err := status.New(codes.ResourceExhausted, "too many new streams").
+		WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(250 * time.Millisecond)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := retryDelay(st.Err()); got != 250*time.Millisecond {
+		t.Errorf("delay %v, want the server's 250ms", got)
+	}
+	if got := retryDelay(status.Error(codes.ResourceExhausted, "no detail")); got != 100*time.Millisecond {
+		t.Errorf("delay without RetryInfo %v, want 100ms", got)
+	}
+	long, _ := status.New(codes.ResourceExhausted, "x").WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(time.Hour)})
+	if got := retryDelay(long.Err()); got != 5*time.Second {
+		t.Errorf("delay %v, want the 5s cap", got)
+	}
+}
+
+func TestWarnings(t *testing.T) {
+	r := newResult("steady")
+	r.Warn("a")
+	r.Warn("b %d", 2)
+	if !r.OK || !strings.HasSuffix(r.Line(), `warnings="a; b 2" ok=true`) {
+		t.Errorf("line %s", r.Line())
+	}
+}
+
+func TestSharedDecoder(t *testing.T) {
+	c := newSharedDecoder()
+	wire := func(u *pb.Update) mem.BufferSlice {
+		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Split in two buffers, as gRPC may hand them over.
+		return mem.BufferSlice{mem.SliceBuffer(b[:3]), mem.SliceBuffer(b[3:])}
+	}
+	first, second := add(ep(1, 10, 0, 0)), add(ep(2, 10, 5, 9))
+	var a, b, d pb.Update
+	if err := c.Unmarshal(wire(first), &a); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Unmarshal(wire(first), &b); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Unmarshal(wire(second), &d); err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(&a, first) || !proto.Equal(&b, first) || !proto.Equal(&d, second) {
+		t.Errorf("decoded %v %v %v", &a, &b, &d)
+	}
+	if c.hits.Load() != 1 || c.misses.Load() != 2 {
+		t.Errorf("hits %d misses %d, want 1 and 2", c.hits.Load(), c.misses.Load())
+	}
+	if err := c.Unmarshal(mem.BufferSlice{mem.SliceBuffer([]byte{0xff})}, &a); err == nil {
+		t.Error("garbage decoded")
+	}
+	// Other messages (none on a Get stream) go to the proto codec.
+	var req pb.GetDestination
+	out, err := c.Marshal(&pb.GetDestination{Path: "svc-0.bench:8080"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Unmarshal(out, &req); err != nil || req.GetPath() != "svc-0.bench:8080" {
+		t.Errorf("request round trip: %v %v", &req, err)
+	}
+}
