@@ -5,8 +5,26 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 )
+
+// PriorityLabel is the endpoint label that makes failover levels within
+// one source: of the endpoints a source holds for an authority, only those
+// of the lowest value (a decimal number) that has a serving endpoint are
+// served; the next level takes over when none of them is serving. The DNS
+// SRV source sets it from the record priority. Endpoints without it are
+// level 0.
+const PriorityLabel = "failover_priority"
+
+// FederationDefaults are the settings a rule inherits when it does not set
+// them.
+type FederationDefaults struct {
+	// PanicThreshold is the share (0..1) of an authority's endpoints that
+	// must be serving for the rest to be evicted; below it every endpoint
+	// is served. 0 disables panic mode.
+	PanicThreshold float64
+}
 
 // Federation is the compiled federation rules plus each source's priority:
 // what turns the endpoints the registry holds for an authority into what is
@@ -15,6 +33,7 @@ import (
 type Federation struct {
 	rules      map[Authority]*compiledRule
 	priorities map[string]int
+	panic      float64 // the default panic threshold
 }
 
 type compiledRule struct {
@@ -24,22 +43,41 @@ type compiledRule struct {
 	tierOf map[string]int
 	// minHealthy per tier, the implicit last one included (1).
 	minHealthy []int
+	// panic is the rule's panic threshold.
+	panic float64
 }
 
 // NewFederation compiles rules (as ParseConfig validated them) with the
-// sources' priorities (a source missing from the map has priority 0). Both
-// are copied. It rejects two rules for one authority, and a source in two
-// tiers of one rule. A MinHealthy below 1 counts as 1.
+// sources' priorities (a source missing from the map has priority 0) and
+// the default panic threshold, DefaultPanicThreshold. Both are copied. It
+// rejects two rules for one authority, and a source in two tiers of one
+// rule. A MinHealthy below 1 counts as 1.
 func NewFederation(rules []FederationRule, priorities map[string]int) (*Federation, error) {
+	return NewFederationWithDefaults(rules, priorities, FederationDefaults{PanicThreshold: DefaultPanicThreshold})
+}
+
+// NewFederationWithDefaults is NewFederation with the settings rules
+// inherit. A panic threshold outside 0..1 is an error.
+func NewFederationWithDefaults(rules []FederationRule, priorities map[string]int, d FederationDefaults) (*Federation, error) {
+	if !validShare(d.PanicThreshold) {
+		return nil, fmt.Errorf("federation: panic threshold %v is not a share from 0 to 1", d.PanicThreshold)
+	}
 	f := &Federation{
 		rules:      make(map[Authority]*compiledRule, len(rules)),
 		priorities: maps.Clone(priorities),
+		panic:      d.PanicThreshold,
 	}
 	for _, r := range rules {
 		if _, dup := f.rules[r.Authority]; dup {
 			return nil, fmt.Errorf("federation: two rules for %s", r.Authority)
 		}
-		cr := &compiledRule{rule: cloneRule(r)}
+		cr := &compiledRule{rule: cloneRule(r), panic: d.PanicThreshold}
+		if r.PanicThreshold != nil {
+			if !validShare(*r.PanicThreshold) {
+				return nil, fmt.Errorf("federation: rule %s: panic threshold %v is not a share from 0 to 1", r.Authority, *r.PanicThreshold)
+			}
+			cr.panic = *r.PanicThreshold
+		}
 		if len(r.Failover) > 0 {
 			cr.tierOf = make(map[string]int)
 			cr.minHealthy = make([]int, len(r.Failover)+1)
@@ -59,7 +97,13 @@ func NewFederation(rules []FederationRule, priorities map[string]int) (*Federati
 	return f, nil
 }
 
+func validShare(v float64) bool { return v >= 0 && v <= 1 }
+
 func cloneRule(r FederationRule) FederationRule {
+	if r.PanicThreshold != nil {
+		v := *r.PanicThreshold
+		r.PanicThreshold = &v
+	}
 	r.Aliases = slices.Clone(r.Aliases)
 	r.Failover = slices.Clone(r.Failover)
 	for i := range r.Failover {
@@ -115,6 +159,17 @@ func (f *Federation) Members(a Authority) []Authority {
 	return out
 }
 
+// PanicThreshold returns the panic threshold that applies to a.
+func (f *Federation) PanicThreshold(a Authority) float64 {
+	if r := f.lookup(a); r != nil {
+		return r.panic
+	}
+	if f == nil {
+		return 0
+	}
+	return f.panic
+}
+
 // Resolve turns every endpoint the registry holds for a's members (all
 // health states, provenance stamped) into what is served:
 //
@@ -122,35 +177,48 @@ func (f *Federation) Members(a Authority) []Authority {
 //     sources have at least MinHealthy serving endpoints (distinct
 //     addresses) is used. Sources named in no tier form an implicit last
 //     tier (needing one). If no tier qualifies, the first tier with any
-//     serving endpoint is used; if none has any, nothing is served.
-//  2. Endpoints that are not Health.Serving are evicted.
-//  3. Endpoints of one address are deduplicated: the one of the source with
+//     serving endpoint is used, else the first tier with any endpoint.
+//  2. Failover levels within a source (PriorityLabel): of each source's
+//     endpoints, the lowest level with a serving endpoint is kept (the
+//     lowest level when none is serving).
+//  3. Panic threshold: when fewer than that share of the distinct
+//     addresses left have a serving endpoint, every one of them is served
+//     rather than evicting most of the service. Otherwise endpoints that
+//     are not Health.Serving are evicted.
+//  4. Endpoints of one address are deduplicated: the one of the source with
 //     the highest priority wins, ties going to the smallest source name,
 //     then key, then content, so the answer never depends on input order.
-//  4. The result is sorted by address.
+//     In panic mode a serving endpoint beats a failing one first.
+//  5. The result is sorted by address.
 //
 // eps and the endpoints are not modified; the result is a new slice of the
 // same pointers (nil when nothing is served). One allocation per call.
 func (f *Federation) Resolve(a Authority, eps []*Endpoint) []*Endpoint {
-	n := 0
-	for _, e := range eps {
-		if e.Health.Serving() {
-			n++
-		}
-	}
-	if n == 0 {
+	if len(eps) == 0 {
 		return nil
 	}
-	out := make([]*Endpoint, 0, n)
-	for _, e := range eps {
-		if e.Health.Serving() {
-			out = append(out, e)
-		}
-	}
+	out := slices.Clone(eps)
 	slices.SortFunc(out, func(x, y *Endpoint) int { return x.Addr.Compare(y.Addr) })
 
-	if r := f.lookup(a); r != nil && len(r.rule.Failover) > 0 {
+	r := f.lookup(a)
+	if r != nil && len(r.rule.Failover) > 0 {
 		out = r.selectTier(out)
+	}
+	out = selectLevels(out)
+
+	threshold := f.PanicThreshold(a)
+	total, serving := countAddrs(out)
+	panicking := threshold > 0 && float64(serving) < threshold*float64(total)
+	if !panicking {
+		w := 0
+		for _, e := range out {
+			if e.Health.Serving() {
+				out[w] = e
+				w++
+			}
+		}
+		clear(out[w:])
+		out = out[:w]
 	}
 
 	// One winner per run of equal addresses.
@@ -159,13 +227,102 @@ func (f *Federation) Resolve(a Authority, eps []*Endpoint) []*Endpoint {
 		best := out[i]
 		j := i + 1
 		for ; j < len(out) && out[j].Addr == best.Addr; j++ {
-			if f.compare(out[j], best) < 0 {
+			if f.better(out[j], best, panicking) {
 				best = out[j]
 			}
 		}
 		out[w] = best
 		w++
 		i = j
+	}
+	clear(out[w:])
+	if w == 0 {
+		return nil
+	}
+	return out[:w]
+}
+
+// better reports whether x should win over y for one address.
+func (f *Federation) better(x, y *Endpoint, servingFirst bool) bool {
+	if servingFirst && x.Health.Serving() != y.Health.Serving() {
+		return x.Health.Serving()
+	}
+	return f.compare(x, y) < 0
+}
+
+// countAddrs counts the distinct addresses of out (sorted by address) and
+// those with at least one serving endpoint.
+func countAddrs(out []*Endpoint) (total, serving int) {
+	for i := 0; i < len(out); {
+		ok := false
+		j := i
+		for ; j < len(out) && out[j].Addr == out[i].Addr; j++ {
+			ok = ok || out[j].Health.Serving()
+		}
+		total++
+		if ok {
+			serving++
+		}
+		i = j
+	}
+	return total, serving
+}
+
+// level is an endpoint's failover level (PriorityLabel), 0 without one.
+func level(e *Endpoint) uint64 {
+	s, ok := e.Labels[PriorityLabel]
+	if !ok {
+		return 0
+	}
+	v, err := strconv.ParseUint(s, 10, 32)
+	if err != nil {
+		return 0
+	}
+	return v
+}
+
+// selectLevels keeps, per source, the endpoints of the lowest failover
+// level that has a serving endpoint (the lowest level when none has). out
+// is filtered in place; without any PriorityLabel it is returned as is.
+func selectLevels(out []*Endpoint) []*Endpoint {
+	labelled := false
+	for _, e := range out {
+		if _, ok := e.Labels[PriorityLabel]; ok {
+			labelled = true
+			break
+		}
+	}
+	if !labelled {
+		return out
+	}
+	type choice struct {
+		lowest, serving uint64
+		hasServing      bool
+	}
+	chosen := make(map[string]*choice, 2)
+	for _, e := range out {
+		l := level(e)
+		c := chosen[e.Source]
+		if c == nil {
+			c = &choice{lowest: l}
+			chosen[e.Source] = c
+		}
+		c.lowest = min(c.lowest, l)
+		if e.Health.Serving() && (!c.hasServing || l < c.serving) {
+			c.serving, c.hasServing = l, true
+		}
+	}
+	w := 0
+	for _, e := range out {
+		c := chosen[e.Source]
+		want := c.lowest
+		if c.hasServing {
+			want = c.serving
+		}
+		if level(e) == want {
+			out[w] = e
+			w++
+		}
 	}
 	clear(out[w:])
 	return out[:w]
@@ -178,25 +335,28 @@ func (r *compiledRule) tier(source string) int {
 	return len(r.rule.Failover)
 }
 
-// selectTier keeps the endpoints of the tier to serve. out holds serving
-// endpoints sorted by address; it is filtered in place.
+// selectTier keeps the endpoints of the tier to serve. out holds
+// endpoints of every health sorted by address; it is filtered in place.
 func (r *compiledRule) selectTier(out []*Endpoint) []*Endpoint {
 	nt := len(r.minHealthy)
 	var countBuf, lastBuf [8]int
-	counts, last := countBuf[:0], lastBuf[:0]
-	if nt <= len(countBuf) {
-		counts, last = countBuf[:nt], lastBuf[:nt]
-	} else {
-		counts, last = make([]int, nt), make([]int, nt)
+	var anyBuf [8]bool
+	counts, last, anyEp := countBuf[:], lastBuf[:], anyBuf[:]
+	if nt > len(countBuf) {
+		counts, last, anyEp = make([]int, nt), make([]int, nt), make([]bool, nt)
 	}
+	counts, last, anyEp = counts[:nt], last[:nt], anyEp[:nt]
 	for t := range last {
 		last[t] = -1
 	}
-	// Count distinct addresses per tier: runs of one address are adjacent.
+	// Count distinct serving addresses per tier: runs of one address are
+	// adjacent. anyEp marks the tiers with any endpoint at all.
 	for i := 0; i < len(out); {
 		j := i
 		for ; j < len(out) && out[j].Addr == out[i].Addr; j++ {
-			if t := r.tier(out[j].Source); last[t] != i {
+			t := r.tier(out[j].Source)
+			anyEp[t] = true
+			if out[j].Health.Serving() && last[t] != i {
 				last[t] = i
 				counts[t]++
 			}
@@ -213,6 +373,14 @@ func (r *compiledRule) selectTier(out []*Endpoint) []*Endpoint {
 	if chosen < 0 {
 		for t := range nt {
 			if counts[t] > 0 {
+				chosen = t
+				break
+			}
+		}
+	}
+	if chosen < 0 {
+		for t := range nt {
+			if anyEp[t] {
 				chosen = t
 				break
 			}

@@ -93,9 +93,9 @@ func TestResolve(t *testing.T) {
 			want: "10.0.0.2:80/k8s/web",
 		},
 		{
-			name: "all critical",
+			name: "all critical: panic serves them",
 			eps:  []*Endpoint{fep("10.0.0.1:80", "k8s", "web", C)},
-			want: "",
+			want: "10.0.0.1:80/k8s/web",
 		},
 		{name: "nothing", want: ""},
 		{
@@ -143,10 +143,10 @@ func TestResolve(t *testing.T) {
 			want: "10.2.0.1:80/west/a 10.2.0.2:80/west/a",
 		},
 		{
-			name:  "failover: every tier critical",
+			name:  "failover: every tier critical, panic serves the first",
 			rules: tiered,
 			eps:   []*Endpoint{fep("10.1.0.1:80", "east", "a", C), fep("10.2.0.1:80", "west", "a", C)},
-			want:  "",
+			want:  "10.1.0.1:80/east/a",
 		},
 		{
 			name:  "failover: conflict inside the chosen tier",
@@ -172,6 +172,131 @@ func TestResolve(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func lep(addr, source string, h Health, level string) *Endpoint {
+	e := fep(addr, source, "k", h)
+	if level != "" {
+		e.Labels = map[string]string{PriorityLabel: level}
+	}
+	return e
+}
+
+func TestResolvePanicThresholdAndLevels(t *testing.T) {
+	const (
+		P = HealthPassing
+		C = HealthCritical
+	)
+	pct := func(v float64) *float64 { return &v }
+	cases := []struct {
+		name      string
+		threshold float64 // the default
+		rules     []FederationRule
+		eps       []*Endpoint
+		want      string
+	}{
+		{
+			name: "below the threshold: everything served", threshold: 0.5,
+			eps:  []*Endpoint{fep("10.0.0.1:80", "s", "k", P), fep("10.0.0.2:80", "s", "k", C), fep("10.0.0.3:80", "s", "k", C)},
+			want: "10.0.0.1:80/s/k 10.0.0.2:80/s/k 10.0.0.3:80/s/k",
+		},
+		{
+			name: "exactly at the threshold: evicted", threshold: 0.5,
+			eps:  []*Endpoint{fep("10.0.0.1:80", "s", "k", P), fep("10.0.0.2:80", "s", "k", C)},
+			want: "10.0.0.1:80/s/k",
+		},
+		{
+			name: "threshold 0: all critical serves nothing", threshold: 0,
+			eps:  []*Endpoint{fep("10.0.0.1:80", "s", "k", C), fep("10.0.0.2:80", "s", "k", C)},
+			want: "",
+		},
+		{
+			name: "a rule overrides the default", threshold: 0.5,
+			rules: []FederationRule{{Authority: webAuth, PanicThreshold: pct(0.9)}},
+			eps:   []*Endpoint{fep("10.0.0.1:80", "s", "k", P), fep("10.0.0.2:80", "s", "k", P), fep("10.0.0.3:80", "s", "k", C)},
+			want:  "10.0.0.1:80/s/k 10.0.0.2:80/s/k 10.0.0.3:80/s/k",
+		},
+		{
+			name: "a rule turns it off", threshold: 0.5,
+			rules: []FederationRule{{Authority: Authority{Host: "web.demo"}, PanicThreshold: pct(0)}},
+			eps:   []*Endpoint{fep("10.0.0.1:80", "s", "k", C)},
+			want:  "",
+		},
+		{
+			name: "addresses count once; a serving copy counts the address serving", threshold: 0.5,
+			eps: []*Endpoint{
+				fep("10.0.0.1:80", "a", "k", C), fep("10.0.0.1:80", "b", "k", P),
+				fep("10.0.0.2:80", "a", "k", C), fep("10.0.0.2:80", "b", "k", C), fep("10.0.0.2:80", "c", "k", C),
+			},
+			want: "10.0.0.1:80/b/k",
+		},
+		{
+			name: "panic: a serving copy wins its address over priority", threshold: 0.5,
+			eps: []*Endpoint{
+				fep("10.0.0.1:80", "hi", "k", C), fep("10.0.0.1:80", "lo", "k", P),
+				fep("10.0.0.2:80", "hi", "k", C), fep("10.0.0.3:80", "hi", "k", C),
+			},
+			want: "10.0.0.1:80/lo/k 10.0.0.2:80/hi/k 10.0.0.3:80/hi/k",
+		},
+		{
+			name: "levels: the lowest serves", threshold: 0.5,
+			eps:  []*Endpoint{lep("10.0.0.1:80", "dns", P, "10"), lep("10.0.0.2:80", "dns", P, "10"), lep("10.0.0.3:80", "dns", P, "20")},
+			want: "10.0.0.1:80/dns/k 10.0.0.2:80/dns/k",
+		},
+		{
+			name: "levels: the next takes over when the lowest has nothing serving", threshold: 0.5,
+			eps:  []*Endpoint{lep("10.0.0.1:80", "dns", C, "10"), lep("10.0.0.2:80", "dns", C, "10"), lep("10.0.0.3:80", "dns", P, "20"), lep("10.0.0.4:80", "dns", P, "30")},
+			want: "10.0.0.3:80/dns/k",
+		},
+		{
+			name: "levels: one serving in the lowest keeps it (then panic within it)", threshold: 0.5,
+			eps:  []*Endpoint{lep("10.0.0.1:80", "dns", C, "10"), lep("10.0.0.2:80", "dns", C, "10"), lep("10.0.0.5:80", "dns", P, "10"), lep("10.0.0.3:80", "dns", P, "20")},
+			want: "10.0.0.1:80/dns/k 10.0.0.2:80/dns/k 10.0.0.5:80/dns/k",
+		},
+		{
+			name: "levels: none serving anywhere, the lowest in panic", threshold: 0.5,
+			eps:  []*Endpoint{lep("10.0.0.1:80", "dns", C, "10"), lep("10.0.0.3:80", "dns", C, "20")},
+			want: "10.0.0.1:80/dns/k",
+		},
+		{
+			name: "levels are per source; unlabelled endpoints are level 0", threshold: 0.5,
+			eps: []*Endpoint{
+				lep("10.0.0.1:80", "dns", P, "10"), lep("10.0.0.2:80", "dns", P, "5"),
+				lep("10.1.0.1:80", "file", P, ""), lep("10.1.0.2:80", "file", P, "1"),
+			},
+			want: "10.0.0.2:80/dns/k 10.1.0.1:80/file/k",
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			f, err := NewFederationWithDefaults(tc.rules, nil, FederationDefaults{PanicThreshold: tc.threshold})
+			if err != nil {
+				t.Fatal(err)
+			}
+			before := deepCopy(tc.eps)
+			if d := describe(f.Resolve(webAuth, tc.eps)); d != tc.want {
+				t.Errorf("Resolve = %q\nwant      %q", d, tc.want)
+			}
+			assertUnchanged(t, before, tc.eps)
+			for i := range 5 {
+				shuffled := slices.Clone(tc.eps)
+				rand.New(rand.NewPCG(uint64(i), 2)).Shuffle(len(shuffled), func(a, b int) { shuffled[a], shuffled[b] = shuffled[b], shuffled[a] })
+				if d := describe(f.Resolve(webAuth, shuffled)); d != tc.want {
+					t.Errorf("shuffled %d: Resolve = %q, want %q", i, d, tc.want)
+				}
+			}
+		})
+	}
+	if _, err := NewFederationWithDefaults(nil, nil, FederationDefaults{PanicThreshold: 1.5}); err == nil {
+		t.Error("a threshold over 1 was accepted")
+	}
+	if _, err := NewFederationWithDefaults([]FederationRule{{Authority: webAuth, PanicThreshold: pct(-1)}}, nil, FederationDefaults{}); err == nil {
+		t.Error("a negative rule threshold was accepted")
+	}
+	var nilFed *Federation
+	if nilFed.PanicThreshold(webAuth) != 0 {
+		t.Error("a nil federation has no panic threshold")
 	}
 }
 

@@ -20,11 +20,37 @@ type memStore struct {
 	mu      sync.Mutex
 	groups  map[string]map[string]Group
 	applied chan []Group
+	drops   chan string
 	reject  string // a group key Apply refuses
 }
 
 func newMemStore() *memStore {
-	return &memStore{groups: map[string]map[string]Group{}, applied: make(chan []Group, 100)}
+	return &memStore{groups: map[string]map[string]Group{}, applied: make(chan []Group, 100), drops: make(chan string, 10)}
+}
+
+func (s *memStore) DropProvider(provider string) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	changed := len(s.groups[provider]) > 0
+	delete(s.groups, provider)
+	s.drops <- provider
+	return changed, nil
+}
+
+// addrs lists a provider's endpoint addresses in the store, sorted.
+func (s *memStore) addrs(provider string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for _, g := range s.groups[provider] {
+		for _, svc := range g.Services {
+			for _, e := range svc.Endpoints {
+				out = append(out, svc.Authority.Host+"/"+e.Addr.String())
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 func (s *memStore) Apply(provider string, groups []Group) (bool, error) {
@@ -77,12 +103,20 @@ func svcGroup(key, host string) Group {
 
 func startManager(t *testing.T, store Store, n int) (*Manager, []Sink) {
 	t.Helper()
+	return startManagerWith(t, store, n, SourceConfig{}, ManagerOptions{})
+}
+
+// startManagerWith starts n sources configured as cfg (name and kind set here).
+func startManagerWith(t *testing.T, store Store, n int, cfg SourceConfig, opts ManagerOptions) (*Manager, []Sink) {
+	t.Helper()
 	var instances []Instance
 	src := &scriptSource{sinks: make(chan Sink, n)}
 	for i := 0; i < n; i++ {
-		instances = append(instances, Instance{Config: SourceConfig{Name: string(rune('a' + i)), Kind: "test"}, Source: src})
+		c := cfg
+		c.Name, c.Kind = string(rune('a'+i)), "test"
+		instances = append(instances, Instance{Config: c, Source: src})
 	}
-	m := NewManager(store, instances, ManagerOptions{})
+	m := NewManager(store, instances, opts)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { m.Run(ctx); close(done) }()
@@ -91,6 +125,9 @@ func startManager(t *testing.T, store Store, n int) (*Manager, []Sink) {
 	got := map[*sourceState]bool{}
 	for i := 0; i < n; i++ {
 		s := <-src.sinks
+		if w, ok := s.(*wrapped); ok {
+			s = w.Sink
+		}
 		got[s.(*sourceState)] = true
 	}
 	for i, st := range m.states {
@@ -101,6 +138,9 @@ func startManager(t *testing.T, store Store, n int) (*Manager, []Sink) {
 	}
 	return m, sinks
 }
+
+// wrapped is a WrapSink result.
+type wrapped struct{ Sink }
 
 func waitApplied(t *testing.T, s *memStore) []Group {
 	t.Helper()
@@ -220,5 +260,295 @@ func TestManagerWithoutSourcesIsSynced(t *testing.T) {
 	case <-m.Synced():
 	default:
 		t.Fatal("no sources: should be synced at once")
+	}
+}
+
+// clock is a settable ManagerOptions.Now.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// eps builds a group of one service with n endpoints 10.0.<base>.<i>:80.
+func eps(key, host string, base, n int) Group {
+	svc := Service{Authority: Authority{Host: host, Port: 80}}
+	for i := 1; i <= n; i++ {
+		svc.Endpoints = append(svc.Endpoints, Endpoint{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, byte(base), byte(i)}), 80)})
+	}
+	return Group{Key: key, Services: []Service{svc}}
+}
+
+func waitDrop(t *testing.T, s *memStore) {
+	t.Helper()
+	select {
+	case <-s.drops:
+	case <-time.After(5 * time.Second):
+		t.Fatal("nothing dropped")
+	}
+}
+
+// waitStatus waits until the status of the first source satisfies ok.
+func waitStatus(t *testing.T, m *Manager, ok func(SourceStatus) bool) SourceStatus {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st := m.Status()[0]
+		if ok(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status never as expected: %+v", st)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestManagerStaleAfterWithdrawsAndRestores(t *testing.T) {
+	for _, how := range []string{"healthy", "update", "replace"} {
+		t.Run(how, func(t *testing.T) {
+			store := newMemStore()
+			m, sinks := startManagerWith(t, store, 1, SourceConfig{StaleAfter: Duration(20 * time.Millisecond)}, ManagerOptions{})
+			sinks[0].Replace([]Group{eps("k1", "web", 1, 2), eps("k2", "api", 2, 1)})
+			waitApplied(t, store)
+			sinks[0].Failed(errors.New("backend down"))
+			waitDrop(t, store)
+			st := waitStatus(t, m, func(s SourceStatus) bool { return s.Expired })
+			if !st.Stale || st.Expiries != 1 || len(store.addrs("a")) != 0 {
+				t.Fatalf("after expiry: status %+v, store %v", st, store.addrs("a"))
+			}
+			var want []string
+			switch how {
+			case "healthy": // nothing changed: everything it had comes back
+				sinks[0].Healthy()
+				want = []string{"api/10.0.2.1:80", "web/10.0.1.1:80", "web/10.0.1.2:80"}
+			case "update": // one key changed: the other comes back as it was
+				sinks[0].Update(eps("k2", "api", 3, 1))
+				want = []string{"api/10.0.3.1:80", "web/10.0.1.1:80", "web/10.0.1.2:80"}
+			case "replace": // a complete listing: only it
+				sinks[0].Replace([]Group{eps("k2", "api", 3, 1)})
+				want = []string{"api/10.0.3.1:80"}
+			}
+			waitApplied(t, store)
+			if got := store.addrs("a"); !slices.Equal(got, want) {
+				t.Fatalf("after recovery (%s): %v, want %v", how, got, want)
+			}
+			if st := m.Status()[0]; st.Expired || st.Stale {
+				t.Fatalf("status after recovery %+v", st)
+			}
+			// Expiring again works the same way.
+			sinks[0].Failed(errors.New("down again"))
+			waitDrop(t, store)
+			waitStatus(t, m, func(s SourceStatus) bool { return s.Expired && s.Expiries == 2 })
+		})
+	}
+}
+
+func TestManagerStaleAfterCountsFromLastSuccess(t *testing.T) {
+	store := newMemStore()
+	c := &clock{now: time.Unix(1000, 0)}
+	m, sinks := startManagerWith(t, store, 1, SourceConfig{StaleAfter: Duration(time.Minute)}, ManagerOptions{Now: c.Now})
+	sinks[0].Replace([]Group{eps("k1", "web", 1, 1)})
+	waitApplied(t, store)
+	st := m.states[0]
+
+	c.Add(50 * time.Second)
+	sinks[0].Failed(errors.New("down")) // 50s after the last success: 10s left
+	st.signal()
+	c.Add(9 * time.Second)
+	st.signal()
+	sinks[0].Healthy() // recovered in time: nothing is dropped
+	c.Add(time.Hour)
+	st.signal()
+	sinks[0].Failed(errors.New("down")) // a fresh failure, an hour after the last success: drop
+	waitDrop(t, store)
+	if got := m.Status()[0]; !got.Expired || got.Expiries != 1 {
+		t.Fatalf("status %+v", got)
+	}
+	select {
+	case p := <-store.drops:
+		t.Fatalf("dropped twice (%s)", p)
+	default:
+	}
+}
+
+func TestManagerWithoutStaleAfterNeverDrops(t *testing.T) {
+	store := newMemStore()
+	c := &clock{now: time.Unix(1000, 0)}
+	m, sinks := startManagerWith(t, store, 1, SourceConfig{}, ManagerOptions{Now: c.Now})
+	sinks[0].Replace([]Group{eps("k1", "web", 1, 1)})
+	waitApplied(t, store)
+	sinks[0].Failed(errors.New("down"))
+	c.Add(1000 * time.Hour)
+	m.states[0].signal()
+	sinks[0].Update(eps("k2", "api", 2, 1)) // a later apply proves the step ran
+	waitApplied(t, store)
+	if len(store.drops) != 0 || m.Status()[0].Expired {
+		t.Fatal("a source without stale_after was dropped")
+	}
+}
+
+func guarded(confirm time.Duration) SourceConfig {
+	return SourceConfig{DeletionGuard: DeletionGuard{MaxWithdraw: 0.5, ConfirmFor: confirm, MinEndpoints: 4}}
+}
+
+func TestManagerDeletionGuardHoldsAndNewerHandOverUndoes(t *testing.T) {
+	store := newMemStore()
+	m, sinks := startManagerWith(t, store, 1, guarded(time.Hour), ManagerOptions{})
+	sinks[0].Replace([]Group{eps("k1", "web", 1, 8), eps("k2", "api", 2, 2)})
+	waitApplied(t, store)
+
+	// 6 of 10 withdrawn at once: held.
+	sinks[0].Update(eps("k1", "web", 1, 2))
+	st := waitStatus(t, m, func(s SourceStatus) bool { return s.HeldWithdrawal })
+	if st.HeldEndpoints != 6 || st.GuardTrips != 1 || st.HeldSince.IsZero() {
+		t.Fatalf("status while held %+v", st)
+	}
+	if n := len(store.addrs("a")); n != 10 {
+		t.Fatalf("the held withdrawal reached the store: %d endpoints", n)
+	}
+	// The source takes it back, and changes k2: one transaction, nothing withdrawn.
+	sinks[0].Update(eps("k1", "web", 1, 8), eps("k2", "api", 2, 3))
+	got := waitApplied(t, store)
+	if len(got) != 2 || countEndpoints(got[0])+countEndpoints(got[1]) != 11 {
+		t.Fatalf("applied %+v", got)
+	}
+	if st := m.Status()[0]; st.HeldWithdrawal || st.HeldEndpoints != 0 || st.GuardTrips != 1 {
+		t.Fatalf("status after undo %+v", st)
+	}
+	// A small withdrawal passes at once.
+	sinks[0].Update(eps("k2", "api", 2, 1))
+	waitApplied(t, store)
+	if n := len(store.addrs("a")); n != 9 {
+		t.Fatalf("%d endpoints", n)
+	}
+}
+
+func TestManagerDeletionGuardAppliesWhenItPersists(t *testing.T) {
+	store := newMemStore()
+	m, sinks := startManagerWith(t, store, 1, guarded(20*time.Millisecond), ManagerOptions{})
+	sinks[0].Replace([]Group{eps("k1", "web", 1, 8), eps("k2", "api", 2, 2)})
+	waitApplied(t, store)
+	sinks[0].Replace([]Group{eps("k2", "api", 2, 2)}) // a listing without k1: 8 of 10
+	got := waitApplied(t, store)                      // after the confirmation period
+	if len(got) != 2 || got[0].Key != "k1" || len(got[0].Services) != 0 {
+		t.Fatalf("applied %+v", got)
+	}
+	if addrs := store.addrs("a"); len(addrs) != 2 {
+		t.Fatalf("store %v", addrs)
+	}
+	st := m.Status()[0]
+	if st.HeldWithdrawal || st.GuardTrips != 1 {
+		t.Fatalf("status %+v", st)
+	}
+}
+
+func TestManagerDeletionGuardKeepsTheFirstHoldTime(t *testing.T) {
+	store := newMemStore()
+	c := &clock{now: time.Unix(1000, 0)}
+	m, sinks := startManagerWith(t, store, 1, guarded(time.Minute), ManagerOptions{Now: c.Now})
+	sinks[0].Replace([]Group{eps("k1", "web", 1, 10)})
+	waitApplied(t, store)
+	sinks[0].Update(eps("k1", "web", 1, 2))
+	first := waitStatus(t, m, func(s SourceStatus) bool { return s.HeldWithdrawal }).HeldSince
+	c.Add(40 * time.Second)
+	sinks[0].Update(eps("k1", "web", 1, 3)) // still a mass withdrawal: the hold goes on
+	waitStatus(t, m, func(s SourceStatus) bool { return s.HeldEndpoints == 7 })
+	if st := m.Status()[0]; !st.HeldSince.Equal(first) || st.GuardTrips != 1 {
+		t.Fatalf("status %+v, first hold at %v", st, first)
+	}
+	c.Add(30 * time.Second) // 70s after the first hold
+	m.states[0].signal()
+	got := waitApplied(t, store)
+	if len(got) != 1 || countEndpoints(got[0]) != 3 {
+		t.Fatalf("applied %+v", got)
+	}
+}
+
+func TestManagerDeletionGuardSpares(t *testing.T) {
+	cases := map[string]struct {
+		guard DeletionGuard
+		start []Group
+		next  Group
+	}{
+		"below min_endpoints":                    {DeletionGuard{MaxWithdraw: 0.5, ConfirmFor: time.Hour, MinEndpoints: 10}, []Group{eps("k", "web", 1, 9)}, Group{Key: "k"}},
+		"exactly the share":                      {DeletionGuard{MaxWithdraw: 0.5, ConfirmFor: time.Hour, MinEndpoints: 1}, []Group{eps("k", "web", 1, 4), eps("j", "api", 2, 4)}, Group{Key: "k"}},
+		"guard off":                              {DeletionGuard{MaxWithdraw: 0.5}, []Group{eps("k", "web", 1, 20)}, Group{Key: "k"}},
+		"moves are no withdrawals of other keys": {DeletionGuard{MaxWithdraw: 0.1, ConfirmFor: time.Hour, MinEndpoints: 1}, []Group{eps("k", "web", 1, 10)}, eps("j", "web", 2, 10)},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			store := newMemStore()
+			m, sinks := startManagerWith(t, store, 1, SourceConfig{DeletionGuard: tc.guard}, ManagerOptions{})
+			sinks[0].Replace(tc.start)
+			waitApplied(t, store)
+			sinks[0].Update(tc.next)
+			waitApplied(t, store)
+			if st := m.Status()[0]; st.GuardTrips != 0 {
+				t.Fatalf("status %+v", st)
+			}
+		})
+	}
+}
+
+func TestManagerWrapSink(t *testing.T) {
+	store := newMemStore()
+	var seen []string
+	m, sinks := startManagerWith(t, store, 2, SourceConfig{}, ManagerOptions{WrapSink: func(cfg SourceConfig, s Sink) Sink {
+		seen = append(seen, cfg.Name)
+		if cfg.Name == "b" {
+			return &wrapped{s}
+		}
+		return s
+	}})
+	if !slices.Equal(seen, []string{"a", "b"}) {
+		t.Fatalf("WrapSink called for %v", seen)
+	}
+	if _, ok := m.states[1].sink.(*wrapped); !ok || m.states[0].sink != Sink(m.states[0]) {
+		t.Fatal("the wrapper is not what the source gets")
+	}
+	sinks[1].Replace([]Group{svcGroup("k", "web")})
+	waitApplied(t, store)
+}
+
+func TestManagerUpdateHealthIsNoContact(t *testing.T) {
+	store := newMemStore()
+	m, sinks := startManagerWith(t, store, 1, SourceConfig{StaleAfter: Duration(50 * time.Millisecond)}, ManagerOptions{})
+	sinks[0].Replace([]Group{eps("k1", "web", 1, 2)})
+	waitApplied(t, store)
+	sinks[0].Failed(errors.New("down"))
+	last := m.Status()[0].LastSuccess
+	// The checker's re-hand-over of k1 with new health: applied, but the source stays stale…
+	g := eps("k1", "web", 1, 2)
+	g.Services[0].Endpoints[0].Health = HealthCritical
+	sinks[0].(HealthUpdater).UpdateHealth(g)
+	waitApplied(t, store)
+	if st := m.Status()[0]; !st.Stale || !st.LastSuccess.Equal(last) {
+		t.Fatalf("a health update counted as contact: %+v", st)
+	}
+	// …and expires on time; health updates while expired wait for the recovery.
+	waitDrop(t, store)
+	waitStatus(t, m, func(s SourceStatus) bool { return s.Expired })
+	g2 := eps("k1", "web", 1, 2)
+	g2.Services[0].Endpoints[1].Health = HealthCritical
+	sinks[0].(HealthUpdater).UpdateHealth(g2)
+	sinks[0].Healthy()
+	got := waitApplied(t, store)
+	if len(got) != 1 || got[0].Services[0].Endpoints[1].Health != HealthCritical || got[0].Services[0].Endpoints[0].Health != HealthUnknown {
+		t.Fatalf("restored %+v", got)
+	}
+	if st := m.Status()[0]; st.Stale || st.Expired {
+		t.Fatalf("status %+v", st)
 	}
 }

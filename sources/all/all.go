@@ -6,5 +6,7 @@
 package all
 
 import (
-	_ "github.com/tributary-mesh/tributary/sources/file" // kind: file
+	_ "github.com/tributary-mesh/tributary/sources/bench"  // kind: bench (benchmark tool, not for production)
+	_ "github.com/tributary-mesh/tributary/sources/dnssrv" // kind: dnssrv
+	_ "github.com/tributary-mesh/tributary/sources/file"   // kind: file
 )
