@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -36,10 +37,22 @@ const MaxStartupTimeout = 3 * time.Second
 //	    kind: file                # a registered kind
 //	    priority: 0               # higher wins an address conflict
 //	    stale_after: 0s           # 0: keep a failed source's data forever
+//	    deletion_guard:           # hold a hand-over that withdraws most endpoints
+//	      max_withdraw: 50%
+//	      confirm_for: 30s        # 0s turns the guard off
+//	      min_endpoints: 10
+//	    health_check:             # active checks (docs/health.md)
+//	      type: tcp               # tcp | http | grpc | none
+//	      services:
+//	        "web.demo:8080": {type: http, path: /healthz}
 //	    # … the kind's own keys
+//	health:
+//	  panic_threshold: 50%        # serve everything when fewer are serving
+//	  max_concurrent_checks: 512
 //	federation:
 //	  - authority: web.demo:8080  # a bare host applies to every port
 //	    aliases: [web.service.dc1.consul:80]
+//	    panic_threshold: 30%      # default: health.panic_threshold
 //	    failover:
 //	      - sources: [east]
 //	        min_healthy: 2        # default 1
@@ -48,6 +61,8 @@ type Config struct {
 	Server     ServerConfig
 	Sources    []SourceConfig
 	Federation []FederationRule
+	// Health holds the process-wide health settings (the health: section).
+	Health HealthConfig
 
 	// File is the path the config was loaded from, as given ("" when parsed
 	// from bytes without a name). Errors name it.
@@ -72,6 +87,97 @@ type ServerConfig struct {
 	LogLevel string `yaml:"log_level"`
 	// LogFormat is text or json.
 	LogFormat string `yaml:"log_format"`
+	// Keepalive is the destination API's HTTP/2 keepalive and ping policy;
+	// nil when the section is absent: KeepaliveSettings has the defaults.
+	Keepalive *KeepaliveConfig `yaml:"keepalive"`
+	// TLS, when set, makes the destination API speak TLS only and
+	// authorize every call by the client's SPIFFE ID (docs/operations.md,
+	// "Security"); nil (no tls section) serves plaintext.
+	TLS *TLSConfig `yaml:"tls"`
+}
+
+// DefaultKeepalive is the keepalive of a config without server.keepalive.
+func DefaultKeepalive() KeepaliveConfig {
+	return KeepaliveConfig{
+		Time:            Duration(30 * time.Second),
+		Timeout:         Duration(10 * time.Second),
+		MinPingInterval: Duration(10 * time.Second),
+	}
+}
+
+// KeepaliveSettings is Keepalive, or DefaultKeepalive when it is nil.
+func (s ServerConfig) KeepaliveSettings() KeepaliveConfig {
+	if s.Keepalive == nil {
+		return DefaultKeepalive()
+	}
+	return *s.Keepalive
+}
+
+// DefaultTLSReloadInterval is server.tls.reload_interval when not set.
+const DefaultTLSReloadInterval = time.Minute
+
+// KeepaliveConfig is server.keepalive; a key left out takes its value from
+// DefaultKeepalive.
+type KeepaliveConfig struct {
+	// Time: a connection with no activity for this long is pinged. At
+	// least 1s.
+	Time Duration `yaml:"time"`
+	// Timeout: a connection whose ping is not answered within this is
+	// closed, which ends its streams (a half-open connection is reaped).
+	Timeout Duration `yaml:"timeout"`
+	// MinPingInterval: a client that pings more often than this is sent
+	// GOAWAY ENHANCE_YOUR_CALM "too_many_pings" and disconnected (after
+	// gRPC's allowance of two such pings).
+	MinPingInterval Duration `yaml:"min_ping_interval"`
+}
+
+// TLSConfig is server.tls: where the server's certificate and the trust
+// bundles come from, and who may call which API.
+type TLSConfig struct {
+	// WorkloadAPI is the SPIFFE Workload API address (unix:///path or
+	// tcp://ip:port); the server's X.509-SVID and the trust bundles come
+	// from it and rotate as the agent pushes new ones. Excludes the files.
+	WorkloadAPI string `yaml:"workload_api"`
+	// CertFile (certificate chain, leaf first), KeyFile and CAFile (the CAs
+	// trusted to sign client certificates) are PEM files, all three
+	// required without WorkloadAPI. Relative paths resolve against the
+	// config file's folder. They are watched and re-read when they change.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	CAFile   string `yaml:"ca_file"`
+	// ReloadInterval re-reads the files this often besides watching them;
+	// DefaultTLSReloadInterval when not set.
+	ReloadInterval Duration `yaml:"reload_interval"`
+	// Admin makes the admin HTTP server speak TLS with the same
+	// certificate and require an authorized client certificate, except on
+	// /healthz and /readyz.
+	Admin bool `yaml:"admin"`
+	// TrustDomains may call every API that has no access list of its own;
+	// empty means the trust domain of the server's own SPIFFE ID.
+	TrustDomains []string `yaml:"trust_domains"`
+	// Authorize holds the per-API access lists.
+	Authorize TLSAuthorize `yaml:"authorize"`
+}
+
+// TLSAuthorize is server.tls.authorize: one access list per API.
+type TLSAuthorize struct {
+	// Destination: Get and GetProfile.
+	Destination APIAccess `yaml:"destination"`
+	// Admin: the admin HTTP endpoints (with tls.admin) and gRPC reflection.
+	Admin APIAccess `yaml:"admin"`
+	// Registration: reserved for the registration API.
+	Registration APIAccess `yaml:"registration"`
+}
+
+// APIAccess is who may call one API: a peer whose trust domain is listed
+// or whose SPIFFE ID matches one of the ID patterns. With both lists empty,
+// TLSConfig.TrustDomains apply. An ID pattern is a SPIFFE ID in which a
+// whole path segment may be "*" (exactly one segment) and the last one
+// "**" (one or more segments): spiffe://prod.example/ns/*/sa/web,
+// spiffe://prod.example/ops/**.
+type APIAccess struct {
+	TrustDomains []string `yaml:"trust_domains"`
+	IDs          []string `yaml:"ids"`
 }
 
 // DefaultServerConfig is the server section of a config that leaves it out.
@@ -106,14 +212,70 @@ type SourceConfig struct {
 	// Priority settles an address that several sources serve for one
 	// authority: the highest wins. Default 0.
 	Priority int
-	// StaleAfter evicts a failed source's endpoints after this long; 0
-	// keeps them forever.
+	// StaleAfter bounds how long a failing source's data is trusted: once
+	// its last successful contact is older, the manager withdraws its
+	// endpoints, and re-applies its whole state when it recovers. 0 keeps
+	// a failed source's data forever.
 	StaleAfter Duration
+	// DeletionGuard holds a hand-over that would withdraw most of the
+	// source's endpoints at once until it is confirmed.
+	DeletionGuard DeletionGuard
+	// HealthCheck is the source's active health checking; nil when the
+	// source has no health_check block.
+	HealthCheck *HealthCheckConfig
 	// Line is where the entry starts in the file.
 	Line int
 	// Node holds the kind's own keys only: a copy of the entry's mapping
-	// without name, kind, priority and stale_after. Kind.New decodes it.
+	// without the common keys (name, kind, priority, stale_after,
+	// deletion_guard, health_check). Kind.New decodes it.
 	Node *yaml.Node
+}
+
+// DeletionGuard is a source's mass-deletion guard: when one hand-over
+// would withdraw more than MaxWithdraw of the endpoints the source has in
+// the registry, the manager holds it for ConfirmFor and applies it only if
+// no newer hand-over undoes it by then. A newer hand-over merges into the
+// held one (the newest group of a key wins) and the guard looks again.
+type DeletionGuard struct {
+	// MaxWithdraw is the share (0..1) of the source's endpoints one
+	// hand-over may withdraw without being held.
+	MaxWithdraw float64
+	// ConfirmFor is how long a held hand-over waits; 0 turns the guard off.
+	ConfirmFor time.Duration
+	// MinEndpoints: a source holding fewer endpoints is not guarded (a
+	// share of a handful of endpoints says nothing).
+	MinEndpoints int
+}
+
+// DefaultDeletionGuard is the guard of a source that does not configure one.
+func DefaultDeletionGuard() DeletionGuard {
+	return DeletionGuard{MaxWithdraw: 0.5, ConfirmFor: 30 * time.Second, MinEndpoints: 10}
+}
+
+// Enabled reports whether the guard can hold anything.
+func (g DeletionGuard) Enabled() bool { return g.ConfirmFor > 0 && g.MaxWithdraw < 1 }
+
+// HealthConfig is the health: section: settings that apply to every
+// source and authority.
+type HealthConfig struct {
+	// PanicThreshold: when fewer than this share (0..1) of an authority's
+	// endpoints are serving, all of them are served rather than evicting
+	// most of the service. A federation rule may override it; 0 disables.
+	PanicThreshold float64
+	// MaxConcurrentChecks bounds the active health checks in flight, for
+	// all sources together.
+	MaxConcurrentChecks int
+}
+
+// DefaultPanicThreshold is the panic threshold of an authority no setting names.
+const DefaultPanicThreshold = 0.5
+
+// DefaultMaxConcurrentChecks is the default bound of health checks in flight.
+const DefaultMaxConcurrentChecks = 512
+
+// DefaultHealthConfig is the health section of a config that leaves it out.
+func DefaultHealthConfig() HealthConfig {
+	return HealthConfig{PanicThreshold: DefaultPanicThreshold, MaxConcurrentChecks: DefaultMaxConcurrentChecks}
 }
 
 // FederationRule is one entry of federation:.
@@ -126,6 +288,9 @@ type FederationRule struct {
 	Aliases []Authority
 	// Failover is the ordered tiers; empty means a plain union.
 	Failover []Tier
+	// PanicThreshold overrides the global panic threshold (a share, 0..1)
+	// for this authority; nil inherits it.
+	PanicThreshold *float64
 	// Line is where the rule starts in the file.
 	Line int
 }
@@ -171,7 +336,7 @@ func LoadConfig(path string) (*Config, error) {
 // Kind-specific keys of a source are not looked at here: BuildSources hands
 // them to the kind.
 func ParseConfig(data []byte, file string) (*Config, error) {
-	c := &Config{Server: DefaultServerConfig(), File: file}
+	c := &Config{Server: DefaultServerConfig(), Health: DefaultHealthConfig(), File: file}
 	if file != "" {
 		c.BaseDir = filepath.Dir(file)
 	}
@@ -240,26 +405,44 @@ func (p *configParser) fail(line int, key, format string, args ...any) {
 // rawConfig is the top level; sources and rules are decoded one by one so
 // each keeps its node (kind keys, lines) whatever happens to the others.
 type rawConfig struct {
-	Server     ServerConfig `yaml:"server"`
-	Sources    []yaml.Node  `yaml:"sources"`
-	Federation []yaml.Node  `yaml:"federation"`
+	Server     ServerConfig   `yaml:"server"`
+	Sources    []yaml.Node    `yaml:"sources"`
+	Federation []yaml.Node    `yaml:"federation"`
+	Health     rawHealthGroup `yaml:"health"`
+}
+
+type rawHealthGroup struct {
+	PanicThreshold      *Percent `yaml:"panic_threshold"`
+	MaxConcurrentChecks *int     `yaml:"max_concurrent_checks"`
 }
 
 type rawSource struct {
-	Name       string               `yaml:"name"`
-	Kind       string               `yaml:"kind"`
-	Priority   int                  `yaml:"priority"`
-	StaleAfter Duration             `yaml:"stale_after"`
-	Own        map[string]yaml.Node `yaml:",inline"` // the kind's keys, checked by the kind
+	Name          string                  `yaml:"name"`
+	Kind          string                  `yaml:"kind"`
+	Priority      int                     `yaml:"priority"`
+	StaleAfter    Duration                `yaml:"stale_after"`
+	DeletionGuard *rawDeletionGuard       `yaml:"deletion_guard"`
+	HealthCheck   *rawHealthCheckSettings `yaml:"health_check"`
+	Own           map[string]yaml.Node    `yaml:",inline"` // the kind's keys, checked by the kind
+}
+
+type rawDeletionGuard struct {
+	MaxWithdraw  *Percent  `yaml:"max_withdraw"`
+	ConfirmFor   *Duration `yaml:"confirm_for"`
+	MinEndpoints *int      `yaml:"min_endpoints"`
 }
 
 // commonSourceKeys are the keys of a source entry that are not the kind's.
-var commonSourceKeys = map[string]bool{"name": true, "kind": true, "priority": true, "stale_after": true}
+var commonSourceKeys = map[string]bool{
+	"name": true, "kind": true, "priority": true, "stale_after": true,
+	"deletion_guard": true, "health_check": true,
+}
 
 type rawRule struct {
-	Authority string    `yaml:"authority"`
-	Aliases   []string  `yaml:"aliases"`
-	Failover  []rawTier `yaml:"failover"`
+	Authority      string    `yaml:"authority"`
+	Aliases        []string  `yaml:"aliases"`
+	Failover       []rawTier `yaml:"failover"`
+	PanicThreshold *Percent  `yaml:"panic_threshold"`
 }
 
 type rawTier struct {
@@ -281,6 +464,7 @@ func (p *configParser) parse(root *yaml.Node) {
 	p.errs = append(p.errs, decodeStrict(root, &raw, "")...)
 	p.c.Server = raw.Server
 	p.server(lookup(root, "server"))
+	p.health(raw.Health, lookup(root, "health"))
 
 	names := map[string]int{} // every source name written → its line, for the federation checks
 	for i, n := range seqItems(lookup(root, "sources")) {
@@ -326,6 +510,140 @@ func (p *configParser) server(n *yaml.Node) {
 	default:
 		p.fail(line("log_format"), "server.log_format", "unknown format %q (want text or json)", s.LogFormat)
 	}
+	if s.Keepalive != nil {
+		p.serverKeepalive(resolveAlias(lookup(n, "keepalive")))
+	}
+	if s.TLS != nil {
+		p.serverTLS(resolveAlias(lookup(n, "tls")))
+	}
+}
+
+// serverKeepalive fills in the keys server.keepalive (node n) leaves out
+// and checks the others.
+func (p *configParser) serverKeepalive(n *yaml.Node) {
+	k := p.c.Server.Keepalive
+	def := DefaultKeepalive()
+	for _, f := range []struct {
+		key    string
+		v, def *Duration
+	}{{"time", &k.Time, &def.Time}, {"timeout", &k.Timeout, &def.Timeout}, {"min_ping_interval", &k.MinPingInterval, &def.MinPingInterval}} {
+		if lookup(n, f.key) == nil {
+			*f.v = *f.def
+		}
+	}
+	line := func(key string) int { return lineOf(lookup(n, key), n) }
+	if time.Duration(k.Time) < time.Second {
+		p.fail(line("time"), "server.keepalive.time", "%s is too short: gRPC pings an idle connection at most once a second", k.Time)
+	}
+	if k.Timeout <= 0 {
+		p.fail(line("timeout"), "server.keepalive.timeout", "must be more than 0s")
+	}
+	if k.MinPingInterval <= 0 {
+		p.fail(line("min_ping_interval"), "server.keepalive.min_ping_interval", "must be more than 0s")
+	}
+}
+
+// serverTLS checks server.tls (node n) and fills in its defaults.
+func (p *configParser) serverTLS(n *yaml.Node) {
+	t := p.c.Server.TLS
+	if lookup(n, "reload_interval") == nil {
+		t.ReloadInterval = Duration(DefaultTLSReloadInterval)
+	}
+	line := func(node *yaml.Node, key string) int { return lineOf(lookup(node, key), node) }
+	files := t.CertFile != "" || t.KeyFile != "" || t.CAFile != ""
+	switch {
+	case t.WorkloadAPI != "" && files:
+		p.fail(line(n, "workload_api"), "server.tls.workload_api", "use either workload_api or cert_file/key_file/ca_file, not both")
+	case t.WorkloadAPI != "":
+		if !strings.HasPrefix(t.WorkloadAPI, "unix:") && !strings.HasPrefix(t.WorkloadAPI, "tcp://") {
+			p.fail(line(n, "workload_api"), "server.tls.workload_api", "%q is not a Workload API address: want unix:///path/to/agent.sock or tcp://ip:port", t.WorkloadAPI)
+		}
+	default:
+		for _, f := range []struct{ key, v string }{{"cert_file", t.CertFile}, {"key_file", t.KeyFile}, {"ca_file", t.CAFile}} {
+			if f.v == "" {
+				p.fail(line(n, f.key), "server.tls."+f.key, "required (or workload_api instead of the files)")
+			}
+		}
+	}
+	if time.Duration(t.ReloadInterval) < time.Second {
+		p.fail(line(n, "reload_interval"), "server.tls.reload_interval", "%s is too short: at least 1s", t.ReloadInterval)
+	}
+	p.trustDomains(lookup(n, "trust_domains"), n, "server.tls.trust_domains", t.TrustDomains)
+	an := lookup(n, "authorize")
+	for _, api := range []struct {
+		name   string
+		access APIAccess
+	}{{"destination", t.Authorize.Destination}, {"admin", t.Authorize.Admin}, {"registration", t.Authorize.Registration}} {
+		key := "server.tls.authorize." + api.name
+		node := lookup(an, api.name)
+		p.trustDomains(lookup(node, "trust_domains"), node, key+".trust_domains", api.access.TrustDomains)
+		idNodes := seqItems(lookup(node, "ids"))
+		for i, id := range api.access.IDs {
+			idLine := lineOf(node, n)
+			if i < len(idNodes) {
+				idLine = idNodes[i].Line
+			}
+			if err := CheckSPIFFEIDPattern(id); err != nil {
+				p.fail(idLine, key+".ids["+strconv.Itoa(i)+"]", "%v", err)
+			}
+		}
+	}
+	if !t.Admin && lookup(an, "admin") != nil {
+		p.fail(line(an, "admin"), "server.tls.authorize.admin", "has no effect without server.tls.admin: true (the admin endpoints are plain HTTP)")
+	}
+}
+
+func (p *configParser) trustDomains(n, parent *yaml.Node, key string, tds []string) {
+	items := seqItems(n)
+	seen := map[string]bool{}
+	for i, td := range tds {
+		l := lineOf(n, parent)
+		if i < len(items) {
+			l = items[i].Line
+		}
+		k := key + "[" + strconv.Itoa(i) + "]"
+		if _, err := spiffeid.TrustDomainFromString(td); err != nil || strings.Contains(td, "/") {
+			p.fail(l, k, "%q is not a trust domain name (want e.g. prod.example.org)", td)
+		} else if seen[td] {
+			p.fail(l, k, "trust domain %q listed twice", td)
+		}
+		seen[td] = true
+	}
+}
+
+// CheckSPIFFEIDPattern reports whether s is a valid SPIFFE ID pattern: a
+// SPIFFE ID with a non-empty path in which a whole segment may be "*"
+// (exactly one segment) and the last segment may be "**" (one or more).
+// The trust domain is literal. destination/tlsauth matches them.
+func CheckSPIFFEIDPattern(s string) error {
+	rest, ok := strings.CutPrefix(s, "spiffe://")
+	if !ok {
+		return fmt.Errorf("%q is not a SPIFFE ID pattern: it must start with spiffe://", s)
+	}
+	td, path, _ := strings.Cut(rest, "/")
+	if _, err := spiffeid.TrustDomainFromString(td); err != nil || strings.Contains(td, "*") {
+		return fmt.Errorf("%q: %q is not a trust domain name (wildcards are not allowed there)", s, td)
+	}
+	if path == "" {
+		return fmt.Errorf("%q names a whole trust domain: list it under trust_domains instead", s)
+	}
+	segs := strings.Split(path, "/")
+	for i, seg := range segs {
+		switch {
+		case seg == "*":
+		case seg == "**":
+			if i != len(segs)-1 {
+				return fmt.Errorf("%q: ** may only be the last segment", s)
+			}
+		case strings.Contains(seg, "*"):
+			return fmt.Errorf("%q: a wildcard must be a whole segment (* or **), not part of %q", s, seg)
+		default:
+			if err := spiffeid.ValidatePathSegment(seg); err != nil {
+				return fmt.Errorf("%q: segment %q: %v", s, seg, err)
+			}
+		}
+	}
+	return nil
 }
 
 func isSourceName(s string) bool {
@@ -391,14 +709,63 @@ func (p *configParser) source(n *yaml.Node, i int, names map[string]int) {
 		own.Content = append(own.Content, n.Content[j], n.Content[j+1])
 	}
 	own.Anchor = ""
+	guard, ok := p.deletionGuard(raw.DeletionGuard, lookup(n, "deletion_guard"), path+".deletion_guard")
+	if !ok {
+		return
+	}
+	var hc *HealthCheckConfig
+	if raw.HealthCheck != nil {
+		if hc, ok = p.healthCheck(raw.HealthCheck, lookup(n, "health_check"), path+".health_check"); !ok {
+			return
+		}
+	}
 	p.c.Sources = append(p.c.Sources, SourceConfig{
-		Name:       raw.Name,
-		Kind:       raw.Kind,
-		Priority:   raw.Priority,
-		StaleAfter: raw.StaleAfter,
-		Line:       n.Line,
-		Node:       &own,
+		Name:          raw.Name,
+		Kind:          raw.Kind,
+		Priority:      raw.Priority,
+		StaleAfter:    raw.StaleAfter,
+		DeletionGuard: guard,
+		HealthCheck:   hc,
+		Line:          n.Line,
+		Node:          &own,
 	})
+}
+
+func (p *configParser) health(raw rawHealthGroup, n *yaml.Node) {
+	h := &p.c.Health
+	if raw.PanicThreshold != nil {
+		h.PanicThreshold = float64(*raw.PanicThreshold)
+	}
+	if raw.MaxConcurrentChecks != nil {
+		if v := *raw.MaxConcurrentChecks; v < 1 || v > 100000 {
+			p.fail(lineOf(lookup(n, "max_concurrent_checks"), n), "health.max_concurrent_checks", "must be from 1 to 100000, got %d", v)
+		} else {
+			h.MaxConcurrentChecks = v
+		}
+	}
+}
+
+// deletionGuard applies a source's deletion_guard block over the defaults.
+func (p *configParser) deletionGuard(raw *rawDeletionGuard, n *yaml.Node, path string) (DeletionGuard, bool) {
+	g := DefaultDeletionGuard()
+	if raw == nil {
+		return g, true
+	}
+	ok := true
+	if raw.MaxWithdraw != nil {
+		g.MaxWithdraw = float64(*raw.MaxWithdraw)
+	}
+	if raw.ConfirmFor != nil {
+		g.ConfirmFor = time.Duration(*raw.ConfirmFor)
+	}
+	if raw.MinEndpoints != nil {
+		if *raw.MinEndpoints < 0 {
+			p.fail(lineOf(lookup(n, "min_endpoints"), n), path+".min_endpoints", "must not be negative, got %d", *raw.MinEndpoints)
+			ok = false
+		}
+		g.MinEndpoints = *raw.MinEndpoints
+	}
+	return g, ok
 }
 
 func knownKinds() string {
@@ -506,6 +873,10 @@ func (p *configParser) rule(n *yaml.Node, i int, names map[string]int, seen map[
 		}
 		tier.Sources = append([]string(nil), rt.Sources...)
 		r.Failover = append(r.Failover, tier)
+	}
+	if raw.PanicThreshold != nil {
+		v := float64(*raw.PanicThreshold)
+		r.PanicThreshold = &v
 	}
 	if !bad {
 		p.c.Federation = append(p.c.Federation, r)
@@ -642,7 +1013,314 @@ func (c *Config) Priorities() map[string]int {
 	return m
 }
 
-// BuildFederation compiles the federation rules with the sources' priorities.
+// BuildFederation compiles the federation rules with the sources'
+// priorities and the global panic threshold.
 func (c *Config) BuildFederation() (*Federation, error) {
-	return NewFederation(c.Federation, c.Priorities())
+	return NewFederationWithDefaults(c.Federation, c.Priorities(), FederationDefaults{PanicThreshold: c.Health.PanicThreshold})
+}
+
+// Percent is a share written as a percentage in configuration ("50%",
+// "12.5%"), held as a fraction from 0 to 1.
+type Percent float64
+
+// UnmarshalYAML reads "N%" with N from 0 to 100. Its errors are
+// *yaml.TypeError, so decoding carries on and reports the line.
+func (p *Percent) UnmarshalYAML(n *yaml.Node) error {
+	fail := func(format string, args ...any) error {
+		return &yaml.TypeError{Errors: []string{fmt.Sprintf("line %d: ", n.Line) + fmt.Sprintf(format, args...)}}
+	}
+	if n.Kind != yaml.ScalarNode {
+		return fail("want a percentage such as 50%%, got %s", describeNode(n))
+	}
+	num, ok := strings.CutSuffix(strings.TrimSpace(n.Value), "%")
+	v, err := strconv.ParseFloat(strings.TrimSpace(num), 64)
+	if !ok || err != nil || v != v {
+		return fail("invalid percentage %q: want a number from 0 to 100 followed by %%, such as 50%%", n.Value)
+	}
+	if v < 0 || v > 100 {
+		return fail("invalid percentage %q: must be from 0%% to 100%%", n.Value)
+	}
+	*p = Percent(v / 100)
+	return nil
+}
+
+// String formats the share as a percentage ("50%").
+func (p Percent) String() string { return strconv.FormatFloat(float64(p)*100, 'g', -1, 64) + "%" }
+
+// Check types of HealthCheck.Type.
+const (
+	CheckTCP  = "tcp"  // a TCP connect
+	CheckHTTP = "http" // an HTTP GET with an expected status
+	CheckGRPC = "grpc" // the standard grpc.health.v1 Check
+	CheckNone = "none" // no active check: the source's health stands
+)
+
+// HealthCheck is one active health check, every field resolved (defaults
+// applied, a per-service override merged over its source's settings).
+type HealthCheck struct {
+	// Type is CheckTCP, CheckHTTP, CheckGRPC or CheckNone.
+	Type string
+	// Interval between two checks of one endpoint; each is moved by up to
+	// ±Jitter of it at random.
+	Interval time.Duration
+	Jitter   float64
+	// Timeout bounds one check.
+	Timeout time.Duration
+	// HealthyThreshold consecutive successes readmit a failing endpoint;
+	// UnhealthyThreshold consecutive failures evict a passing one.
+	HealthyThreshold   int
+	UnhealthyThreshold int
+	// InitialHealth is the state of a new endpoint until its checks say
+	// otherwise: HealthUnknown (served; the first check decides),
+	// HealthPassing or HealthCritical (both then need the thresholds).
+	InitialHealth Health
+	// HoldDown is how long an endpoint that flaps (falls again less than
+	// MaxHoldDown after it was readmitted) stays evicted before it may be
+	// readmitted; it doubles with each further flap up to MaxHoldDown. An
+	// endpoint that stays up for MaxHoldDown is forgiven. 0 disables it.
+	HoldDown    time.Duration
+	MaxHoldDown time.Duration
+	// Port, when not 0, is checked instead of the endpoint's own port.
+	Port uint16
+	// Path, Host and ExpectedStatus are for http: the GET request path
+	// (with query), the Host header (default: the address checked), and
+	// the status codes that pass.
+	Path           string
+	Host           string
+	ExpectedStatus []StatusRange
+	// Service is the grpc.health.v1 service name asked for ("" is the
+	// server's overall health).
+	Service string
+}
+
+// StatusRange is an inclusive range of HTTP status codes.
+type StatusRange struct{ Min, Max int }
+
+// StatusOK reports whether code is in one of the check's expected ranges.
+func (h *HealthCheck) StatusOK(code int) bool {
+	for _, r := range h.ExpectedStatus {
+		if r.Min <= code && code <= r.Max {
+			return true
+		}
+	}
+	return false
+}
+
+// DefaultHealthCheck is a health_check block with no keys.
+func DefaultHealthCheck() HealthCheck {
+	return HealthCheck{
+		Type:               CheckTCP,
+		Interval:           10 * time.Second,
+		Jitter:             0.1,
+		Timeout:            2 * time.Second,
+		HealthyThreshold:   2,
+		UnhealthyThreshold: 3,
+		InitialHealth:      HealthUnknown,
+		HoldDown:           30 * time.Second,
+		MaxHoldDown:        5 * time.Minute,
+		Path:               "/",
+		ExpectedStatus:     []StatusRange{{200, 399}},
+	}
+}
+
+// HealthCheckConfig is a source's health_check block: the check of its
+// services, and per-authority overrides. The checks are pointers so that
+// their identity can key the checker's state; they must not be modified.
+type HealthCheckConfig struct {
+	Default  *HealthCheck
+	Services map[Authority]*HealthCheck
+}
+
+// For returns the check of authority a: the override for a, else the one
+// for its bare host (written without a port), else the source's default.
+func (c *HealthCheckConfig) For(a Authority) *HealthCheck {
+	if hc, ok := c.Services[a]; ok {
+		return hc
+	}
+	if a.Port != 0 {
+		if hc, ok := c.Services[Authority{Host: a.Host}]; ok {
+			return hc
+		}
+	}
+	return c.Default
+}
+
+// rawHealthCheck is one health check block as written; nil is "not given".
+type rawHealthCheck struct {
+	Type               *string   `yaml:"type"`
+	Interval           *Duration `yaml:"interval"`
+	Jitter             *Percent  `yaml:"jitter"`
+	Timeout            *Duration `yaml:"timeout"`
+	HealthyThreshold   *int      `yaml:"healthy_threshold"`
+	UnhealthyThreshold *int      `yaml:"unhealthy_threshold"`
+	InitialHealth      *string   `yaml:"initial_health"`
+	HoldDown           *Duration `yaml:"hold_down"`
+	MaxHoldDown        *Duration `yaml:"max_hold_down"`
+	Port               *int      `yaml:"port"`
+	Path               *string   `yaml:"path"`
+	Host               *string   `yaml:"host"`
+	ExpectedStatus     *string   `yaml:"expected_status"`
+	Service            *string   `yaml:"service"`
+}
+
+// rawHealthCheckSettings is a source's health_check: a check plus services.
+type rawHealthCheckSettings struct {
+	rawHealthCheck `yaml:",inline"`
+	Services       map[string]rawHealthCheck `yaml:"services"`
+}
+
+// healthCheck resolves a source's health_check block. n is its node.
+func (p *configParser) healthCheck(raw *rawHealthCheckSettings, n *yaml.Node, path string) (*HealthCheckConfig, bool) {
+	before := len(p.errs)
+	def := DefaultHealthCheck()
+	p.mergeHealthCheck(&def, &raw.rawHealthCheck, n, path)
+	cfg := &HealthCheckConfig{Default: &def}
+	svcNode := lookup(n, "services")
+	for i := 0; svcNode != nil && i+1 < len(svcNode.Content); i += 2 {
+		kn, vn := svcNode.Content[i], resolveAlias(svcNode.Content[i+1])
+		name, _ := keyName(kn)
+		key := mapKeyPath(path+".services", name)
+		a, err := ParseAuthority(name, 0)
+		if err != nil {
+			p.fail(kn.Line, key, "%v", err)
+			continue
+		}
+		if _, dup := cfg.Services[a]; dup {
+			p.fail(kn.Line, key, "a second override for %s", a)
+			continue
+		}
+		rs, ok := raw.Services[name]
+		if !ok {
+			continue // a merge key or an alias DecodeStrict reported
+		}
+		hc := def
+		p.mergeHealthCheck(&hc, &rs, vn, key)
+		if cfg.Services == nil {
+			cfg.Services = make(map[Authority]*HealthCheck)
+		}
+		cfg.Services[a] = &hc
+	}
+	return cfg, len(p.errs) == before
+}
+
+// mergeHealthCheck writes the keys given in raw over hc and validates the
+// result; n is the block's node, for lines.
+func (p *configParser) mergeHealthCheck(hc *HealthCheck, raw *rawHealthCheck, n *yaml.Node, path string) {
+	line := func(key string) int { return lineOf(lookup(n, key), n) }
+	fail := func(key, format string, args ...any) { p.fail(line(key), path+"."+key, format, args...) }
+	if raw.Type != nil {
+		switch *raw.Type {
+		case CheckTCP, CheckHTTP, CheckGRPC, CheckNone:
+			hc.Type = *raw.Type
+		default:
+			fail("type", "unknown check type %q (want tcp, http, grpc or none)", *raw.Type)
+		}
+	}
+	if raw.Interval != nil {
+		hc.Interval = time.Duration(*raw.Interval)
+		if hc.Interval < time.Millisecond {
+			fail("interval", "must be at least 1ms")
+		}
+	}
+	if raw.Jitter != nil {
+		hc.Jitter = float64(*raw.Jitter)
+		if hc.Jitter > 0.5 {
+			fail("jitter", "%s is too much: at most 50%% of the interval", *raw.Jitter)
+		}
+	}
+	if raw.Timeout != nil {
+		hc.Timeout = time.Duration(*raw.Timeout)
+		if hc.Timeout <= 0 {
+			fail("timeout", "must be positive")
+		}
+	}
+	threshold := func(key string, v *int, into *int) {
+		if v == nil {
+			return
+		}
+		if *v < 1 || *v > 100 {
+			fail(key, "must be from 1 to 100, got %d", *v)
+			return
+		}
+		*into = *v
+	}
+	threshold("healthy_threshold", raw.HealthyThreshold, &hc.HealthyThreshold)
+	threshold("unhealthy_threshold", raw.UnhealthyThreshold, &hc.UnhealthyThreshold)
+	if raw.InitialHealth != nil {
+		switch h, err := ParseHealth(*raw.InitialHealth); {
+		case err != nil || h == HealthWarning:
+			fail("initial_health", "unknown initial health %q (want unknown, passing or critical)", *raw.InitialHealth)
+		default:
+			hc.InitialHealth = h
+		}
+	}
+	if raw.HoldDown != nil {
+		hc.HoldDown = time.Duration(*raw.HoldDown)
+	}
+	if raw.MaxHoldDown != nil {
+		hc.MaxHoldDown = time.Duration(*raw.MaxHoldDown)
+	}
+	if hc.HoldDown > 0 && hc.MaxHoldDown < hc.HoldDown && (raw.HoldDown != nil || raw.MaxHoldDown != nil) {
+		fail("max_hold_down", "max_hold_down %s is shorter than hold_down %s", hc.MaxHoldDown, hc.HoldDown)
+	}
+	if raw.Port != nil {
+		if *raw.Port < 0 || *raw.Port > 65535 {
+			fail("port", "must be from 1 to 65535 (or 0 for the endpoint's port), got %d", *raw.Port)
+		} else {
+			hc.Port = uint16(*raw.Port)
+		}
+	}
+	onlyFor := func(key, typ string, given bool) {
+		if given && hc.Type != typ {
+			fail(key, "applies to %s checks only (this check is %s)", typ, hc.Type)
+		}
+	}
+	onlyFor("path", CheckHTTP, raw.Path != nil)
+	onlyFor("host", CheckHTTP, raw.Host != nil)
+	onlyFor("expected_status", CheckHTTP, raw.ExpectedStatus != nil)
+	onlyFor("service", CheckGRPC, raw.Service != nil)
+	if raw.Path != nil {
+		if !strings.HasPrefix(*raw.Path, "/") || strings.ContainsAny(*raw.Path, " \t\r\n") {
+			fail("path", "%q must start with / and contain no spaces", *raw.Path)
+		} else {
+			hc.Path = *raw.Path
+		}
+	}
+	if raw.Host != nil {
+		if strings.ContainsAny(*raw.Host, " \t\r\n/") {
+			fail("host", "%q is not a host name", *raw.Host)
+		} else {
+			hc.Host = *raw.Host
+		}
+	}
+	if raw.ExpectedStatus != nil {
+		ranges, err := parseStatusRanges(*raw.ExpectedStatus)
+		if err != nil {
+			fail("expected_status", "%v", err)
+		} else {
+			hc.ExpectedStatus = ranges
+		}
+	}
+	if raw.Service != nil {
+		hc.Service = *raw.Service
+	}
+}
+
+// parseStatusRanges reads "200-299,301,418".
+func parseStatusRanges(s string) ([]StatusRange, error) {
+	var out []StatusRange
+	for part := range strings.SplitSeq(s, ",") {
+		part = strings.TrimSpace(part)
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err1 := strconv.Atoi(strings.TrimSpace(lo))
+		b, err2 := a, error(nil)
+		if isRange {
+			b, err2 = strconv.Atoi(strings.TrimSpace(hi))
+		}
+		if err1 != nil || err2 != nil || a < 100 || b > 599 || a > b {
+			return nil, fmt.Errorf("%q: want HTTP status codes or ranges from 100 to 599, such as 200-299,301", s)
+		}
+		out = append(out, StatusRange{a, b})
+	}
+	return out, nil
 }

@@ -173,7 +173,7 @@ func TestParseConfigErrors(t *testing.T) {
 		yaml string
 		want [][]string
 	}{
-		{"unknown top-level key", "server: {}\nsorces: []\n", [][]string{{"c.yaml:2: sorces: unknown key (valid keys: server, sources, federation)"}}},
+		{"unknown top-level key", "server: {}\nsorces: []\n", [][]string{{"c.yaml:2: sorces: unknown key (valid keys: server, sources, federation, health)"}}},
 		{"unknown server key", "server:\n  listen: :1\n  lissen: :2\n", [][]string{{"c.yaml:3: server.lissen: unknown key"}}},
 		{"duplicate server key", "server:\n  listen: :1\n  listen: :2\n", [][]string{{"c.yaml:3: server.listen: duplicate key (first at line 2)"}}},
 		{"listen not host:port", "server:\n  listen: localhost\n", [][]string{{"c.yaml:2: server.listen:", "must be host:port"}}},
@@ -206,6 +206,24 @@ func TestParseConfigErrors(t *testing.T) {
 		{"source in two tiers", src("federation:\n  - authority: web:80\n    failover:\n      - sources: [east]\n      - sources:\n          - east\n"), [][]string{{"c.yaml:10: federation[0].failover[1].sources[0]:", "already in failover[0]"}}},
 		{"min_healthy 0", src("federation:\n  - authority: web:80\n    failover:\n      - sources: [east]\n        min_healthy: 0\n"), [][]string{{"c.yaml:9: federation[0].failover[0].min_healthy:", "at least 1"}}},
 		{"empty tier", src("federation:\n  - authority: web:80\n    failover:\n      - min_healthy: 2\n"), [][]string{{"c.yaml:8: federation[0].failover[0].sources:", "at least one source"}}},
+		{"bad panic threshold", "health:\n  panic_threshold: 0.5\n", [][]string{{"c.yaml:2: health.panic_threshold:", "followed by %"}}},
+		{"panic threshold over 100%", src("federation:\n  - authority: web:80\n    panic_threshold: 120%\n"), [][]string{{"c.yaml:7: federation[0].panic_threshold:", "from 0% to 100%"}}},
+		{"max_concurrent_checks 0", "health:\n  max_concurrent_checks: 0\n", [][]string{{"c.yaml:2: health.max_concurrent_checks:", "from 1 to 100000"}}},
+		{"unknown guard key", src("    deletion_guard: {share: 10%}\n"), [][]string{{"c.yaml:5: sources[0].deletion_guard.share: unknown key"}}},
+		{"negative min_endpoints", src("    deletion_guard:\n      min_endpoints: -1\n"), [][]string{{"c.yaml:6: sources[0].deletion_guard.min_endpoints:", "negative"}}},
+		{"unknown check type", src("    health_check:\n      type: icmp\n"), [][]string{{"c.yaml:6: sources[0].health_check.type:", `unknown check type "icmp"`}}},
+		{"unknown check key", src("    health_check:\n      interval: 1s\n      fall: 3\n"), [][]string{{"c.yaml:7: sources[0].health_check.fall: unknown key"}}},
+		{"timeout 0", src("    health_check:\n      interval: 1s\n      timeout: 0s\n"), [][]string{{"c.yaml:7: sources[0].health_check.timeout:", "must be positive"}}},
+		{"threshold 0", src("    health_check:\n      healthy_threshold: 0\n"), [][]string{{"c.yaml:6: sources[0].health_check.healthy_threshold:", "from 1 to 100"}}},
+		{"path on tcp", src("    health_check:\n      path: /x\n"), [][]string{{"c.yaml:6: sources[0].health_check.path:", "applies to http checks only"}}},
+		{"bad path", src("    health_check:\n      type: http\n      path: healthz\n"), [][]string{{"c.yaml:7: sources[0].health_check.path:", "must start with /"}}},
+		{"bad status", src("    health_check:\n      type: http\n      expected_status: 200-abc\n"), [][]string{{"c.yaml:7: sources[0].health_check.expected_status:", "status codes"}}},
+		{"bad initial", src("    health_check:\n      initial_health: warning\n"), [][]string{{"c.yaml:6: sources[0].health_check.initial_health:", `"warning"`}}},
+		{"hold-down order", src("    health_check:\n      hold_down: 1m\n      max_hold_down: 30s\n"), [][]string{{"c.yaml:7: sources[0].health_check.max_hold_down:", "shorter than hold_down"}}},
+		{"bad override authority", src("    health_check:\n      services:\n        'web:0': {type: tcp}\n"), [][]string{{"c.yaml:7: sources[0].health_check.services[\"web:0\"]:", "invalid authority"}}},
+		{"duplicate override", src("    health_check:\n      services:\n        web:80: {type: tcp}\n        WEB:80: {type: none}\n"), [][]string{{"c.yaml:8: sources[0].health_check.services[\"WEB:80\"]:", "a second override for web:80"}}},
+		{"override key checked", src("    health_check:\n      services:\n        web:80: {type: grpc, path: /x}\n"), [][]string{{"c.yaml:7: sources[0].health_check.services[\"web:80\"].path:", "applies to http checks only"}}},
+		{"unknown override key", src("    health_check:\n      services:\n        web:80: {tipe: grpc}\n"), [][]string{{"c.yaml:7: sources[0].health_check.services[\"web:80\"].tipe: unknown key"}}},
 		{"yaml syntax", "server:\n  listen: [\n", [][]string{{"c.yaml:", "did not find expected"}}},
 		{"two documents", "server: {}\n---\nsources: []\n", [][]string{{"c.yaml:2:", "more than one YAML document"}}},
 		{"not a mapping", "- a\n", [][]string{{"c.yaml:1: a config must be a mapping"}}},
@@ -253,6 +271,143 @@ func TestParseConfigErrors(t *testing.T) {
 		})
 	}
 }
+
+func TestParseConfigHealthAndGuard(t *testing.T) {
+	cfg := `health:
+  panic_threshold: 25%
+  max_concurrent_checks: 64
+sources:
+  - name: plain
+    kind: test-kind-x
+    paths: [a]
+  - name: checked
+    kind: test-kind-x
+    paths: [b]
+    stale_after: 1m
+    deletion_guard:
+      max_withdraw: 80%
+      confirm_for: 5s
+      min_endpoints: 2
+    health_check:
+      type: http
+      interval: 5s
+      timeout: 1s
+      jitter: 20%
+      healthy_threshold: 1
+      unhealthy_threshold: 4
+      initial_health: critical
+      hold_down: 10s
+      max_hold_down: 1m
+      port: 8081
+      path: /healthz?full=1
+      host: web.internal
+      expected_status: 200-299, 418
+      services:
+        "db.demo:5432": {type: tcp, port: 0}
+        grpc.demo: {type: grpc, service: demo.Echo, interval: 2s}
+        off.demo:80: {type: none}
+federation:
+  - authority: web.demo:80
+    panic_threshold: 0%
+  - authority: api.demo:80
+`
+	c, err := ParseConfig([]byte(cfg), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Health != (HealthConfig{PanicThreshold: 0.25, MaxConcurrentChecks: 64}) {
+		t.Errorf("health = %+v", c.Health)
+	}
+	plain, checked := c.Sources[0], c.Sources[1]
+	if plain.HealthCheck != nil || plain.DeletionGuard != DefaultDeletionGuard() {
+		t.Errorf("plain source = %+v", plain)
+	}
+	if g := checked.DeletionGuard; g != (DeletionGuard{MaxWithdraw: 0.8, ConfirmFor: 5 * time.Second, MinEndpoints: 2}) || !g.Enabled() {
+		t.Errorf("guard = %+v", g)
+	}
+	var own map[string]any
+	if err := checked.Node.Decode(&own); err != nil || !reflect.DeepEqual(own, map[string]any{"paths": []any{"b"}}) {
+		t.Errorf("kind keys = %v %v", own, err)
+	}
+	hc := checked.HealthCheck
+	want := HealthCheck{
+		Type: CheckHTTP, Interval: 5 * time.Second, Timeout: time.Second, Jitter: 0.2,
+		HealthyThreshold: 1, UnhealthyThreshold: 4, InitialHealth: HealthCritical,
+		HoldDown: 10 * time.Second, MaxHoldDown: time.Minute, Port: 8081,
+		Path: "/healthz?full=1", Host: "web.internal", ExpectedStatus: []StatusRange{{200, 299}, {418, 418}},
+	}
+	if !reflect.DeepEqual(*hc.Default, want) {
+		t.Errorf("default check = %+v\nwant %+v", *hc.Default, want)
+	}
+	db := want
+	db.Type, db.Port = CheckTCP, 0
+	grpcCheck := want
+	grpcCheck.Type, grpcCheck.Service, grpcCheck.Interval = CheckGRPC, "demo.Echo", 2*time.Second
+	off := want
+	off.Type = CheckNone
+	for a, w := range map[Authority]HealthCheck{
+		{"db.demo", 5432}: db, {"grpc.demo", 9000}: grpcCheck, {"grpc.demo", 0}: grpcCheck,
+		{"off.demo", 80}: off, {"off.demo", 81}: want, {"web.demo", 80}: want,
+	} {
+		if got := hc.For(a); !reflect.DeepEqual(*got, w) {
+			t.Errorf("For(%s) = %+v\nwant %+v", a, *got, w)
+		}
+	}
+	if hc.For(Authority{"x", 1}) != hc.Default {
+		t.Error("For of an authority without override is not the default check itself")
+	}
+	if !hc.Default.StatusOK(204) || !hc.Default.StatusOK(418) || hc.Default.StatusOK(301) {
+		t.Error("StatusOK")
+	}
+	if p := c.Federation[0].PanicThreshold; p == nil || *p != 0 {
+		t.Errorf("rule panic threshold = %v", p)
+	}
+	if c.Federation[1].PanicThreshold != nil {
+		t.Error("rule without panic_threshold should inherit")
+	}
+	f, err := c.BuildFederation()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.PanicThreshold(Authority{"web.demo", 80}) != 0 || f.PanicThreshold(Authority{"api.demo", 80}) != 0.25 || f.PanicThreshold(Authority{"x", 1}) != 0.25 {
+		t.Error("federation panic thresholds")
+	}
+
+	// An empty health_check block is every default; no health section is the default one.
+	c, err = ParseConfig([]byte("sources:\n  - name: a\n    kind: test-kind-x\n    health_check: {}\n    deletion_guard: {confirm_for: 0s}\n"), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hc := c.Sources[0].HealthCheck; hc == nil || !reflect.DeepEqual(*hc.Default, DefaultHealthCheck()) || hc.Services != nil {
+		t.Errorf("empty health_check = %+v", hc)
+	}
+	if c.Sources[0].DeletionGuard.Enabled() {
+		t.Error("confirm_for: 0s should turn the guard off")
+	}
+	if c.Health != DefaultHealthConfig() {
+		t.Errorf("default health = %+v", c.Health)
+	}
+}
+
+func TestPercent(t *testing.T) {
+	for in, want := range map[string]float64{"50%": 0.5, "0%": 0, "100%": 1, "12.5%": 0.125, " 7 %": 0.07} {
+		var p Percent
+		if err := yaml.Unmarshal([]byte(strconvQuote(in)), &p); err != nil || float64(p) != want {
+			t.Errorf("%q: %v %v", in, float64(p), err)
+		}
+	}
+	for _, in := range []string{"50", "0.5", "-1%", "101%", "NaN%", "x%", "[1]"} {
+		var p Percent
+		if err := yaml.Unmarshal([]byte(in), &p); err == nil {
+			t.Errorf("%q accepted as %v", in, p)
+		}
+	}
+	if Percent(0.125).String() != "12.5%" {
+		t.Error(Percent(0.125).String())
+	}
+}
+
+func strconvQuote(s string) string { return "'" + s + "'" }
 
 func TestParseConfigAliasesAllowed(t *testing.T) {
 	// A portless alias takes the rule's port, so a rule for another port of

@@ -26,7 +26,9 @@ import (
 	"github.com/tributary-mesh/tributary/cache"
 	"github.com/tributary-mesh/tributary/destination"
 	"github.com/tributary-mesh/tributary/destination/admin"
+	"github.com/tributary-mesh/tributary/destination/tlsauth"
 	"github.com/tributary-mesh/tributary/discovery"
+	activehealth "github.com/tributary-mesh/tributary/discovery/health"
 	_ "github.com/tributary-mesh/tributary/sources/all"
 )
 
@@ -105,7 +107,9 @@ func serve(ctx context.Context, cfg *discovery.Config, logger *slog.Logger, ppro
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	store := cache.New()
-	mgr := discovery.NewManager(store, instances, discovery.ManagerOptions{Logger: logger})
+	// Active health checks sit between the sources that ask for them and the manager.
+	checker := activehealth.New(activehealth.Options{Workers: cfg.Health.MaxConcurrentChecks, Logger: logger, Registerer: reg})
+	mgr := discovery.NewManager(store, instances, discovery.ManagerOptions{Logger: logger, WrapSink: checker.WrapSink})
 	reg.MustRegister(admin.NewSourceCollector(mgr.Status, store))
 
 	var zoners nodeZoners
@@ -123,12 +127,21 @@ func serve(ctx context.Context, cfg *discovery.Config, logger *slog.Logger, ppro
 		Logger:         logger,
 		Metrics:        destination.NewMetrics(reg),
 	})
-	grpcServer := grpc.NewServer(append(destination.ServerOptions(),
+	// server.tls: mTLS and per-API authorization (nil guard: plaintext).
+	var guard *tlsauth.Guard
+	if cfg.Server.TLS != nil {
+		if guard, err = tlsauth.New(ctx, tlsauth.Options{Config: cfg.Server.TLS, BaseDir: cfg.BaseDir, Logger: logger, Registerer: reg}); err != nil {
+			return fmt.Errorf("server.tls: %w", err)
+		}
+		defer guard.Close()
+	}
+	ka := cfg.Server.KeepaliveSettings()
+	grpcServer := grpc.NewServer(append(append(destination.ServerOptions(),
 		// Requests are tiny; a bound keeps a hostile one from costing more than this.
 		grpc.MaxRecvMsgSize(128<<10),
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-	)...)
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: time.Duration(ka.MinPingInterval), PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Duration(ka.Time), Timeout: time.Duration(ka.Timeout)}),
+	), guard.ServerOptions()...)...)
 	dest.Register(grpcServer)
 	healthSrv := health.NewServer()
 	healthSrv.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
@@ -148,7 +161,8 @@ func serve(ctx context.Context, cfg *discovery.Config, logger *slog.Logger, ppro
 		grpcLn.Close()
 		return fmt.Errorf("admin: %w", err)
 	}
-	adminServer := &http.Server{Handler: adminHandler, ReadHeaderTimeout: 10 * time.Second}
+	adminServer := &http.Server{Handler: guard.AdminHandler(adminHandler), ReadHeaderTimeout: 10 * time.Second,
+		TLSConfig: guard.AdminTLSConfig(), ErrorLog: guard.AdminErrorLog()}
 	logger.Info("tributary serving", "version", version, "api", grpcLn.Addr().String(), "admin", adminLn.Addr().String(),
 		"sources", len(instances), "kinds", strings.Join(discovery.KindNames(), ","))
 
@@ -156,13 +170,18 @@ func serve(ctx context.Context, cfg *discovery.Config, logger *slog.Logger, ppro
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
 	wg.Go(func() { mgr.Run(srcCtx) })
+	wg.Go(func() { checker.Run(srcCtx) })
 	wg.Go(func() {
-		if err := grpcServer.Serve(grpcLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		if err := grpcServer.Serve(dest.Listener(grpcLn)); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			errc <- fmt.Errorf("destination API: %w", err)
 		}
 	})
 	wg.Go(func() {
-		if err := adminServer.Serve(adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		serveAdmin := adminServer.Serve
+		if adminServer.TLSConfig != nil { // server.tls.admin: the certificate comes from TLSConfig
+			serveAdmin = func(ln net.Listener) error { return adminServer.ServeTLS(ln, "", "") }
+		}
+		if err := serveAdmin(adminLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("admin: %w", err)
 		}
 	})

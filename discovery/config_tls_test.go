@@ -1,0 +1,139 @@
+package discovery
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+const tlsConfig = `server:
+  keepalive:
+    time: 5s
+  tls:
+    cert_file: tls/tls.crt
+    key_file: tls/tls.key
+    ca_file: /etc/ca.crt
+    admin: true
+    trust_domains: [prod.example.org]
+    authorize:
+      destination:
+        trust_domains: [partner.example.org]
+        ids: ["spiffe://prod.example.org/ns/*/sa/proxy"]
+      admin:
+        ids:
+          - spiffe://prod.example.org/ops/**
+`
+
+func TestParseServerTLSAndKeepalive(t *testing.T) {
+	c, err := ParseConfig([]byte(tlsConfig), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := c.Server.TLS
+	if tc == nil {
+		t.Fatal("tls section not read")
+	}
+	if tc.CertFile != "tls/tls.crt" || tc.KeyFile != "tls/tls.key" || tc.CAFile != "/etc/ca.crt" || !tc.Admin {
+		t.Errorf("files/admin: %+v", tc)
+	}
+	if time.Duration(tc.ReloadInterval) != DefaultTLSReloadInterval {
+		t.Errorf("reload_interval default: %v", tc.ReloadInterval)
+	}
+	if !slices.Equal(tc.TrustDomains, []string{"prod.example.org"}) ||
+		!slices.Equal(tc.Authorize.Destination.TrustDomains, []string{"partner.example.org"}) ||
+		!slices.Equal(tc.Authorize.Destination.IDs, []string{"spiffe://prod.example.org/ns/*/sa/proxy"}) ||
+		!slices.Equal(tc.Authorize.Admin.IDs, []string{"spiffe://prod.example.org/ops/**"}) ||
+		len(tc.Authorize.Registration.IDs)+len(tc.Authorize.Registration.TrustDomains) != 0 {
+		t.Errorf("access lists: %+v", tc.Authorize)
+	}
+	// A keepalive key left out keeps its default.
+	want := DefaultKeepalive()
+	want.Time = Duration(5 * time.Second)
+	if got := c.Server.KeepaliveSettings(); got != want {
+		t.Errorf("keepalive %+v, want %+v", got, want)
+	}
+}
+
+func TestServerTLSAndKeepaliveDefaults(t *testing.T) {
+	c, err := ParseConfig([]byte("server:\n  tls:\n  keepalive:\n"), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Server.TLS != nil {
+		t.Errorf("an empty tls key turned TLS on: %+v", c.Server.TLS)
+	}
+	if got := c.Server.KeepaliveSettings(); got != DefaultKeepalive() {
+		t.Errorf("keepalive %+v", got)
+	}
+	d := DefaultKeepalive()
+	if time.Duration(d.Time) != 30*time.Second || time.Duration(d.Timeout) != 10*time.Second || time.Duration(d.MinPingInterval) != 10*time.Second {
+		t.Errorf("defaults changed: %+v", d)
+	}
+	c, err = ParseConfig([]byte("server:\n  tls:\n    workload_api: unix:///run/spire/agent.sock\n    reload_interval: 5s\n"), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Server.TLS.WorkloadAPI != "unix:///run/spire/agent.sock" || time.Duration(c.Server.TLS.ReloadInterval) != 5*time.Second {
+		t.Errorf("workload api: %+v", c.Server.TLS)
+	}
+}
+
+func TestServerTLSErrors(t *testing.T) {
+	files := "    cert_file: a\n    key_file: b\n    ca_file: c\n"
+	for _, tc := range []struct {
+		name string
+		yaml string
+		want []string // each a substring of one error line
+	}{
+		{"empty section", "server:\n  tls: {}\n", []string{"c.yaml:2: server.tls.cert_file: required", "server.tls.key_file: required", "server.tls.ca_file: required"}},
+		{"key missing", "server:\n  tls:\n    cert_file: a\n    ca_file: c\n", []string{"c.yaml:3: server.tls.key_file: required (or workload_api"}},
+		{"both sources", "server:\n  tls:\n    workload_api: unix:///s\n" + files, []string{"c.yaml:3: server.tls.workload_api: use either workload_api or cert_file/key_file/ca_file"}},
+		{"bad workload api", "server:\n  tls:\n    workload_api: /run/agent.sock\n", []string{"c.yaml:3: server.tls.workload_api:", "unix:///"}},
+		{"unknown key", "server:\n  tls:\n    cert: a\n" + files, []string{"c.yaml:3: server.tls.cert: unknown key (valid keys: workload_api, cert_file"}},
+		{"unknown API", "server:\n  tls:\n" + files + "    authorize:\n      tap: {ids: []}\n", []string{"c.yaml:7: server.tls.authorize.tap: unknown key (valid keys: destination, admin, registration)"}},
+		{"reload too often", "server:\n  tls:\n" + files + "    reload_interval: 0s\n", []string{"c.yaml:6: server.tls.reload_interval: 0s is too short"}},
+		{"bad trust domain", "server:\n  tls:\n" + files + "    trust_domains:\n      - ok.example\n      - Bad_Domain\n", []string{"c.yaml:8: server.tls.trust_domains[1]:", `"Bad_Domain" is not a trust domain name`}},
+		{"trust domain as an ID", "server:\n  tls:\n" + files + "    trust_domains: [spiffe://prod.example]\n", []string{"c.yaml:6: server.tls.trust_domains[0]:", "not a trust domain name"}},
+		{"duplicate trust domain", "server:\n  tls:\n" + files + "    authorize:\n      destination:\n        trust_domains: [a.example, a.example]\n", []string{"c.yaml:8: server.tls.authorize.destination.trust_domains[1]:", "listed twice"}},
+		{"bad pattern", "server:\n  tls:\n" + files + "    authorize:\n      registration:\n        ids:\n          - spiffe://prod.example/ns/*/sa/x\n          - spiffe://prod.example/web-*\n", []string{"c.yaml:10: server.tls.authorize.registration.ids[1]:", "a wildcard must be a whole segment"}},
+		{"pattern naming a trust domain", "server:\n  tls:\n" + files + "    authorize:\n      destination: {ids: ['spiffe://prod.example']}\n", []string{"c.yaml:7: server.tls.authorize.destination.ids[0]:", "list it under trust_domains"}},
+		{"admin list without admin TLS", "server:\n  tls:\n" + files + "    authorize:\n      admin: {ids: ['spiffe://prod.example/ops/**']}\n", []string{"c.yaml:7: server.tls.authorize.admin: has no effect without server.tls.admin: true"}},
+		{"keepalive too short", "server:\n  keepalive:\n    time: 500ms\n", []string{"c.yaml:3: server.keepalive.time: 500ms is too short"}},
+		{"keepalive timeout 0", "server:\n  keepalive:\n    timeout: 0s\n", []string{"c.yaml:3: server.keepalive.timeout: must be more than 0s"}},
+		{"keepalive min ping 0", "server:\n  keepalive: {min_ping_interval: 0s}\n", []string{"c.yaml:2: server.keepalive.min_ping_interval: must be more than 0s"}},
+		{"keepalive unknown key", "server:\n  keepalive:\n    interval: 1s\n", []string{"c.yaml:3: server.keepalive.interval: unknown key (valid keys: time, timeout, min_ping_interval)"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(tc.yaml), "c.yaml")
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error lacks %q:\n%v", w, err)
+				}
+			}
+		})
+	}
+}
+
+func TestCheckSPIFFEIDPattern(t *testing.T) {
+	for _, ok := range []string{
+		"spiffe://prod.example/ns/web/sa/proxy", "spiffe://prod.example/ns/*/sa/*", "spiffe://prod.example/**",
+		"spiffe://prod.example/ops/**", "spiffe://a-b.c_d/x.y-z_1",
+	} {
+		if err := CheckSPIFFEIDPattern(ok); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{
+		"", "spiffe://", "spiffe://prod.example", "spiffe:///x", "spiffe://prod.example/", "spiffe://*/x",
+		"spiffe://prod.example/**/x", "spiffe://prod.example/a*", "spiffe://prod.example/a/./b", "spiffe://prod.example/%41",
+		"SPIFFE://prod.example/x", "spiffe://user@prod.example/x", "spiffe://prod.example:443/x",
+	} {
+		if err := CheckSPIFFEIDPattern(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
