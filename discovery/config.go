@@ -94,6 +94,25 @@ type ServerConfig struct {
 	// authorize every call by the client's SPIFFE ID (docs/operations.md,
 	// "Security"); nil (no tls section) serves plaintext.
 	TLS *TLSConfig `yaml:"tls"`
+	// Streams bounds what clients can cost: admission of new streams and
+	// the time a client may stop reading; nil means the defaults (0 values
+	// in the section mean the destination package's defaults too).
+	Streams *StreamsConfig `yaml:"streams"`
+}
+
+// StreamsConfig is server.streams.
+type StreamsConfig struct {
+	// SendTimeout: a client that takes no update for this long has its
+	// connection closed (it reconnects for a fresh snapshot). 0: the
+	// default (30s); negative is refused — use a large value instead.
+	SendTimeout Duration `yaml:"send_timeout"`
+	// NewPerSecond and NewBurst rate-limit new streams (ResourceExhausted
+	// with a retry delay beyond them). 0: the defaults (5000/s, 10000);
+	// NewPerSecond -1 disables the limit.
+	NewPerSecond float64 `yaml:"new_per_second"`
+	NewBurst     int     `yaml:"new_burst"`
+	// Max bounds open streams; 0: no bound.
+	Max int `yaml:"max"`
 }
 
 // DefaultKeepalive is the keepalive of a config without server.keepalive.
@@ -515,6 +534,19 @@ func (p *configParser) server(n *yaml.Node) {
 	}
 	if s.TLS != nil {
 		p.serverTLS(resolveAlias(lookup(n, "tls")))
+	}
+	if st := s.Streams; st != nil {
+		sn := resolveAlias(lookup(n, "streams"))
+		sline := func(key string) int { return lineOf(lookup(sn, key), sn) }
+		if st.NewPerSecond < 0 && st.NewPerSecond != -1 {
+			p.fail(sline("new_per_second"), "server.streams.new_per_second", "must be 0 (default), a positive rate, or -1 (no limit)")
+		}
+		if st.NewBurst < 0 {
+			p.fail(sline("new_burst"), "server.streams.new_burst", "must not be negative")
+		}
+		if st.Max < 0 {
+			p.fail(sline("max"), "server.streams.max", "must not be negative (0 means no bound)")
+		}
 	}
 }
 

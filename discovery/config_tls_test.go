@@ -137,3 +137,25 @@ func TestCheckSPIFFEIDPattern(t *testing.T) {
 		}
 	}
 }
+
+func TestServerStreamsSection(t *testing.T) {
+	c, err := ParseConfig([]byte("server:\n  streams:\n    send_timeout: 5s\n    new_per_second: 100\n    new_burst: 50\n    max: 1000\n"), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := c.Server.Streams; st == nil || st.SendTimeout != Duration(5*time.Second) || st.NewPerSecond != 100 || st.NewBurst != 50 || st.Max != 1000 {
+		t.Fatalf("streams: %+v", c.Server.Streams)
+	}
+	for _, tc := range []struct{ yaml, want string }{
+		{"server:\n  streams:\n    new_per_second: -2\n", "c.yaml:3: server.streams.new_per_second"},
+		{"server:\n  streams:\n    new_burst: -1\n", "c.yaml:3: server.streams.new_burst"},
+		{"server:\n  streams:\n    max: -1\n", "c.yaml:3: server.streams.max"},
+		{"server:\n  streams:\n    send_timeout: -1s\n", "c.yaml:3: server.streams.send_timeout"},
+		{"server:\n  streams:\n    burst: 1\n", "c.yaml:3: server.streams.burst"},
+	} {
+		_, err := ParseConfig([]byte(tc.yaml), "c.yaml")
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: got %v, want %s", tc.yaml, err, tc.want)
+		}
+	}
+}

@@ -118,14 +118,22 @@ func serve(ctx context.Context, cfg *discovery.Config, logger *slog.Logger, ppro
 			zoners = append(zoners, z)
 		}
 	}
+	var streams discovery.StreamsConfig
+	if cfg.Server.Streams != nil {
+		streams = *cfg.Server.Streams
+	}
 	dest := destination.NewServer(destination.Options{
-		NodeZones:      zoners,
-		Store:          store,
-		Federation:     fed,
-		Synced:         mgr.Synced(),
-		StartupTimeout: time.Duration(cfg.Server.StartupTimeout),
-		Logger:         logger,
-		Metrics:        destination.NewMetrics(reg),
+		SendTimeout:         time.Duration(streams.SendTimeout),
+		NewStreamsPerSecond: streams.NewPerSecond,
+		NewStreamsBurst:     streams.NewBurst,
+		MaxStreams:          streams.Max,
+		NodeZones:           zoners,
+		Store:               store,
+		Federation:          fed,
+		Synced:              mgr.Synced(),
+		StartupTimeout:      time.Duration(cfg.Server.StartupTimeout),
+		Logger:              logger,
+		Metrics:             destination.NewMetrics(reg),
 	})
 	// server.tls: mTLS and per-API authorization (nil guard: plaintext).
 	var guard *tlsauth.Guard
