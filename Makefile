@@ -10,7 +10,7 @@ CONFIG   ?= examples/tributary.yaml
 # (outside the repo); see tools/peers.sh and docs/testing.md.
 export TRIBUTARY_PEERS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tributary-peers
 
-.PHONY: all build run test test-unit test-integration bench lint fmt peers clean
+.PHONY: all build run test test-unit test-integration test-fuzz bench soak fuzz lint fmt peers clean
 
 all: build
 
@@ -23,7 +23,7 @@ run: build
 
 ## test: every test — unit tests with the race detector, then integration tests
 ## against the real tributary binary and real peers.
-test: test-unit test-integration
+test: test-unit test-fuzz test-integration
 
 test-unit:
 	$(GO) vet ./...
@@ -35,8 +35,30 @@ test-integration:
 	$(GO) build -race -o bin/tributary-race ./cmd/tributary
 	TRIBUTARY_BIN=$(CURDIR)/bin/tributary-race $(GO) test -race -count=1 -tags integration -timeout 30m ./integration/...
 
+## test-fuzz: every fuzz target briefly (seed corpora plus a few seconds each)
+test-fuzz:
+	GO=$(GO) FUZZ_MINIMIZETIME=1s tools/fuzz.sh 3s
+
+## fuzz: every fuzz target for FUZZTIME each (default 10m)
+fuzz:
+	GO=$(GO) tools/fuzz.sh $(or $(FUZZTIME),10m)
+
+## bench: micro-benchmarks, then the workloads against the real binary and
+## real peers (docs/performance.md). BENCH=Steady runs one fan-out workload
+## (Steady, HotFanout, Ramp, Idle, Storm).
+BENCH ?= .
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./cache/ ./destination/ ./discovery/
+	TRIBUTARY_BIN=$(CURDIR)/$(BIN) $(GO) test -tags integration -run '^$$' -bench '$(BENCH)' -benchtime 1x -timeout 30m ./integration/bench/
+	TRIBUTARY_BIN=$(CURDIR)/$(BIN) $(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout 30m ./integration/health/ ./integration/consul/ ./integration/kubernetes/
+
+## soak: long runs with every correctness check on: the steady workload at
+## 50,000 streams for 10 minutes, reconnect storms, and 10 minutes of fuzzing per target.
+soak: build
+	$(GO) build -o bin/tributary-bench ./cmd/tributary-bench
+	bin/tributary-bench steady --bin $(BIN) --streams 50000 --duration 10m
+	bin/tributary-bench storm --bin $(BIN)
+	GO=$(GO) tools/fuzz.sh 10m
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }

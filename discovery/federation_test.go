@@ -468,20 +468,37 @@ func FuzzResolve(f *testing.F) {
 	f.Add([]byte{1, 0, 0, 3, 1, 1, 1, 1, 1, 2, 2, 1, 5, 3, 0, 2, 5, 4, 1, 6, 7, 0, 2, 1}, uint64(1))
 	f.Add([]byte{3, 3, 3, 3, 3, 3, 3, 7, 3, 2, 1, 0, 3, 1, 2, 4}, uint64(1))
 	prio := map[string]int{"east": 2, "west": 1, "west2": 1}
-	feds := []*Federation{
-		nil,
-		mustFederation(f, nil, prio),
-		mustFederation(f, tiered, prio),
-		mustFederation(f, []FederationRule{{Authority: Authority{"web.demo", 0}, Failover: []Tier{{Sources: []string{"other"}, MinHealthy: 2}}}}, prio),
+	noPanic := func(rules []FederationRule) *Federation {
+		fed, err := NewFederationWithDefaults(rules, prio, FederationDefaults{PanicThreshold: 0})
+		if err != nil {
+			f.Fatal(err)
+		}
+		return fed
+	}
+	other := []FederationRule{{Authority: Authority{"web.demo", 0}, Failover: []Tier{{Sources: []string{"other"}, MinHealthy: 2}}}}
+	// With panic mode off every property below holds; with it on (the
+	// default threshold) only those that do not depend on health: the
+	// panic cases themselves are table tests.
+	feds := []struct {
+		fed   *Federation
+		panic bool
+	}{
+		{nil, true},
+		{noPanic(nil), false},
+		{noPanic(tiered), false},
+		{noPanic(other), false},
+		{mustFederation(f, tiered, prio), true},
+		{mustFederation(f, other, prio), true},
 	}
 	f.Fuzz(func(t *testing.T, data []byte, seed uint64) {
 		eps := resolveInput(data)
 		before := deepCopy(eps)
-		for _, fed := range feds {
+		for _, tc := range feds {
+			fed := tc.fed
 			got := fed.Resolve(webAuth, eps)
 			assertUnchanged(t, before, eps)
 			for i, e := range got {
-				if !e.Health.Serving() {
+				if !tc.panic && !e.Health.Serving() {
 					t.Fatalf("served a %v endpoint", e.Health)
 				}
 				if i > 0 && got[i-1].Addr.Compare(e.Addr) >= 0 {
@@ -493,7 +510,7 @@ func FuzzResolve(f *testing.F) {
 				// No serving endpoint of the same address and the same
 				// tier beats the winner.
 				for _, o := range eps {
-					if o.Addr == e.Addr && o.Health.Serving() && sameTier(fed, o, e) && fed.compare(o, e) < 0 {
+					if !tc.panic && o.Addr == e.Addr && o.Health.Serving() && sameTier(fed, o, e) && fed.compare(o, e) < 0 {
 						t.Fatalf("%+v lost to %+v", *e, *o)
 					}
 				}
