@@ -26,7 +26,7 @@ module_dir() {
 
 dest_dir() {
 	local mod; mod=$(module_dir "$1")
-	local sum; sum=$(cat "$mod/go.mod" "$mod/go.sum" "$mod"/*.go 2>/dev/null | sha256sum | cut -c1-12)
+	local sum; sum=$(cat "$mod/go.mod" "$mod/go.sum" $(ls "$mod"/*.go 2>/dev/null) | sha256sum | cut -c1-12)
 	echo "$cache/$(basename "$mod")-$sum"
 }
 
