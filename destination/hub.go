@@ -24,8 +24,9 @@ import (
 // read, resolved and encoded once, not 10,000 times.
 type hub struct {
 	store *cache.Store
-	// build computes the view of a (members are its federation members).
-	build func(snap *cache.Snapshot, a discovery.Authority, members []discovery.Authority) view
+	// build computes the view for key (members are its authority's
+	// federation members).
+	build func(snap *cache.Snapshot, key hubKey, members []discovery.Authority) view
 	fed   *discovery.Federation
 
 	mu      sync.Mutex
@@ -93,7 +94,7 @@ func (h *hub) follow(ctx context.Context, e *hubEntry) {
 		snap := h.store.Snapshot()
 		version := hostsVersion(snap, ws, members)
 		if cur == nil || version != cur.version {
-			cur = &snapshot{version: version, view: h.build(snap, e.key.authority, members), zone: e.key.zone}
+			cur = &snapshot{version: version, view: h.build(snap, e.key, members), zone: e.key.zone}
 			old := e.state.Load()
 			e.state.Store(&published{snap: cur, next: make(chan struct{})})
 			close(old.next)

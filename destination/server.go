@@ -7,6 +7,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -124,8 +125,10 @@ func NewServer(opts Options) *Server {
 		s.fed, _ = discovery.NewFederation(nil, nil)
 	}
 	s.hub = &hub{store: s.store, fed: s.fed, entries: map[hubKey]*hubEntry{},
-		build: func(snap *cache.Snapshot, a discovery.Authority, members []discovery.Authority) view {
-			return s.view(snap, nil, a, members)
+		build: func(snap *cache.Snapshot, key hubKey, members []discovery.Authority) view {
+			v := s.view(snap, nil, key.authority, members)
+			v.endpoints = preferZone(v.endpoints, key.zone)
+			return v
 		}}
 	if s.startup <= 0 {
 		s.startup = DefaultStartupTimeout
@@ -366,6 +369,34 @@ func (s *Server) view(snap *cache.Snapshot, ws memdb.WatchSet, a discovery.Autho
 	}
 	v.endpoints = s.fed.Resolve(a, all)
 	return v
+}
+
+// preferZone applies topology hints as kube-proxy does: when the client's
+// zone is known and every endpoint carries hints, serve those hinted for
+// that zone; if there are none, or any endpoint has no hints, serve all.
+func preferZone(eps []*discovery.Endpoint, zone string) []*discovery.Endpoint {
+	if zone == "" || len(eps) == 0 {
+		return eps
+	}
+	n := 0
+	for _, e := range eps {
+		if len(e.ForZones) == 0 {
+			return eps
+		}
+		if slices.Contains(e.ForZones, zone) {
+			n++
+		}
+	}
+	if n == 0 || n == len(eps) {
+		return eps
+	}
+	out := make([]*discovery.Endpoint, 0, n)
+	for _, e := range eps {
+		if slices.Contains(e.ForZones, zone) {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // defaultRetryBudget is Linkerd's default: 20% extra load, at least 10

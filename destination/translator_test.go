@@ -242,3 +242,27 @@ func TestTranslatorReplayMatchesView(t *testing.T) {
 		}
 	}
 }
+
+func TestPreferZone(t *testing.T) {
+	hinted := func(addr string, zones ...string) *discovery.Endpoint {
+		return ep(addr, func(e *discovery.Endpoint) { e.ForZones = zones })
+	}
+	a, b, c := hinted("10.0.0.1:80", "z1"), hinted("10.0.0.2:80", "z2"), hinted("10.0.0.3:80", "z1", "z2")
+	plain := ep("10.0.0.4:80")
+	for _, tc := range []struct {
+		name string
+		eps  []*discovery.Endpoint
+		zone string
+		want []*discovery.Endpoint
+	}{
+		{"client zone unknown: all", []*discovery.Endpoint{a, b}, "", []*discovery.Endpoint{a, b}},
+		{"hinted for the zone", []*discovery.Endpoint{a, b, c}, "z1", []*discovery.Endpoint{a, c}},
+		{"other zone", []*discovery.Endpoint{a, b, c}, "z2", []*discovery.Endpoint{b, c}},
+		{"none for the zone: all", []*discovery.Endpoint{a, b}, "z3", []*discovery.Endpoint{a, b}},
+		{"an endpoint without hints: all", []*discovery.Endpoint{a, b, plain}, "z1", []*discovery.Endpoint{a, b, plain}},
+	} {
+		if got := preferZone(tc.eps, tc.zone); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: got %d endpoints, want %d", tc.name, len(got), len(tc.want))
+		}
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -215,6 +216,10 @@ type Endpoint struct {
 	// Labels become metric labels on the proxy side. Keys must not collide
 	// with the ones Tributary sets itself (zone, source).
 	Labels map[string]string
+	// ForZones are topology hints (Kubernetes hints.forZones), sorted: a
+	// client in one of these zones should prefer this endpoint. Not sent on
+	// the wire; the destination server filters by them, as kube-proxy does.
+	ForZones []string
 
 	// Provenance, stamped by the store: the source instance and the key of
 	// the group the endpoint came in. Sources leave them empty.
@@ -234,7 +239,8 @@ func (e *Endpoint) EffectiveWeight() uint32 {
 func (e *Endpoint) Equal(o *Endpoint) bool {
 	return e.Addr == o.Addr && e.Weight == o.Weight && e.Zone == o.Zone &&
 		e.Health == o.Health && e.Identity == o.Identity && e.Protocol == o.Protocol &&
-		e.Source == o.Source && e.Key == o.Key && maps.Equal(e.Labels, o.Labels)
+		e.Source == o.Source && e.Key == o.Key && maps.Equal(e.Labels, o.Labels) &&
+		slices.Equal(e.ForZones, o.ForZones)
 }
 
 // SameWire reports whether two endpoints look the same to a proxy: the
