@@ -16,6 +16,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/tributary-mesh/tributary/cache"
 	"github.com/tributary-mesh/tributary/discovery"
@@ -559,6 +561,45 @@ func TestSlowClientIsClosedOthersUnaffected(t *testing.T) {
 				t.Fatalf("slow stream ended with %v, want Unavailable", err)
 			}
 			break
+		}
+	}
+}
+
+// rawBytesCodec lets a test send bytes no conforming client would.
+type rawBytesCodec struct{}
+
+func (rawBytesCodec) Marshal(v any) ([]byte, error) { return v.([]byte), nil }
+func (rawBytesCodec) Unmarshal(data []byte, v any) error {
+	return proto.Unmarshal(data, v.(proto.Message))
+}
+func (rawBytesCodec) Name() string { return "proto" }
+
+func TestInvalidUTF8PathIsInvalidArgument(t *testing.T) {
+	h := newHarness(t, Options{})
+	var b []byte
+	b = protowire.AppendTag(b, 2, protowire.BytesType)
+	b = protowire.AppendBytes(b, []byte("web\xff.demo:80"))
+	for _, method := range []string{"/io.linkerd.proxy.destination.Destination/Get", "/io.linkerd.proxy.destination.Destination/GetProfile"} {
+		conn, err := grpc.NewClient(h.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.ForceCodec(rawBytesCodec{})))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+		st, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, method)
+		if err == nil {
+			err = st.SendMsg(b)
+		}
+		if err == nil {
+			err = st.CloseSend()
+		}
+		if err == nil {
+			err = st.RecvMsg(&pb.Update{})
+		}
+		cancel()
+		conn.Close()
+		if status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%s with an invalid UTF-8 path: %v, want InvalidArgument", method, err)
 		}
 	}
 }
