@@ -50,6 +50,16 @@ type SourceStatus struct {
 	HeldEndpoints  int       `json:"held_endpoints,omitempty"`
 	HeldSince      time.Time `json:"held_since,omitzero"`
 	GuardTrips     uint64    `json:"guard_trips,omitempty"`
+	// Rejected counts backend objects the source left out because they
+	// could not become endpoints (a bad address or port), for sources that
+	// implement RejectCounter.
+	Rejected uint64 `json:"rejected,omitempty"`
+}
+
+// RejectCounter is implemented by sources that skip malformed backend
+// objects one by one (their valid siblings still apply) and count them.
+type RejectCounter interface {
+	Rejected() uint64
 }
 
 // ManagerOptions configures a Manager. Zero values are fine.
@@ -160,8 +170,12 @@ func (m *Manager) Status() []SourceStatus {
 	out := make([]SourceStatus, 0, len(m.states))
 	for _, st := range m.states {
 		st.mu.Lock()
-		out = append(out, st.status)
+		s := st.status
 		st.mu.Unlock()
+		if rc, ok := st.src.(RejectCounter); ok {
+			s.Rejected = rc.Rejected()
+		}
+		out = append(out, s)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out

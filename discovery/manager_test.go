@@ -552,3 +552,15 @@ func TestManagerUpdateHealthIsNoContact(t *testing.T) {
 		t.Fatalf("status %+v", st)
 	}
 }
+
+// rejectingSource counts objects it left out.
+type rejectingSource struct{ scriptSource }
+
+func (rejectingSource) Rejected() uint64 { return 7 }
+
+func TestStatusReportsRejectedObjects(t *testing.T) {
+	m := NewManager(newMemStore(), []Instance{{Config: SourceConfig{Name: "r", Kind: "test"}, Source: &rejectingSource{}}}, ManagerOptions{})
+	if got := m.Status()[0].Rejected; got != 7 {
+		t.Fatalf("Rejected = %d, want 7", got)
+	}
+}

@@ -13,7 +13,7 @@ type sourceCollector struct {
 	store  *cache.Store
 
 	up, synced, stale, lastSuccess, errors, applies, endpoints, services, keys *prometheus.Desc
-	expired, expiries, held, heldEndpoints, guardTrips                         *prometheus.Desc
+	expired, expiries, held, heldEndpoints, guardTrips, rejected               *prometheus.Desc
 }
 
 // NewSourceCollector returns a collector of per-source metrics (labels
@@ -38,12 +38,13 @@ func NewSourceCollector(status StatusFunc, store *cache.Store) prometheus.Collec
 		held:          d("tributary_source_withdrawal_held", "1 while the deletion guard holds an update of the source that would withdraw most of its endpoints."),
 		heldEndpoints: d("tributary_source_held_withdrawal_endpoints", "Endpoints the update the deletion guard holds would withdraw."),
 		guardTrips:    d("tributary_source_deletion_guard_trips_total", "Updates of the source the deletion guard started holding."),
+		rejected:      d("tributary_source_rejected_objects_total", "Backend objects the source left out because they could not become endpoints (bad address or port); their valid siblings still apply."),
 	}
 }
 
 func (c *sourceCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.up, c.synced, c.stale, c.lastSuccess, c.errors, c.applies, c.endpoints, c.services, c.keys,
-		c.expired, c.expiries, c.held, c.heldEndpoints, c.guardTrips} {
+		c.expired, c.expiries, c.held, c.heldEndpoints, c.guardTrips, c.rejected} {
 		ch <- d
 	}
 }
@@ -67,6 +68,7 @@ func (c *sourceCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(c.errors, prometheus.CounterValue, float64(s.Errors), l...)
 		ch <- prometheus.MustNewConstMetric(c.applies, prometheus.CounterValue, float64(s.Applies), l...)
+		ch <- prometheus.MustNewConstMetric(c.rejected, prometheus.CounterValue, float64(s.Rejected), l...)
 		ch <- prometheus.MustNewConstMetric(c.endpoints, prometheus.GaugeValue, float64(st.Endpoints), l...)
 		ch <- prometheus.MustNewConstMetric(c.services, prometheus.GaugeValue, float64(st.Services), l...)
 		ch <- prometheus.MustNewConstMetric(c.keys, prometheus.GaugeValue, float64(st.Keys), l...)

@@ -314,3 +314,19 @@ func TestConsulAgentOutageKeepsStateThenReconciles(t *testing.T) {
 }
 
 func mustAddr(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+// TestConsulMalformedInstanceIsRejectedSiblingsApply: an instance that
+// cannot become an endpoint (a host name as its address) is left out and
+// counted; the valid instance of the same service is served.
+func TestConsulMalformedInstanceIsRejectedSiblingsApply(t *testing.T) {
+	a := startAgent(t, agentOptions{})
+	a.registerService(t, &api.AgentServiceRegistration{ID: "db-1", Name: "db", Address: "10.3.0.1", Port: 5432})
+	a.registerService(t, &api.AgentServiceRegistration{ID: "db-2", Name: "db", Address: "db-2.example.internal", Port: 5432})
+	s := harness.Start(t, t.TempDir(), "sources:\n"+consulSource("consul", a.HTTPAddr()))
+	db := s.Get("db.service.dc1.consul:5432")
+	expect(t, db, "add:10.3.0.1:5432")
+	waitFor(t, "the rejected-objects metric", func() bool {
+		_, body := s.HTTPGet("/metrics")
+		return strings.Contains(body, `tributary_source_rejected_objects_total{kind="consul",source="consul"} 1`)
+	})
+}
