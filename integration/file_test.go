@@ -297,6 +297,13 @@ func TestWatchCommandPrintsTheStream(t *testing.T) {
 	if !strings.Contains(string(b), `{"noEndpoints":{}}`) {
 		t.Fatalf("watch --json for an unknown service: %q", b)
 	}
+	// With --admin, each endpoint's health from the registry.
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel2()
+	b, _ = exec.CommandContext(ctx2, harness.Bin, "watch", "--addr", s.API, "--admin", s.Admin, "--json", "web.demo:8080").Output()
+	if !strings.Contains(string(b), `"health":{"10.0.0.2:8080 local":"unknown"}`) {
+		t.Fatalf("watch --json --admin: %q", b)
+	}
 }
 
 func waitOutput(t *testing.T, out *harness.SyncBuffer, substr string) {

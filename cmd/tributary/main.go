@@ -19,7 +19,7 @@ const usage = `usage: tributary <command> [flags]
 commands:
   serve --config FILE [--listen ADDR] [--admin ADDR]
         run the server (destination gRPC API and admin HTTP)
-  watch AUTHORITY [--addr ADDR] [--json] [--profile] [--token TOKEN]
+  watch AUTHORITY [--addr ADDR] [--admin ADDR] [--json] [--profile] [--token TOKEN]
         print the stream a proxy receives for AUTHORITY (host:port)
   check FILE...
         validate Tributary config files or services files; errors as file:line

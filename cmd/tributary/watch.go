@@ -2,10 +2,14 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"sort"
@@ -18,6 +22,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/tributary-mesh/tributary/destination"
+	adminpkg "github.com/tributary-mesh/tributary/destination/admin"
 )
 
 func watchCmd(args []string) int {
@@ -26,6 +31,7 @@ func watchCmd(args []string) int {
 	asJSON := fs.Bool("json", false, "print each message as one JSON line (protojson)")
 	profile := fs.Bool("profile", false, "watch GetProfile instead of Get")
 	token := fs.String("token", "", `context token, e.g. {"ns":"demo","zone":"zone-a"}`)
+	adminAddr := fs.String("admin", "", "admin address (e.g. 127.0.0.1:9996): add each endpoint's health from /debug/registry")
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: tributary watch [flags] AUTHORITY")
 		fs.PrintDefaults()
@@ -48,14 +54,21 @@ func watchCmd(args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	if err := watch(ctx, os.Stdout, *addr, positional[0], *token, *asJSON, *profile); err != nil {
+	opts := watchOptions{addr: *addr, admin: *adminAddr, authority: positional[0], token: *token, asJSON: *asJSON, profile: *profile}
+	if err := watch(ctx, os.Stdout, opts); err != nil {
 		fmt.Fprintln(os.Stderr, "tributary watch:", err)
 		return 1
 	}
 	return 0
 }
 
-func watch(ctx context.Context, out io.Writer, addr, authority, token string, asJSON, profile bool) error {
+type watchOptions struct {
+	addr, admin, authority, token string
+	asJSON, profile               bool
+}
+
+func watch(ctx context.Context, out io.Writer, o watchOptions) error {
+	addr, authority, token, asJSON, profile := o.addr, o.authority, o.token, o.asJSON, o.profile
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return err
@@ -89,13 +102,54 @@ func watch(ctx context.Context, out io.Writer, addr, authority, token string, as
 		if cerr := set.Apply(u); cerr != nil {
 			fmt.Fprintln(os.Stderr, "warning:", cerr)
 		}
+		var health map[string]string
+		if o.admin != "" && u.GetAdd() != nil {
+			health = registryHealth(ctx, o.admin, authority)
+		}
 		if asJSON {
 			b, _ := protojson.MarshalOptions{}.Marshal(u)
+			if health != nil {
+				b, _ = json.Marshal(struct {
+					Update json.RawMessage   `json:"update"`
+					Health map[string]string `json:"health"`
+				}{b, health})
+			}
 			fmt.Fprintln(out, string(b))
 			continue
 		}
-		printUpdate(out, u, len(set.Addrs))
+		printUpdate(out, u, len(set.Addrs), health)
 	}
+}
+
+// registryHealth reads each endpoint's health for the authority's host from
+// the admin /debug/registry: "address source" -> health. The wire carries
+// no health (unhealthy endpoints are simply removed), so this is how
+// `watch` shows it. Errors leave the map empty.
+func registryHealth(ctx context.Context, admin, authority string) map[string]string {
+	out := map[string]string{}
+	host, _, err := net.SplitHostPort(authority)
+	if err != nil {
+		host = authority
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/debug/registry?authority="+url.QueryEscape(host), nil)
+	if err != nil {
+		return out
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return out
+	}
+	defer resp.Body.Close()
+	var reg adminpkg.RegistryJSON
+	if json.NewDecoder(resp.Body).Decode(&reg) != nil {
+		return out
+	}
+	for _, svc := range reg.Services {
+		for _, e := range svc.Endpoints {
+			out[e.Address+" "+e.Source] = e.Health
+		}
+	}
+	return out
 }
 
 func streamEnd(ctx context.Context, err error) error {
@@ -105,13 +159,18 @@ func streamEnd(ctx context.Context, err error) error {
 	return err
 }
 
-// printUpdate writes one line per address, like `linkerd diagnostics endpoints`.
-func printUpdate(out io.Writer, u *pb.Update, total int) {
+// printUpdate writes one line per address, like `linkerd diagnostics
+// endpoints`; with health (see registryHealth) each address shows its own.
+func printUpdate(out io.Writer, u *pb.Update, total int, health map[string]string) {
 	switch x := u.GetUpdate().(type) {
 	case *pb.Update_Add:
 		for _, wa := range x.Add.GetAddrs() {
 			ap, _ := destination.AddrPortFromTCP(wa.GetAddr())
-			fmt.Fprintf(out, "ADD     %-24s weight=%d%s%s%s\n", ap, wa.GetWeight(), identity(wa), protocol(wa), labels(wa.GetMetricLabels()))
+			h := ""
+			if v, ok := health[ap.String()+" "+wa.GetMetricLabels()["source"]]; ok {
+				h = " health=" + v
+			}
+			fmt.Fprintf(out, "ADD     %-24s weight=%d%s%s%s%s\n", ap, wa.GetWeight(), h, identity(wa), protocol(wa), labels(wa.GetMetricLabels()))
 		}
 	case *pb.Update_Remove:
 		for _, a := range x.Remove.GetAddrs() {
