@@ -231,3 +231,98 @@ func TestConflictingSourcesAreDeterministic(t *testing.T) {
 		t.Errorf("the registry should keep both sources' 40 rows (provenance), got:\n%.400s", reg)
 	}
 }
+
+// TestSlowClientsDoNotHoldBackOthers: a few clients stop reading while the
+// rest follow a churning service. The readers converge to every final state;
+// the stalled clients are disconnected once their writes block past
+// server.streams.send_timeout, counted, and a reconnect gets a full snapshot.
+func TestSlowClientsDoNotHoldBackOthers(t *testing.T) {
+	dir := t.TempDir()
+	svc := filepath.Join(dir, "svc.yaml")
+	big := func(round int) string {
+		var b strings.Builder
+		b.WriteString("services:\n  - name: web.demo\n    port: 80\n    endpoints:\n")
+		for i := 0; i < 300; i++ {
+			fmt.Fprintf(&b, "      - address: 10.%d.%d.%d:80\n        labels: {pad: %s}\n", round%2, i/256, i%256, strings.Repeat("x", 100))
+		}
+		return b.String()
+	}
+	harness.WriteAtomic(t, svc, big(0))
+	// Each round replaces every address: the deletion guard would hold that.
+	s := harness.StartWith(t, dir, "  streams: {send_timeout: 1s}\n",
+		"sources:\n  - name: local\n    kind: file\n    paths: [\"*.yaml\"]\n    deletion_guard: {confirm_for: 0s}\n")
+
+	var slow []pb.Destination_GetClient
+	for i := 0; i < 5; i++ {
+		conn, err := grpc.NewClient(s.API, grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithInitialWindowSize(65535), grpc.WithInitialConnWindowSize(65535))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		st, err := pb.NewDestinationClient(conn).Get(ctx, &pb.GetDestination{Path: "web.demo:80"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Recv(); err != nil {
+			t.Fatal(err)
+		}
+		slow = append(slow, st) // and never read again until the end
+	}
+	fast := make([]*harness.Stream, 50)
+	for i := range fast {
+		fast[i] = s.Get("web.demo:80")
+	}
+	for round := 1; round <= 20; round++ {
+		harness.WriteAtomic(t, svc, big(round))
+		want := fmt.Sprintf("10.%d.0.0:80", round%2)
+		for i, st := range fast {
+			for !hasAddr(st, want) || len(st.Set.Addrs) != 300 {
+				if got := st.Next(); got == "" {
+					t.Fatalf("round %d: fast stream %d stalled", round, i)
+				}
+			}
+		}
+	}
+	deadline := time.Now().Add(harness.WaitFor)
+	for {
+		_, body := s.HTTPGet("/metrics")
+		if strings.Contains(body, "tributary_streams_slow_closed_total 5") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the slow clients were not all closed:\n%s", grep(body, "slow_closed"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for i, st := range slow {
+		var err error
+		for err == nil {
+			_, err = st.Recv()
+		}
+		if status.Code(err) != codes.Unavailable {
+			t.Errorf("slow client %d ended with %v, want Unavailable", i, err)
+		}
+	}
+	// A reconnecting client gets the full current state at once.
+	if got := s.Get("web.demo:80").Next(); !strings.HasPrefix(got, "add:") || strings.Count(got, ",") != 299 {
+		t.Fatalf("reconnect: %.60s… (%d addresses)", got, strings.Count(got, ",")+1)
+	}
+}
+
+func hasAddr(st *harness.Stream, addr string) bool {
+	_, ok := st.Set.Addrs[netip.MustParseAddrPort(addr)]
+	return ok
+}
+
+func grep(body, substr string) string {
+	var out []string
+	for _, l := range strings.Split(body, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}

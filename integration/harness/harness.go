@@ -146,8 +146,20 @@ func Start(t *testing.T, dir, sourcesAndRules string) *Server {
 // takes over its predecessor's.
 func StartAt(t *testing.T, dir, api, admin, sourcesAndRules string) *Server {
 	t.Helper()
+	return startAt(t, dir, api, admin, "", sourcesAndRules)
+}
+
+// StartWith is Start with more keys of the server section: serverKeys is
+// YAML indented by two spaces, e.g. "  streams: {send_timeout: 1s}\n".
+func StartWith(t *testing.T, dir, serverKeys, sourcesAndRules string) *Server {
+	t.Helper()
+	return startAt(t, dir, FreePort(t), FreePort(t), serverKeys, sourcesAndRules)
+}
+
+func startAt(t *testing.T, dir, api, admin, serverKeys, sourcesAndRules string) *Server {
+	t.Helper()
 	s := &Server{t: t, API: api, Admin: admin, Dir: dir, Logs: &SyncBuffer{}, exited: make(chan struct{})}
-	cfg := fmt.Sprintf("server:\n  listen: %s\n  admin: %s\n  shutdown_timeout: 10s\n%s", s.API, s.Admin, sourcesAndRules)
+	cfg := fmt.Sprintf("server:\n  listen: %s\n  admin: %s\n  shutdown_timeout: 10s\n%s%s", s.API, s.Admin, serverKeys, sourcesAndRules)
 	// A dot-file: the tests' "*.yaml" globs must not match the config itself.
 	cfgPath := filepath.Join(dir, ".tributary.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
