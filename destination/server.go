@@ -63,8 +63,8 @@ type Options struct {
 // Admission and slow-client defaults.
 const (
 	DefaultSendTimeout         = 30 * time.Second
-	DefaultNewStreamsPerSecond = 5000
-	DefaultNewStreamsBurst     = 10000
+	DefaultNewStreamsPerSecond = 20000
+	DefaultNewStreamsBurst     = 20000
 )
 
 // Server implements the Destination service. Every stream runs in its gRPC

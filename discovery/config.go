@@ -107,7 +107,7 @@ type StreamsConfig struct {
 	// default (30s); negative is refused — use a large value instead.
 	SendTimeout Duration `yaml:"send_timeout"`
 	// NewPerSecond and NewBurst rate-limit new streams (ResourceExhausted
-	// with a retry delay beyond them). 0: the defaults (5000/s, 10000);
+	// with a retry delay beyond them). 0: the defaults (20000/s, 20000);
 	// NewPerSecond -1 disables the limit.
 	NewPerSecond float64 `yaml:"new_per_second"`
 	NewBurst     int     `yaml:"new_burst"`
