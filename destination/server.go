@@ -147,6 +147,11 @@ func (s *Server) Register(g *grpc.Server) { pb.RegisterDestinationServer(g, s) }
 // that proxies reconnect elsewhere. Call it before grpc.Server.GracefulStop.
 func (s *Server) Drain() { s.drainNow() }
 
+// Wait blocks until the goroutines that follow the registry for open
+// streams have stopped. They stop with their last stream, so call it after
+// the gRPC server has stopped.
+func (s *Server) Wait() { s.hub.wait() }
+
 // Get streams endpoint updates for the authority in req.Path.
 func (s *Server) Get(req *pb.GetDestination, stream pb.Destination_GetServer) error {
 	start := time.Now()

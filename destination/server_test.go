@@ -58,6 +58,7 @@ func newHarness(t *testing.T, opts Options) *harness {
 		conn.Close()
 		srv.Drain()
 		g.Stop()
+		srv.Wait()
 	})
 	return &harness{t: t, addr: ln.Addr().String(), store: opts.Store, srv: srv, client: pb.NewDestinationClient(conn)}
 }

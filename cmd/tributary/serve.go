@@ -222,6 +222,7 @@ func serve(ctx context.Context, cfg *discovery.Config, logger *slog.Logger, ppro
 		grpcServer.Stop()
 		<-stopped
 	}
+	dest.Wait()
 	stopSources()
 	shutCtx, cancel := context.WithDeadline(context.Background(), deadline.Add(time.Second))
 	defer cancel()
