@@ -61,14 +61,14 @@ type flags struct {
 	jsonPath, cpuprofile       string
 	clientProfile, heapProfile string
 
-	services, endpoints, streams, conns, newStreams int
-	host                                            string
-	seed                                            uint64
-	rate                                            float64
-	duration, rampStep, rampLimit, syncTimeout      time.Duration
-	settle                                          time.Duration
-	rampRates, idleStreams, idleEndpoints           string
-	idleMaxStreams                                  int
+	services, endpoints, streams, conns, newStreams, slowStreams int
+	host                                                         string
+	seed                                                         uint64
+	rate                                                         float64
+	duration, rampStep, rampLimit, syncTimeout                   time.Duration
+	settle                                                       time.Duration
+	rampRates, idleStreams, idleEndpoints                        string
+	idleMaxStreams                                               int
 }
 
 func newFlags(stderr io.Writer) *flags {
@@ -99,6 +99,7 @@ func newFlags(stderr io.Writer) *flags {
 	fs.Float64Var(&f.rate, "rate", 0, "R: endpoint changes per second")
 	fs.DurationVar(&f.duration, "duration", 0, "D: how long the churn runs")
 	fs.IntVar(&f.newStreams, "new-streams", 0, "extra streams opened one by one with W open, for the new-stream latency")
+	fs.IntVar(&f.slowStreams, "slow-streams", 0, "steady: extra streams, on their own connections, that stop reading after their first message (slow clients)")
 	fs.StringVar(&f.rampRates, "ramp-rates", "", "ramp: comma-separated rates (default 200,500,1000,2000,3000,4000,5000)")
 	fs.DurationVar(&f.rampStep, "ramp-step", 0, "ramp: time per rate (default 10s)")
 	fs.DurationVar(&f.rampLimit, "ramp-limit", 0, "ramp: the p99 bound (default 100ms)")
@@ -150,6 +151,8 @@ func (f *flags) options(workload string) (load.Options, error) {
 			o.Duration = f.duration
 		case "new-streams":
 			o.NewStreams = f.newStreams
+		case "slow-streams":
+			o.SlowStreams = f.slowStreams
 		case "ramp-rates":
 			o.RampRates = nil
 			for _, p := range strings.Split(f.rampRates, ",") {

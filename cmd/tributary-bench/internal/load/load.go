@@ -49,6 +49,11 @@ type Options struct {
 	// NewStreams is how many extra streams are opened one by one, with W
 	// open, to measure the first-message latency of a new stream.
 	NewStreams int
+	// SlowStreams (steady) opens this many more streams, on connections of
+	// their own, that read their first message and then stop reading: slow
+	// clients. They are not part of the fleet's checks; the figures show
+	// whether they cost the readers anything.
+	SlowStreams int
 
 	// Ramp: the rates tried, each for RampStep, stopping after the first
 	// whose p99 exceeds RampLimit.

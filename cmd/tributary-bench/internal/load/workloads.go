@@ -8,6 +8,10 @@ import (
 	"sync"
 	"time"
 
+	pb "github.com/linkerd/linkerd2-proxy-api/go/destination"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
 	"github.com/tributary-mesh/tributary/cmd/tributary-bench/internal/hist"
 )
 
@@ -47,12 +51,55 @@ func (r *runner) steady(ctx context.Context) error {
 	if err := r.newStreams(o.NewStreams); err != nil {
 		return err
 	}
+	if o.SlowStreams > 0 {
+		stop, err := openSlow(ctx, r.srv.API, r.fleet.paths, o.SlowStreams)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		r.res.Set("slow_streams", o.SlowStreams)
+	}
 	c, err := r.churn(ctx, []float64{o.Rate}, o.Duration, nil)
 	if err != nil {
 		return err
 	}
 	c.report(r.res, c.steps[0], "")
 	return nil
+}
+
+// openSlow opens n streams (stream i on service i mod S) on connections of
+// their own (one per 10 streams), reads each one's first message, and then
+// never reads again: slow clients whose sends back up in the server. stop
+// closes them.
+func openSlow(ctx context.Context, api string, paths []string, n int) (stop func(), err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	var conns []*grpc.ClientConn
+	stop = func() {
+		cancel()
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+	for i := 0; i < n; i++ {
+		if i%10 == 0 {
+			c, err := grpc.NewClient(api, grpc.WithTransportCredentials(insecure.NewCredentials()),
+				grpc.WithInitialWindowSize(65535), grpc.WithInitialConnWindowSize(65535))
+			if err != nil {
+				stop()
+				return nil, err
+			}
+			conns = append(conns, c)
+		}
+		st, err := pb.NewDestinationClient(conns[len(conns)-1]).Get(ctx, &pb.GetDestination{Path: paths[i%len(paths)]})
+		if err == nil {
+			_, err = st.Recv()
+		}
+		if err != nil {
+			stop()
+			return nil, fmt.Errorf("slow stream %d: %w", i, err)
+		}
+	}
+	return stop, nil
 }
 
 // churnStep is the figures of one rate of a churn run.
