@@ -266,6 +266,7 @@ func (s *Source) lookup(ctx context.Context, n Name) outcome {
 			a, _ = netip.AddrFromSlice(v.A.To4())
 		case *dns.AAAA:
 			a, _ = netip.AddrFromSlice(v.AAAA.To16())
+			a = a.Unmap() // an IPv4-mapped AAAA is the A record's backend, not another one
 		default:
 			continue
 		}
@@ -393,6 +394,7 @@ func (s *Source) resolveTarget(ctx context.Context, target string) ([]netip.Addr
 				a, _ = netip.AddrFromSlice(v.A.To4())
 			case *dns.AAAA:
 				a, _ = netip.AddrFromSlice(v.AAAA.To16())
+				a = a.Unmap() // an IPv4-mapped AAAA is the A record's backend, not another one
 			default:
 				continue
 			}
