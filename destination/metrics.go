@@ -36,7 +36,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	}
 	m.propagation = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "tributary_update_propagation_seconds",
-		Help:    "Time from a change entering the registry to its send on a Get stream, per stream that sent something.",
+		Help:    "Time from a source handing a change over to its send on a Get stream, per stream that sent something.",
 		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1},
 	})
 	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -535,6 +535,19 @@ func (st *sourceState) guardHolds(pending map[string]Group, replace bool, now ti
 	return until, true
 }
 
+// timedStore is a Store that records when a change was handed over, so
+// readers can measure source-to-client latency (cache.Store is one).
+type timedStore interface {
+	ApplyAt(provider string, groups []Group, at time.Time) (changed bool, err error)
+}
+
+func (st *sourceState) storeApply(name string, groups []Group, arrived time.Time) (bool, error) {
+	if ts, ok := st.m.store.(timedStore); ok && !arrived.IsZero() {
+		return ts.ApplyAt(name, groups, arrived)
+	}
+	return st.m.store.Apply(name, groups)
+}
+
 func (st *sourceState) apply(pending map[string]Group, replace bool, arrived time.Time) {
 	name := st.status.Name // immutable after NewManager
 	if replace {
@@ -555,7 +568,7 @@ func (st *sourceState) apply(pending map[string]Group, replace bool, arrived tim
 	}
 	sort.Slice(groups, func(i, j int) bool { return groups[i].Key < groups[j].Key })
 
-	changed, err := st.m.store.Apply(name, groups)
+	changed, err := st.storeApply(name, groups, arrived)
 	var rejected map[string]bool
 	if err != nil && len(groups) > 1 {
 		changed, rejected, err = st.applyEach(name, groups)

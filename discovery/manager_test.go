@@ -564,3 +564,29 @@ func TestStatusReportsRejectedObjects(t *testing.T) {
 		t.Fatalf("Rejected = %d, want 7", got)
 	}
 }
+
+// timedMemStore records the hand-over time ApplyAt is given.
+type timedMemStore struct {
+	*memStore
+	at chan time.Time
+}
+
+func (s timedMemStore) ApplyAt(provider string, groups []Group, at time.Time) (bool, error) {
+	s.at <- at
+	return s.memStore.Apply(provider, groups)
+}
+
+func TestManagerPassesHandOverTimeToTheStore(t *testing.T) {
+	store := timedMemStore{newMemStore(), make(chan time.Time, 10)}
+	_, sinks := startManager(t, store, 1)
+	before := time.Now()
+	sinks[0].Replace([]Group{svcGroup("k1", "web")})
+	select {
+	case at := <-store.at:
+		if at.Before(before) || at.After(time.Now()) {
+			t.Fatalf("hand-over time %v outside the call", at)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("ApplyAt never called")
+	}
+}
