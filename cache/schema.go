@@ -75,6 +75,13 @@ type (
 	hostQuery string
 )
 
+// idPrefix is a prefix of endpoint ids: a group (groupQuery) or every
+// group of a provider (providerQuery).
+type idPrefix interface{ idPrefix() []byte }
+
+func (q groupQuery) idPrefix() []byte    { return appendGroup(nil, q.provider, q.key) }
+func (p providerQuery) idPrefix() []byte { return appendString(nil, string(p)) }
+
 // schema is the registry's memdb schema. Strings in keys end in a NUL byte
 // (Apply rejects NUL inside them), so "consul/dc1" never prefixes
 // "consul/dc10"; ports are two bytes big-endian.
@@ -146,14 +153,20 @@ func endpointsTableSchema() *memdb.TableSchema {
 	return &memdb.TableSchema{
 		Name: tableEndpoints,
 		Indexes: map[string]*memdb.IndexSchema{
+			// The id starts with (provider, key): its prefix reads replace a
+			// group index, which would cost every row another key of the
+			// id's length and its radix nodes.
 			indexID: {
 				Name:   indexID,
 				Unique: true,
-				Indexer: index[endpointID, *endpointRow]{
-					query: func(q endpointID) []byte {
-						return appendAddr(appendServiceID(nil, q.provider, q.key, q.auth), q.addr)
+				Indexer: prefixIndex[endpointID, idPrefix, *endpointRow]{
+					index: index[endpointID, *endpointRow]{
+						query: func(q endpointID) []byte {
+							return appendAddr(appendServiceID(nil, q.provider, q.key, q.auth), q.addr)
+						},
+						object: func(r *endpointRow) []byte { return appendEndpointID(nil, r) },
 					},
-					object: func(r *endpointRow) []byte { return appendEndpointID(nil, r) },
+					prefix: func(q idPrefix) []byte { return q.idPrefix() },
 				},
 			},
 			indexHost: {
@@ -166,18 +179,6 @@ func endpointsTableSchema() *memdb.TableSchema {
 						},
 					},
 					prefix: func(h hostQuery) []byte { return appendString(nil, string(h)) },
-				},
-			},
-			indexGroup: {
-				Name: indexGroup,
-				Indexer: prefixIndex[groupQuery, providerQuery, *endpointRow]{
-					index: index[groupQuery, *endpointRow]{
-						query: func(q groupQuery) []byte { return appendGroup(nil, q.provider, q.key) },
-						object: func(r *endpointRow) []byte {
-							return appendGroup(make([]byte, 0, groupLen(r.ep.Source, r.ep.Key)+endpointIDLen(r)), r.ep.Source, r.ep.Key)
-						},
-					},
-					prefix: func(p providerQuery) []byte { return appendString(nil, string(p)) },
 				},
 			},
 			indexAddr: {

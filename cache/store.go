@@ -145,7 +145,11 @@ func (s *Store) DropProvider(provider string) (changed bool, err error) {
 	defer txn.Abort()
 	touched := map[string]struct{}{}
 	for _, table := range [...]string{tableEndpoints, tableServices} {
-		it, err := txn.Get(table, indexGroup+prefix, providerQuery(provider))
+		index := indexGroup + prefix
+		if table == tableEndpoints {
+			index = indexID + prefix // endpoint ids start with the group
+		}
+		it, err := txn.Get(table, index, providerQuery(provider))
 		if err != nil {
 			return false, fmt.Errorf("source %q: %w", provider, err)
 		}
@@ -382,7 +386,7 @@ func (w *writer) syncGroup(p *groupPlan) (changed bool, err error) {
 	for obj := it.Next(); obj != nil; obj = it.Next() {
 		w.oldSvcs = append(w.oldSvcs, obj.(*serviceRow))
 	}
-	it, err = w.txn.Get(tableEndpoints, indexGroup, w.args...)
+	it, err = w.txn.Get(tableEndpoints, indexID+prefix, w.args...)
 	if err != nil {
 		return false, err
 	}
