@@ -129,17 +129,24 @@ func TestFileBrokenFileKeepsLastGoodState(t *testing.T) {
 	if got := api.Next(); got != "add:10.3.0.2:9000" {
 		t.Fatalf("sibling file: %s", got)
 	}
-	_, body := s.HTTPGet("/debug/sources")
+	// The source hands the sibling over, then reports the broken file: the
+	// stale mark follows the update by a moment, so poll (bounded) for it.
 	var statuses []struct {
 		Name      string `json:"name"`
 		Stale     bool   `json:"stale"`
 		LastError string `json:"last_error"`
 	}
-	if err := json.Unmarshal([]byte(body), &statuses); err != nil || len(statuses) != 1 {
-		t.Fatalf("/debug/sources: %v %s", err, body)
-	}
-	if !statuses[0].Stale || !strings.Contains(statuses[0].LastError, demo+":") {
-		t.Errorf("while broken, the source should be stale with a file:line error: %+v", statuses[0])
+	for deadline := time.Now().Add(harness.WaitFor); ; time.Sleep(10 * time.Millisecond) {
+		_, body := s.HTTPGet("/debug/sources")
+		if err := json.Unmarshal([]byte(body), &statuses); err != nil || len(statuses) != 1 {
+			t.Fatalf("/debug/sources: %v %s", err, body)
+		}
+		if statuses[0].Stale && strings.Contains(statuses[0].LastError, demo+":") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("while broken, the source should be stale with a file:line error: %+v", statuses[0])
+		}
 	}
 	_, reg := s.HTTPGet("/debug/registry?authority=web.demo:8080")
 	if !strings.Contains(reg, "10.1.0.1:8080") {
