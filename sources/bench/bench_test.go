@@ -20,35 +20,26 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/tributary-mesh/tributary/discovery"
+	"github.com/tributary-mesh/tributary/discovery/sinktest"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
+// The recording sink and log buffer are shared by every source's tests;
+// fakeSink is local so these tests can add helpers to it.
+type (
+	call      = sinktest.Call
+	logBuffer = sinktest.LogBuffer
+)
+
+type fakeSink struct{ *sinktest.Sink }
+
+func newFakeSink() *fakeSink { return &fakeSink{sinktest.New(100000)} }
+
 // wait bounds every wait for the source: a hang guard, never a timing claim.
 const wait = 10 * time.Second
-
-// call is one Sink call.
-type call struct {
-	op     string // update, replace, healthy, failed
-	groups []discovery.Group
-	err    error
-}
-
-// fakeSink records calls in order without blocking.
-type fakeSink struct{ calls chan call }
-
-func newFakeSink() *fakeSink { return &fakeSink{calls: make(chan call, 100000)} }
-
-func (f *fakeSink) Update(groups ...discovery.Group) {
-	f.calls <- call{op: "update", groups: slices.Clone(groups)}
-}
-func (f *fakeSink) Replace(groups []discovery.Group) {
-	f.calls <- call{op: "replace", groups: slices.Clone(groups)}
-}
-func (f *fakeSink) Healthy()         { f.calls <- call{op: "healthy"} }
-func (f *fakeSink) Failed(err error) { f.calls <- call{op: "failed", err: err} }
 
 // fakeClock is the source's clock in tests; the test moves it.
 type fakeClock struct {
@@ -148,9 +139,9 @@ func (f *fixture) start() {
 func (f *fixture) next() call {
 	f.t.Helper()
 	select {
-	case c := <-f.sink.calls:
-		if c.op == "update" || c.op == "replace" {
-			for _, g := range c.groups {
+	case c := <-f.sink.Calls:
+		if c.Op == "update" || c.Op == "replace" {
+			for _, g := range c.Groups {
 				f.state[g.Key] = g.Services[0].Endpoints
 			}
 		}
@@ -167,8 +158,8 @@ func (f *fixture) next() call {
 func (f *fixture) expectNoCall() {
 	f.t.Helper()
 	select {
-	case c := <-f.sink.calls:
-		f.t.Fatalf("unexpected Sink call %s with %d groups", c.op, len(c.groups))
+	case c := <-f.sink.Calls:
+		f.t.Fatalf("unexpected Sink call %s with %d groups", c.Op, len(c.Groups))
 	default:
 	}
 }
@@ -336,11 +327,11 @@ func TestRunInitialState(t *testing.T) {
 	f := newFixture(t, smallConfig())
 	f.start()
 	c := f.next()
-	if c.op != "replace" || len(c.groups) != 5 {
-		t.Fatalf("first call %s with %d groups, want replace with one group per service", c.op, len(c.groups))
+	if c.Op != "replace" || len(c.Groups) != 5 {
+		t.Fatalf("first call %s with %d groups, want replace with one group per service", c.Op, len(c.Groups))
 	}
 	seen := map[netip.AddrPort]bool{}
-	for i, g := range c.groups {
+	for i, g := range c.Groups {
 		want := fmt.Sprintf("svc-%d.bench:8080", i)
 		if g.Key != want || len(g.Services) != 1 || g.Services[0].Authority.String() != want {
 			t.Fatalf("group %d: key %q, services %+v; want one service %s keyed by it", i, g.Key, g.Services, want)
@@ -371,8 +362,8 @@ func TestRunEmpty(t *testing.T) {
 	cfg.Services = 0
 	f := newFixture(t, cfg)
 	f.start()
-	if c := f.next(); c.op != "replace" || len(c.groups) != 0 {
-		t.Fatalf("got %s with %d groups, want an empty Replace (synced, nothing known)", c.op, len(c.groups))
+	if c := f.next(); c.Op != "replace" || len(c.Groups) != 0 {
+		t.Fatalf("got %s with %d groups, want an empty Replace (synced, nothing known)", c.Op, len(c.Groups))
 	}
 }
 
@@ -385,7 +376,7 @@ func TestRunChurn(t *testing.T) {
 	f := newFixture(t, cfg)
 	f.start()
 	initial := f.next()
-	frozen := deepCopy(initial.groups)
+	frozen := deepCopy(initial.Groups)
 	last := map[string][]discovery.Endpoint{}
 	for _, g := range frozen {
 		last[g.Key] = g.Services[0].Endpoints
@@ -396,12 +387,12 @@ func TestRunChurn(t *testing.T) {
 	for range 100 {
 		f.tickAt(10 * time.Millisecond)
 		c := f.next()
-		if c.op != "update" {
-			t.Fatalf("got %s, want update", c.op)
+		if c.Op != "update" {
+			t.Fatalf("got %s, want update", c.Op)
 		}
 		now := f.clock.Now().UnixNano()
 		changed := 0
-		for _, g := range deepCopy(c.groups) {
+		for _, g := range deepCopy(c.Groups) {
 			eps := g.Services[0].Endpoints
 			if len(eps) != cfg.Endpoints {
 				t.Fatalf("%s: %d endpoints handed over, want the whole group (%d)", g.Key, len(eps), cfg.Endpoints)
@@ -437,7 +428,7 @@ func TestRunChurn(t *testing.T) {
 	if periods, _ := f.tickers(); !slices.Equal(periods, []time.Duration{10 * time.Millisecond}) {
 		t.Errorf("tickers %v, want one of 10ms", periods)
 	}
-	if !groupsEqual(deepCopy(initial.groups), frozen) {
+	if !groupsEqual(deepCopy(initial.Groups), frozen) {
 		t.Error("the source modified endpoints it had handed over")
 	}
 }
@@ -454,7 +445,7 @@ func TestRunBatches(t *testing.T) {
 	f.tickAt(5 * time.Millisecond)
 	c := f.next()
 	keys := map[string]bool{}
-	for _, g := range c.groups {
+	for _, g := range c.Groups {
 		if keys[g.Key] {
 			t.Errorf("service %s handed over twice in one batch", g.Key)
 		}
@@ -503,8 +494,8 @@ func TestRunStartAfter(t *testing.T) {
 	f.tickAt(500 * time.Millisecond) // 1s: churn starts now, nothing due yet
 	f.expectNoCall()
 	f.tickAt(500 * time.Millisecond)
-	if c := f.next(); c.op != "update" {
-		t.Fatalf("got %s", c.op)
+	if c := f.next(); c.Op != "update" {
+		t.Fatalf("got %s", c.Op)
 	}
 	if tr := f.truth(); tr.Seq != 5 {
 		t.Errorf("seq %d, want 5 (10/s for 0.5s after start_after)", tr.Seq)
@@ -714,11 +705,11 @@ func TestControlListenFailure(t *testing.T) {
 	cfg.Control = ln.Addr().String()
 	f := newFixture(t, cfg)
 	f.start()
-	if c := f.next(); c.op != "replace" || len(c.groups) != 5 {
-		t.Fatalf("got %s with %d groups; the state is handed over even without control", c.op, len(c.groups))
+	if c := f.next(); c.Op != "replace" || len(c.Groups) != 5 {
+		t.Fatalf("got %s with %d groups; the state is handed over even without control", c.Op, len(c.Groups))
 	}
-	if c := f.next(); c.op != "failed" || !strings.Contains(c.err.Error(), "address already in use") {
-		t.Fatalf("got %s (%v), want failed naming the listen error", c.op, c.err)
+	if c := f.next(); c.Op != "failed" || !strings.Contains(c.Err.Error(), "address already in use") {
+		t.Fatalf("got %s (%v), want failed naming the listen error", c.Op, c.Err)
 	}
 }
 
@@ -731,7 +722,7 @@ func TestRunCancelledBeforeStart(t *testing.T) {
 	cancel()
 	sink := newFakeSink()
 	src.Run(ctx, sink)
-	if len(sink.calls) != 0 {
+	if len(sink.Calls) != 0 {
 		t.Error("Sink called by a source cancelled before it ran")
 	}
 }

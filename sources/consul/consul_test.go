@@ -1,7 +1,6 @@
 package consul
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -20,61 +19,26 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/tributary-mesh/tributary/discovery"
+	"github.com/tributary-mesh/tributary/discovery/sinktest"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
+// The recording sink and log buffer are shared by every source's tests;
+// fakeSink is local so these tests can add helpers to it.
+type (
+	call      = sinktest.Call
+	logBuffer = sinktest.LogBuffer
+)
+
+type fakeSink struct{ *sinktest.Sink }
+
+func newFakeSink() *fakeSink { return &fakeSink{sinktest.New(10000)} }
+
 // wait bounds every wait for the source; tests never assert durations.
 const wait = 10 * time.Second
-
-type call struct {
-	op     string // update, replace, healthy, failed
-	groups []discovery.Group
-	err    error
-}
-
-func (c call) String() string {
-	if c.op == "failed" {
-		return fmt.Sprintf("failed(%v)", c.err)
-	}
-	var keys []string
-	for _, g := range c.groups {
-		keys = append(keys, fmt.Sprintf("%s=%v", g.Key, describe(g)))
-	}
-	return c.op + "(" + strings.Join(keys, "; ") + ")"
-}
-
-type fakeSink struct{ calls chan call }
-
-func newFakeSink() *fakeSink { return &fakeSink{calls: make(chan call, 10000)} }
-
-func (f *fakeSink) Update(groups ...discovery.Group) {
-	f.calls <- call{op: "update", groups: slices.Clone(groups)}
-}
-func (f *fakeSink) Replace(groups []discovery.Group) {
-	f.calls <- call{op: "replace", groups: slices.Clone(groups)}
-}
-func (f *fakeSink) Healthy()         { f.calls <- call{op: "healthy"} }
-func (f *fakeSink) Failed(err error) { f.calls <- call{op: "failed", err: err} }
-
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 type fixture struct {
 	sink *fakeSink
@@ -139,7 +103,7 @@ func start(t *testing.T, addr, extra string) *fixture {
 func (x *fixture) next(t *testing.T) call {
 	t.Helper()
 	select {
-	case c := <-x.sink.calls:
+	case c := <-x.sink.Calls:
 		return c
 	case <-time.After(wait):
 		t.Fatalf("no Sink call within %v; logs:\n%s", wait, x.logs)
@@ -154,7 +118,7 @@ func (x *fixture) nextHandOver(t *testing.T) (call, []call) {
 	var before []call
 	for {
 		c := x.next(t)
-		if c.op == "update" || c.op == "replace" {
+		if c.Op == "update" || c.Op == "replace" {
 			return c, before
 		}
 		before = append(before, c)
@@ -179,7 +143,7 @@ func (x *fixture) until(t *testing.T, want map[string][]string) []call {
 		}
 		c := x.next(t)
 		seen = append(seen, c)
-		for _, g := range c.groups {
+		for _, g := range c.Groups {
 			latest[g.Key] = describe(g)
 		}
 		if len(seen) > 500 {
@@ -203,7 +167,7 @@ func describe(g discovery.Group) []string {
 
 func groupsOf(c call) map[string][]string {
 	m := map[string][]string{}
-	for _, g := range c.groups {
+	for _, g := range c.Groups {
 		m[g.Key] = describe(g)
 	}
 	return m
@@ -211,7 +175,7 @@ func groupsOf(c call) map[string][]string {
 
 func expect(t *testing.T, c call, op string, want map[string][]string) {
 	t.Helper()
-	if c.op != op {
+	if c.Op != op {
 		t.Fatalf("got %v, want %s", c, op)
 	}
 	if got := groupsOf(c); !reflect.DeepEqual(got, want) {
@@ -305,10 +269,10 @@ func TestNothingHandedOverUntilEveryServiceAnswered(t *testing.T) {
 
 	// Several failed attempts, and nothing handed over meanwhile.
 	c := x.next(t)
-	for c.op == "healthy" {
+	for c.Op == "healthy" {
 		c = x.next(t)
 	}
-	if c.op != "failed" || !strings.Contains(c.err.Error(), "service api") {
+	if c.Op != "failed" || !strings.Contains(c.Err.Error(), "service api") {
 		t.Fatalf("got %v, want the failure of api", c)
 	}
 	eventually(t, "api retried", func() bool {
@@ -320,8 +284,8 @@ func TestNothingHandedOverUntilEveryServiceAnswered(t *testing.T) {
 		}
 		return n >= 4
 	})
-	for len(x.sink.calls) > 0 {
-		if c := <-x.sink.calls; c.op == "update" || c.op == "replace" {
+	for len(x.sink.Calls) > 0 {
+		if c := <-x.sink.Calls; c.Op == "update" || c.Op == "replace" {
 			t.Fatalf("handed over before every service answered: %v", c)
 		}
 	}
@@ -340,7 +304,7 @@ func TestOutageKeepsLastStateThenReconciles(t *testing.T) {
 			f.set("dc1", "web", inst("n1", "10.0.0.1", "web-1", 80, "passing"))
 			f.set("dc1", "api", inst("n1", "10.0.0.1", "api-1", 9000, "passing"))
 			x := start(t, f.addr(), "")
-			if c, _ := x.nextHandOver(t); c.op != "replace" {
+			if c, _ := x.nextHandOver(t); c.Op != "replace" {
 				t.Fatal(c)
 			}
 
@@ -349,7 +313,7 @@ func TestOutageKeepsLastStateThenReconciles(t *testing.T) {
 			f.remove("dc1", "api")
 			f.set("dc1", "web", inst("n2", "10.0.0.2", "web-2", 80, "passing"))
 			for failures := 0; failures < 5; {
-				switch c := x.next(t); c.op {
+				switch c := x.next(t); c.Op {
 				case "failed":
 					failures++
 				case "healthy":
@@ -364,7 +328,7 @@ func TestOutageKeepsLastStateThenReconciles(t *testing.T) {
 				"dc1/web": {"web.service.dc1.consul=10.0.0.2:80(passing)"},
 			})
 			for _, c := range seen {
-				if c.op == "replace" {
+				if c.Op == "replace" {
 					t.Errorf("a second Replace after recovery: %v", c)
 				}
 			}
@@ -383,7 +347,7 @@ func TestDroppedConnectionsAreAnOutage(t *testing.T) {
 	f := newFakeConsul(t, "dc1")
 	f.set("dc1", "web", inst("n1", "10.0.0.1", "web-1", 80, "passing"))
 	x := start(t, f.addr(), "")
-	if c, _ := x.nextHandOver(t); c.op != "replace" {
+	if c, _ := x.nextHandOver(t); c.Op != "replace" {
 		t.Fatal(c)
 	}
 	// Every blocking query loses its connection at once.
@@ -398,7 +362,7 @@ func TestIndexGoingBackwardsReadsFromScratch(t *testing.T) {
 		f.set("dc1", "web", inst("n1", "10.0.0.1", "web-1", 80+i, "passing"))
 	}
 	x := start(t, f.addr(), "")
-	if c, _ := x.nextHandOver(t); c.op != "replace" {
+	if c, _ := x.nextHandOver(t); c.Op != "replace" {
 		t.Fatal(c)
 	}
 	before := len(f.requestLog())
@@ -420,7 +384,7 @@ func TestOverflowFollowsChecksWithinTheConnectionBudget(t *testing.T) {
 	}
 	x := start(t, f.addr(), "max_watches: 1\nwatch_first: [queue]\noverflow: {concurrency: 2, min_interval: 10ms}\n")
 	c, _ := x.nextHandOver(t)
-	if c.op != "replace" || len(c.groups) != len(names) {
+	if c.Op != "replace" || len(c.Groups) != len(names) {
 		t.Fatalf("first hand-over %v", c)
 	}
 	eventually(t, "queue watched", func() bool { n, _ := f.blockingQueriesOf("queue"); return n > 0 })
@@ -462,7 +426,7 @@ func TestWatchesMoveToWatchFirstServices(t *testing.T) {
 	f := newFakeConsul(t, "dc1")
 	f.set("dc1", "api", inst("n1", "10.0.0.1", "api-1", 80, "passing"))
 	x := start(t, f.addr(), "max_watches: 1\nwatch_first: [web]\noverflow: {min_interval: 10ms}\n")
-	if c, _ := x.nextHandOver(t); c.op != "replace" {
+	if c, _ := x.nextHandOver(t); c.Op != "replace" {
 		t.Fatal(c)
 	}
 	eventually(t, "api watched", func() bool { n, _ := f.blockingQueriesOf("api"); return n > 0 })
@@ -501,7 +465,7 @@ func TestSeveralDatacenters(t *testing.T) {
 	f.failDatacenter("dc1", http.StatusInternalServerError)
 	f.set("dc2", "web", inst("m2", "10.2.0.2", "web-2", 80, "passing"))
 	for _, c := range x.until(t, map[string][]string{"dc2/web": {"web.service.dc2.consul=10.2.0.2:80(passing)"}}) {
-		for _, g := range c.groups {
+		for _, g := range c.Groups {
 			if strings.HasPrefix(g.Key, "dc1/") {
 				t.Errorf("dc1 handed over while failing: %v", c)
 			}
@@ -557,7 +521,7 @@ func TestConnectIdentities(t *testing.T) {
 			x := start(t, f.addr(), "")
 			c, _ := x.nextHandOver(t)
 			got := map[string]string{}
-			for _, g := range c.groups {
+			for _, g := range c.Groups {
 				ep := g.Services[0].Endpoints[0]
 				got[strings.TrimPrefix(g.Key, "dc1/")] = ep.Identity.Name + " " + ep.Identity.ServerName
 				if ep.Identity.Name != "" && ep.Identity.Kind != discovery.IdentitySPIFFE {
@@ -584,7 +548,7 @@ func TestOneRefusedServiceDoesNotHoldBackTheRest(t *testing.T) {
 	})
 	failed := false
 	for _, b := range before {
-		failed = failed || b.op == "failed" && strings.Contains(b.err.Error(), "odd")
+		failed = failed || b.Op == "failed" && strings.Contains(b.Err.Error(), "odd")
 	}
 	if !failed {
 		t.Errorf("the refused service was not reported: %v", before)
@@ -637,14 +601,14 @@ func TestUnreachableAgentFailsUntilStopped(t *testing.T) {
 	ln.Close()
 	x := start(t, addr, "")
 	for range 3 {
-		if c := x.next(t); c.op != "failed" {
+		if c := x.next(t); c.Op != "failed" {
 			t.Fatalf("got %v, want failed", c)
 		}
 	}
 	x.stop()
 	select {
-	case c := <-x.sink.calls:
-		if c.op != "failed" {
+	case c := <-x.sink.Calls:
+		if c.Op != "failed" {
 			t.Fatalf("after stop: %v", c)
 		}
 	default:

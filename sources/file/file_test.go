@@ -1,7 +1,6 @@
 package file
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -19,64 +18,26 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/tributary-mesh/tributary/discovery"
+	"github.com/tributary-mesh/tributary/discovery/sinktest"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
+// The recording sink and log buffer are shared by every source's tests;
+// fakeSink is local so these tests can add helpers to it.
+type (
+	call      = sinktest.Call
+	logBuffer = sinktest.LogBuffer
+)
+
+type fakeSink struct{ *sinktest.Sink }
+
+func newFakeSink() *fakeSink { return &fakeSink{sinktest.New(1000)} }
+
 // wait bounds every wait for the source; tests never assert durations.
 const wait = 5 * time.Second
-
-// call is one Sink call.
-type call struct {
-	op     string // update, replace, healthy, failed
-	groups []discovery.Group
-	err    error
-}
-
-func (c call) String() string {
-	if c.op == "failed" {
-		return fmt.Sprintf("failed(%v)", c.err)
-	}
-	var keys []string
-	for _, g := range c.groups {
-		keys = append(keys, fmt.Sprintf("%s=%d services", filepath.Base(g.Key), len(g.Services)))
-	}
-	return c.op + "(" + strings.Join(keys, ", ") + ")"
-}
-
-// fakeSink records calls in order; it never blocks (the buffer is large).
-type fakeSink struct{ calls chan call }
-
-func newFakeSink() *fakeSink { return &fakeSink{calls: make(chan call, 1000)} }
-
-func (f *fakeSink) Update(groups ...discovery.Group) {
-	f.calls <- call{op: "update", groups: slices.Clone(groups)}
-}
-func (f *fakeSink) Replace(groups []discovery.Group) {
-	f.calls <- call{op: "replace", groups: slices.Clone(groups)}
-}
-func (f *fakeSink) Healthy()         { f.calls <- call{op: "healthy"} }
-func (f *fakeSink) Failed(err error) { f.calls <- call{op: "failed", err: err} }
-
-// logBuffer collects log output written from the source's goroutine.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // fixture is a running source over a temp dir.
 type fixture struct {
@@ -135,7 +96,7 @@ func runSource(t *testing.T, src discovery.Source, sink discovery.Sink) func() {
 func (f *fixture) next(t *testing.T) call {
 	t.Helper()
 	select {
-	case c := <-f.sink.calls:
+	case c := <-f.sink.Calls:
 		return c
 	case <-time.After(wait):
 		t.Fatalf("no Sink call within %v; logs:\n%s", wait, f.logs)
@@ -148,7 +109,7 @@ func (f *fixture) next(t *testing.T) call {
 func (f *fixture) nextChange(t *testing.T) call {
 	t.Helper()
 	for {
-		if c := f.next(t); c.op != "healthy" {
+		if c := f.next(t); c.Op != "healthy" {
 			return c
 		}
 	}
@@ -167,11 +128,11 @@ func (f *fixture) settle(t *testing.T, wantOp string) {
 	deadline := time.After(wait)
 	for {
 		select {
-		case c := <-f.sink.calls:
-			if c.op != wantOp {
+		case c := <-f.sink.Calls:
+			if c.Op != wantOp {
 				t.Fatalf("after a refresh: got %v, want only %s", c, wantOp)
 			}
-			if len(f.sink.calls) == 0 {
+			if len(f.sink.Calls) == 0 {
 				return
 			}
 		case <-deadline:
@@ -185,11 +146,11 @@ func (f *fixture) path(name string) string { return filepath.Join(f.dir, name) }
 // expectGroups checks that c is op carrying exactly want (key -> hosts:ports).
 func expectGroups(t *testing.T, c call, op string, want map[string][]string) {
 	t.Helper()
-	if c.op != op {
+	if c.Op != op {
 		t.Fatalf("got %v, want %s", c, op)
 	}
 	got := map[string][]string{}
-	for _, g := range c.groups {
+	for _, g := range c.Groups {
 		if _, dup := got[g.Key]; dup {
 			t.Errorf("key %s handed over twice in one call", g.Key)
 		}
@@ -390,10 +351,10 @@ func TestRunModifyInPlace(t *testing.T) {
 	want := desc("a.demo", 80, "10.0.0.1:80", "10.0.0.2:80")
 	for {
 		c := f.nextChange(t)
-		if c.op != "update" || len(c.groups) != 1 || c.groups[0].Key != f.path("a.yaml") {
+		if c.Op != "update" || len(c.Groups) != 1 || c.Groups[0].Key != f.path("a.yaml") {
 			t.Fatalf("got %v, want an update of a.yaml only", c)
 		}
-		if reflect.DeepEqual(describeServices(c.groups[0].Services), want) {
+		if reflect.DeepEqual(describeServices(c.Groups[0].Services), want) {
 			break
 		}
 	}
@@ -408,11 +369,11 @@ func TestRunUnchangedContentIsNotResent(t *testing.T) {
 	f.next(t)
 
 	writeAtomic(t, f.path("a.yaml"), content) // same bytes
-	if c := f.next(t); c.op != "healthy" {
+	if c := f.next(t); c.Op != "healthy" {
 		t.Fatalf("same bytes: got %v, want healthy", c)
 	}
 	writeAtomic(t, f.path("a.yaml"), "# a comment changes nothing\n"+content)
-	if c := f.next(t); c.op != "healthy" {
+	if c := f.next(t); c.Op != "healthy" {
 		t.Fatalf("same services: got %v, want healthy", c)
 	}
 	f.settle(t, "healthy")
@@ -457,7 +418,7 @@ func TestRunSyntaxErrorKeepsLastState(t *testing.T) {
 
 	writeAtomic(t, f.path("a.yaml"), "services:\n  - name: a.demo\n    port: [80\n")
 	c := f.nextChange(t)
-	if c.op != "failed" || !strings.Contains(c.err.Error(), f.path("a.yaml")+":3: syntax error") {
+	if c.Op != "failed" || !strings.Contains(c.Err.Error(), f.path("a.yaml")+":3: syntax error") {
 		t.Fatalf("broken file: got %v, want failed with path:line", c)
 	}
 	// Still broken: every refresh fails again, nothing is handed over.
@@ -481,12 +442,12 @@ func TestRunValidationErrorThenSameContentBack(t *testing.T) {
 	f.next(t)
 
 	writeAtomic(t, f.path("a.yaml"), svc("a.demo", 80, "10.0.0.1"))
-	if c := f.nextChange(t); c.op != "failed" || !strings.Contains(c.err.Error(), f.path("a.yaml")+":5: services[0].endpoints[0].address:") {
+	if c := f.nextChange(t); c.Op != "failed" || !strings.Contains(c.Err.Error(), f.path("a.yaml")+":5: services[0].endpoints[0].address:") {
 		t.Fatalf("got %v, want failed naming the address", c)
 	}
 	// Back to what was last handed over: nothing to send, healthy again.
 	writeAtomic(t, f.path("a.yaml"), good)
-	if c := f.next(t); c.op != "healthy" {
+	if c := f.next(t); c.Op != "healthy" {
 		t.Fatalf("got %v, want healthy", c)
 	}
 	f.settle(t, "healthy")
@@ -502,7 +463,7 @@ func TestRunBrokenFileAtStartup(t *testing.T) {
 	expectGroups(t, f.next(t), "replace", map[string][]string{
 		f.path("good.yaml"): desc("good.demo", 80, "10.0.0.1:80"),
 	})
-	if c := f.next(t); c.op != "failed" || !strings.Contains(c.err.Error(), f.path("bad.yaml")+":3: services[0].colour: unknown key") {
+	if c := f.next(t); c.Op != "failed" || !strings.Contains(c.Err.Error(), f.path("bad.yaml")+":3: services[0].colour: unknown key") {
 		t.Fatalf("got %v, want failed naming bad.yaml:3", c)
 	}
 	writeAtomic(t, f.path("bad.yaml"), svc("bad.demo", 80, "10.0.0.2:80"))
@@ -608,7 +569,7 @@ func TestRunCancelledBeforeStart(t *testing.T) {
 	cancel()
 	sink := newFakeSink()
 	src.Run(ctx, sink)
-	if len(sink.calls) != 0 {
+	if len(sink.Calls) != 0 {
 		t.Errorf("Sink called by a source cancelled before it ran")
 	}
 }

@@ -40,10 +40,10 @@ func TestReachabilityReportsFailuresAndRecovery(t *testing.T) {
 	expect := func(want string) {
 		t.Helper()
 		select {
-		case c := <-sink.calls:
-			got := c.op
-			if c.err != nil {
-				got += ": " + c.err.Error()
+		case c := <-sink.Calls:
+			got := c.Op
+			if c.Err != nil {
+				got += ": " + c.Err.Error()
 			}
 			if !strings.HasPrefix(got, want) {
 				t.Fatalf("got %q, want %q…", got, want)
@@ -57,7 +57,7 @@ func TestReachabilityReportsFailuresAndRecovery(t *testing.T) {
 	quiet := func() {
 		t.Helper()
 		select {
-		case c := <-sink.calls:
+		case c := <-sink.Calls:
 			t.Fatalf("unexpected %v", c)
 		default:
 		}

@@ -24,54 +24,47 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/tributary-mesh/tributary/discovery"
+	"github.com/tributary-mesh/tributary/discovery/sinktest"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// wait bounds every wait for the source; tests never assert durations.
-const wait = 10 * time.Second
+// The recording sink and log buffer are shared by every source's tests;
+// fakeSink is local so these tests can add helpers to it.
+type (
+	call      = sinktest.Call
+	logBuffer = sinktest.LogBuffer
+)
 
-// call is one Sink call.
-type call struct {
-	op     string // update, replace, healthy, failed
-	groups []discovery.Group
-	err    error
-}
+type fakeSink struct{ *sinktest.Sink }
 
-func (c call) String() string {
-	if c.op == "failed" {
-		return fmt.Sprintf("failed(%v)", c.err)
+func newFakeSink() *fakeSink { return &fakeSink{sinktest.New(1000)} }
+
+// show is a call with each group's services described, as the tests below
+// compare whole hand-overs.
+func show(c call) string {
+	if c.Op == "failed" {
+		return fmt.Sprintf("failed(%v)", c.Err)
 	}
 	var parts []string
-	for _, g := range c.groups {
+	for _, g := range c.Groups {
 		parts = append(parts, fmt.Sprintf("%s=%q", g.Key, describe(g.Services)))
 	}
-	return c.op + "(" + strings.Join(parts, "; ") + ")"
+	return c.Op + "(" + strings.Join(parts, "; ") + ")"
 }
 
-// fakeSink records calls in order; it never blocks.
-type fakeSink struct{ calls chan call }
-
-func newFakeSink() *fakeSink { return &fakeSink{calls: make(chan call, 1000)} }
-
-func (f *fakeSink) Update(groups ...discovery.Group) {
-	f.calls <- call{op: "update", groups: slices.Clone(groups)}
-}
-func (f *fakeSink) Replace(groups []discovery.Group) {
-	f.calls <- call{op: "replace", groups: slices.Clone(groups)}
-}
-func (f *fakeSink) Healthy()         { f.calls <- call{op: "healthy"} }
-func (f *fakeSink) Failed(err error) { f.calls <- call{op: "failed", err: err} }
+// wait bounds every wait for the source; tests never assert durations.
+const wait = 10 * time.Second
 
 // next returns the next call that is not Healthy/Failed when skipHealth.
 func (f *fakeSink) next(t *testing.T, skipHealth bool) call {
 	t.Helper()
 	for {
 		select {
-		case c := <-f.calls:
-			if skipHealth && (c.op == "healthy" || c.op == "failed") {
+		case c := <-f.Calls:
+			if skipHealth && (c.Op == "healthy" || c.Op == "failed") {
 				continue
 			}
 			return c
@@ -163,11 +156,11 @@ func (r *running) expect(op string, want ...string) {
 	r.t.Helper()
 	c := r.sink.next(r.t, true)
 	var got []string
-	for _, g := range c.groups {
+	for _, g := range c.Groups {
 		got = append(got, g.Key+" "+strings.Join(describe(g.Services), " | "))
 	}
-	if c.op != op || !slices.Equal(got, want) {
-		r.t.Fatalf("got %s\n  %q\nwant %s\n  %q", c.op, got, op, want)
+	if c.Op != op || !slices.Equal(got, want) {
+		r.t.Fatalf("got %s\n  %q\nwant %s\n  %q", c.Op, got, op, want)
 	}
 }
 
@@ -186,13 +179,13 @@ func TestRunSyncsThenHandsOverWholeGroups(t *testing.T) {
 		&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Labels: map[string]string{corev1.LabelTopologyZone: "z1"}}},
 	)
 	c := r.sink.next(t, true)
-	if c.op != "replace" || len(c.groups) != 2 {
+	if c.Op != "replace" || len(c.Groups) != 2 {
 		t.Fatalf("first hand-over must be one Replace of everything: %v", c)
 	}
-	if want := `replace(prod/empty=["empty.prod.svc.cluster.local:80 = "]; prod/web=["web.prod.svc.cluster.local:80 = 10.0.0.1:8080(passing)"])`; c.String() != want {
-		t.Errorf("replace:\n got %s\nwant %s", c, want)
+	if want := `replace(prod/empty=["empty.prod.svc.cluster.local:80 = "]; prod/web=["web.prod.svc.cluster.local:80 = 10.0.0.1:8080(passing)"])`; show(c) != want {
+		t.Errorf("replace:\n got %s\nwant %s", show(c), want)
 	}
-	if id := c.groups[1].Services[0].Endpoints[0].Identity; id.Name != "web.prod.serviceaccount.identity.linkerd.cluster.local" {
+	if id := c.Groups[1].Services[0].Endpoints[0].Identity; id.Name != "web.prod.serviceaccount.identity.linkerd.cluster.local" {
 		t.Errorf("identity %+v", id)
 	}
 	if z, ok := r.src.NodeZone("n1"); !ok || z != "z1" {
@@ -224,7 +217,7 @@ func TestRunSyncsThenHandsOverWholeGroups(t *testing.T) {
 		t.Fatal(err)
 	}
 	c = r.sink.next(t, true)
-	if got := c.groups[0].Services[0].Endpoints[0].Identity.Name; c.op != "update" || got != "web2.prod.serviceaccount.identity.linkerd.cluster.local" {
+	if got := c.Groups[0].Services[0].Endpoints[0].Identity.Name; c.Op != "update" || got != "web2.prod.serviceaccount.identity.linkerd.cluster.local" {
 		t.Fatalf("after the service account change: %v (identity %q)", c, got)
 	}
 
@@ -266,8 +259,8 @@ func TestRunMalformedObjectsAreSkippedAndCounted(t *testing.T) {
 	go func() { defer close(done); src.Run(ctx, sink) }()
 	defer func() { cancel(); <-done }()
 
-	if c := sink.next(t, true); c.String() != `replace(prod/web=["web.prod.svc.cluster.local:80 = 10.0.0.1:8080(passing)"])` {
-		t.Fatalf("the valid sibling must apply: %v", c)
+	if c := sink.next(t, true); show(c) != `replace(prod/web=["web.prod.svc.cluster.local:80 = 10.0.0.1:8080(passing)"])` {
+		t.Fatalf("the valid sibling must apply: %s", show(c))
 	}
 	if src.Rejected() != 1 {
 		t.Errorf("Rejected() = %d, want 1", src.Rejected())
@@ -280,24 +273,6 @@ func TestRunMalformedObjectsAreSkippedAndCounted(t *testing.T) {
 	if src.Rejected() != 2 || strings.Count(logs.String(), "skipping malformed") != 1 {
 		t.Errorf("Rejected() = %d; log:\n%s", src.Rejected(), logs.String())
 	}
-}
-
-// logBuffer collects log output written from the source's goroutine.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 func TestRunLabelSelectorScopesServices(t *testing.T) {
@@ -335,7 +310,7 @@ func TestRunListFailureIsReportedAndRetried(t *testing.T) {
 	})
 	r := runWith(t, Config{NodeZones: ptr(false)}, cs)
 	c := r.sink.next(t, false)
-	if c.op != "failed" || !strings.Contains(c.err.Error(), "services in all namespaces") || !strings.Contains(c.err.Error(), "on fire") {
+	if c.Op != "failed" || !strings.Contains(c.Err.Error(), "services in all namespaces") || !strings.Contains(c.Err.Error(), "on fire") {
 		t.Fatalf("want a Failed naming what could not be listed, got %v", c)
 	}
 	failing.Store(false)
@@ -368,10 +343,10 @@ func TestRunInClusterConfigRetried(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); src.Run(ctx, sink) }()
 	defer func() { cancel(); <-done }()
-	if c := sink.next(t, false); c.op != "failed" || !errors.Is(c.err, rest.ErrNotInCluster) {
+	if c := sink.next(t, false); c.Op != "failed" || !errors.Is(c.Err, rest.ErrNotInCluster) {
 		t.Fatalf("want Failed(not in cluster), got %v", c)
 	}
-	if c := sink.next(t, false); c.op != "replace" || len(c.groups) != 0 {
+	if c := sink.next(t, false); c.Op != "replace" || len(c.Groups) != 0 {
 		t.Fatalf("want an empty Replace once connected, got %v", c)
 	}
 	mu.Lock()
@@ -387,7 +362,7 @@ func TestRunStopsBeforeSync(t *testing.T) {
 		return true, nil, errors.New("unreachable")
 	})
 	r := runWith(t, Config{}, cs)
-	if c := r.sink.next(t, false); c.op != "failed" {
+	if c := r.sink.next(t, false); c.Op != "failed" {
 		t.Fatalf("got %v", c)
 	}
 	r.stop() // must return although nothing ever synced
