@@ -631,3 +631,59 @@ func (d *Duration) UnmarshalText(b []byte) error {
 
 // String formats the duration as time.Duration does ("2s", "1m30s").
 func (d Duration) String() string { return time.Duration(d).String() }
+
+// KeyLine is the line of a key path ("refresh", "naming.authority",
+// "services[2]") in a mapping node: the line of the deepest part found,
+// else the node's own line; 0 for a nil node. Kinds use it to place the
+// errors of checks they make after decoding.
+func KeyLine(node *yaml.Node, path string) int {
+	if node == nil {
+		return 0
+	}
+	line, cur := node.Line, node
+	for part := range strings.SplitSeq(path, ".") {
+		name, index := part, -1
+		if i := strings.IndexByte(part, '['); i >= 0 {
+			name = part[:i]
+			index, _ = strconv.Atoi(strings.TrimSuffix(part[i+1:], "]"))
+		}
+		var next *yaml.Node
+		for i := 0; cur.Kind == yaml.MappingNode && i+1 < len(cur.Content); i += 2 {
+			if cur.Content[i].Value == name {
+				line, next = cur.Content[i].Line, cur.Content[i+1]
+				break
+			}
+		}
+		if next == nil {
+			return line
+		}
+		if index >= 0 && next.Kind == yaml.SequenceNode && index < len(next.Content) {
+			next = next.Content[index]
+			line = next.Line
+		}
+		cur = next
+	}
+	return line
+}
+
+// PlaceErrors sets the line of every ConfigError in err (errors.Join trees
+// included) that names a key but has no line, from node; it returns err.
+func PlaceErrors(node *yaml.Node, err error) error {
+	var walk func(error)
+	walk = func(e error) {
+		if j, ok := e.(interface{ Unwrap() []error }); ok {
+			for _, inner := range j.Unwrap() {
+				walk(inner)
+			}
+			return
+		}
+		var ce *ConfigError
+		if errors.As(e, &ce) && ce.Line == 0 && ce.Key != "" {
+			ce.Line = KeyLine(node, ce.Key)
+		}
+	}
+	if err != nil {
+		walk(err)
+	}
+	return err
+}

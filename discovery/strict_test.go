@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io/fs"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -301,5 +302,27 @@ func TestWithFile(t *testing.T) {
 	}
 	if want := "c.yaml:1: a\nservices.yaml:2: b\nc.yaml: file does not exist"; err.Error() != want {
 		t.Errorf("Error() = %q, want %q", err, want)
+	}
+}
+
+func TestKeyLineAndPlaceErrors(t *testing.T) {
+	var doc yaml.Node
+	src := "a: 1\nnaming:\n  authority: x\nservices:\n  - one\n  - two\n"
+	if err := yaml.Unmarshal([]byte(src), &doc); err != nil {
+		t.Fatal(err)
+	}
+	node := doc.Content[0]
+	for path, want := range map[string]int{"a": 1, "naming.authority": 3, "services[1]": 6, "naming.missing": 2, "missing": 1} {
+		if got := KeyLine(node, path); got != want {
+			t.Errorf("KeyLine(%q) = %d, want %d", path, got, want)
+		}
+	}
+	err := PlaceErrors(node, errors.Join(&ConfigError{Key: "services[0]", Err: errors.New("bad")}, &ConfigError{Key: "a", Line: 9, Err: errors.New("kept")}))
+	var lines []int
+	for _, e := range err.(interface{ Unwrap() []error }).Unwrap() {
+		lines = append(lines, e.(*ConfigError).Line)
+	}
+	if !slices.Equal(lines, []int{5, 9}) {
+		t.Errorf("placed lines %v, want [5 9]", lines)
 	}
 }

@@ -27,12 +27,9 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// The recording sink and log buffer are shared by every source's tests;
-// fakeSink is local so these tests can add helpers to it.
-type (
-	call      = sinktest.Call
-	logBuffer = sinktest.LogBuffer
-)
+// The recording sink is shared by every source's tests; fakeSink is local
+// so these tests can add helpers to it.
+type call = sinktest.Call
 
 type fakeSink struct{ *sinktest.Sink }
 

@@ -135,26 +135,9 @@ func newFromNode(node *yaml.Node, bc discovery.BuildContext) (discovery.Source, 
 
 	src, err := NewSource(cfg, bc)
 	if err != nil {
-		var ce *discovery.ConfigError
-		if errors.As(err, &ce) && ce.Line == 0 {
-			ce.Line = keyLine(node, ce.Key)
-		}
-		return nil, err
+		return nil, discovery.PlaceErrors(node, err)
 	}
 	return src, nil
-}
-
-// keyLine is the line of key in a mapping node, or the mapping's own line.
-func keyLine(node *yaml.Node, key string) int {
-	if node == nil {
-		return 0
-	}
-	for i := 0; i+1 < len(node.Content); i += 2 {
-		if node.Content[i].Value == key {
-			return node.Content[i].Line
-		}
-	}
-	return node.Line
 }
 
 // validate checks cfg and returns the authorities of its services. Errors

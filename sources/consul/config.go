@@ -199,62 +199,9 @@ func newFromNode(node *yaml.Node, bc discovery.BuildContext) (discovery.Source, 
 	}
 	src, err := NewSource(cfg, bc)
 	if err != nil {
-		return nil, withLines(err, node)
+		return nil, discovery.PlaceErrors(node, err)
 	}
 	return src, nil
-}
-
-// withLines fills in the line of every ConfigError that names a key.
-func withLines(err error, node *yaml.Node) error {
-	var ces []error
-	for _, e := range unjoin(err) {
-		var ce *discovery.ConfigError
-		if errors.As(e, &ce) && ce.Line == 0 {
-			ce.Line = keyLine(node, ce.Key)
-		}
-		ces = append(ces, e)
-	}
-	return errors.Join(ces...)
-}
-
-func unjoin(err error) []error {
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		return j.Unwrap()
-	}
-	return []error{err}
-}
-
-// keyLine finds the line of a dotted key path (naming.authority,
-// services[2]) in a mapping node; the nearest enclosing line otherwise.
-func keyLine(node *yaml.Node, key string) int {
-	if node == nil {
-		return 0
-	}
-	line := node.Line
-	cur := node
-	for part := range strings.SplitSeq(key, ".") {
-		name, index := part, -1
-		if i := strings.IndexByte(part, '['); i >= 0 {
-			name = part[:i]
-			index, _ = strconv.Atoi(strings.TrimSuffix(part[i+1:], "]"))
-		}
-		var next *yaml.Node
-		for i := 0; cur != nil && cur.Kind == yaml.MappingNode && i+1 < len(cur.Content); i += 2 {
-			if cur.Content[i].Value == name {
-				line, next = cur.Content[i].Line, cur.Content[i+1]
-				break
-			}
-		}
-		if next == nil {
-			return line
-		}
-		if index >= 0 && next.Kind == yaml.SequenceNode && index < len(next.Content) {
-			next = next.Content[index]
-			line = next.Line
-		}
-		cur = next
-	}
-	return line
 }
 
 // validate checks cfg and applies defaults. Relative file paths resolve

@@ -153,3 +153,11 @@ func TestKindIsRegistered(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// unjoin lists the errors errors.Join put together.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}

@@ -113,7 +113,7 @@ func (raw rawConfig) config(node *yaml.Node) (Config, error) {
 	var errs []error
 	cfg := Config{MinRefresh: DefaultMinRefresh, MaxRefresh: DefaultMaxRefresh, Timeout: DefaultTimeout, UDPSize: DefaultUDPSize}
 	if len(raw.Names) == 0 {
-		errs = append(errs, configErr(keyLine(node, "names"), "names", "required: at least one SRV name, such as _http._tcp.api.example.com"))
+		errs = append(errs, configErr(discovery.KeyLine(node, "names"), "names", "required: at least one SRV name, such as _http._tcp.api.example.com"))
 	}
 	seen := map[string]int{}
 	for i, rn := range raw.Names {
@@ -132,7 +132,7 @@ func (raw rawConfig) config(node *yaml.Node) (Config, error) {
 	}
 	resNodes := seqOf(node, "resolvers")
 	for i, r := range raw.Resolvers {
-		line := keyLine(node, "resolvers")
+		line := discovery.KeyLine(node, "resolvers")
 		if i < len(resNodes) {
 			line = resNodes[i].Line
 		}
@@ -149,7 +149,7 @@ func (raw rawConfig) config(node *yaml.Node) (Config, error) {
 	if raw.Refresh.Max != nil {
 		cfg.MaxRefresh = time.Duration(*raw.Refresh.Max)
 	}
-	refreshLine := keyLine(node, "refresh")
+	refreshLine := discovery.KeyLine(node, "refresh")
 	switch {
 	case cfg.MinRefresh <= 0:
 		errs = append(errs, configErr(refreshLine, "refresh.min", "must be positive"))
@@ -159,12 +159,12 @@ func (raw rawConfig) config(node *yaml.Node) (Config, error) {
 	if raw.Timeout != nil {
 		cfg.Timeout = time.Duration(*raw.Timeout)
 		if cfg.Timeout <= 0 {
-			errs = append(errs, configErr(keyLine(node, "timeout"), "timeout", "must be positive"))
+			errs = append(errs, configErr(discovery.KeyLine(node, "timeout"), "timeout", "must be positive"))
 		}
 	}
 	if raw.UDPSize != nil {
 		if v := *raw.UDPSize; v < dns.MinMsgSize || v > dns.MaxMsgSize {
-			errs = append(errs, configErr(keyLine(node, "udp_size"), "udp_size", "must be from %d to %d, got %d", dns.MinMsgSize, dns.MaxMsgSize, v))
+			errs = append(errs, configErr(discovery.KeyLine(node, "udp_size"), "udp_size", "must be from %d to %d, got %d", dns.MinMsgSize, dns.MaxMsgSize, v))
 		} else {
 			cfg.UDPSize = uint16(v)
 		}
@@ -238,19 +238,6 @@ func systemResolvers() ([]string, error) {
 		return nil, fmt.Errorf("%s lists no usable nameserver", resolvConf)
 	}
 	return out, nil
-}
-
-// keyLine is the line of key in mapping node (the mapping's own if absent).
-func keyLine(node *yaml.Node, key string) int {
-	if node == nil {
-		return 0
-	}
-	for i := 0; i+1 < len(node.Content); i += 2 {
-		if node.Content[i].Value == key {
-			return node.Content[i].Line
-		}
-	}
-	return node.Line
 }
 
 // seqOf returns the items of the sequence under key.

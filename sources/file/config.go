@@ -46,42 +46,16 @@ func newFromNode(node *yaml.Node, bc discovery.BuildContext) (discovery.Source, 
 	cfg := Config{Paths: raw.Paths}
 	if raw.RefreshInterval != nil {
 		if *raw.RefreshInterval <= 0 {
-			return nil, &discovery.ConfigError{Line: keyLine(node, "refresh_interval", -1), Key: "refresh_interval",
+			return nil, &discovery.ConfigError{Line: discovery.KeyLine(node, "refresh_interval"), Key: "refresh_interval",
 				Err: errors.New("must be positive (it is the period of the full re-read)")}
 		}
 		cfg.RefreshInterval = time.Duration(*raw.RefreshInterval)
 	}
 	src, err := NewSource(cfg, bc)
 	if err != nil {
-		var ce *discovery.ConfigError
-		if errors.As(err, &ce) && ce.Line == 0 {
-			key, index := ce.Key, -1
-			if i := strings.IndexByte(key, '['); i >= 0 {
-				index, _ = strconv.Atoi(strings.TrimSuffix(key[i+1:], "]"))
-				key = key[:i]
-			}
-			ce.Line = keyLine(node, key, index)
-		}
-		return nil, err
+		return nil, discovery.PlaceErrors(node, err)
 	}
 	return src, nil
-}
-
-// keyLine finds the line of key in a mapping node, or of its index-th item
-// when index >= 0; the mapping's own line when the key is absent.
-func keyLine(node *yaml.Node, key string, index int) int {
-	if node == nil {
-		return 0
-	}
-	for i := 0; i+1 < len(node.Content); i += 2 {
-		if k, v := node.Content[i], node.Content[i+1]; k.Value == key {
-			if index >= 0 && v.Kind == yaml.SequenceNode && index < len(v.Content) {
-				return v.Content[index].Line
-			}
-			return k.Line
-		}
-	}
-	return node.Line
 }
 
 // validate checks the settings and makes every pattern absolute. Its

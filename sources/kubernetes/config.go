@@ -129,42 +129,9 @@ func newFromNode(node *yaml.Node, bc discovery.BuildContext) (discovery.Source, 
 	}
 	src, err := NewSource(cfg, bc)
 	if err != nil {
-		// Place every ConfigError at the line of its key.
-		leaves := []error{err}
-		if j, ok := err.(interface{ Unwrap() []error }); ok {
-			leaves = j.Unwrap()
-		}
-		for _, leaf := range leaves {
-			var ce *discovery.ConfigError
-			if errors.As(leaf, &ce) && ce.Line == 0 {
-				key, index := ce.Key, -1
-				if i := strings.IndexByte(key, '['); i >= 0 {
-					index, _ = strconv.Atoi(strings.TrimSuffix(key[i+1:], "]"))
-					key = key[:i]
-				}
-				ce.Line = keyLine(node, key, index)
-			}
-		}
-		return nil, err
+		return nil, discovery.PlaceErrors(node, err)
 	}
 	return src, nil
-}
-
-// keyLine is the line of key in a mapping node (of its index-th item when
-// index >= 0), or the mapping's own line when the key is absent.
-func keyLine(node *yaml.Node, key string, index int) int {
-	if node == nil {
-		return 0
-	}
-	for i := 0; i+1 < len(node.Content); i += 2 {
-		if k, v := node.Content[i], node.Content[i+1]; k.Value == key {
-			if index >= 0 && v.Kind == yaml.SequenceNode && index < len(v.Content) {
-				return v.Content[index].Line
-			}
-			return k.Line
-		}
-	}
-	return node.Line
 }
 
 func configErr(key, format string, args ...any) error {
