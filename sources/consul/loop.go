@@ -40,6 +40,7 @@ type (
 		group    discovery.Group
 		problems []problem
 		nodes    []string
+		bad      map[checkRef]string // its non-passing checks: status
 		err      error
 	}
 )
@@ -58,12 +59,13 @@ type svcState struct {
 	watched bool
 	cancel  context.CancelFunc // the watcher's
 
-	have     bool            // a first answer is in
-	index    uint64          // of the answer taken
-	group    discovery.Group // built from it
-	nodes    []string        // nodes of its instances
-	problems []problem       // instances left out, as last reported
-	err      error           // the last fetch failed
+	have     bool                // a first answer is in
+	index    uint64              // of the answer taken
+	group    discovery.Group     // built from it
+	nodes    []string            // nodes of its instances
+	bad      map[checkRef]string // non-passing checks in the answer taken
+	problems []problem           // instances left out, as last reported
+	err      error               // the last fetch failed
 
 	queued   queueLevel // waiting for an overflow fetch
 	inflight bool       // an overflow fetch is running
@@ -417,6 +419,15 @@ func (r *run) onChecks(ev checksEvent) {
 		}
 	}
 	d.checks = ev.checks
+	// A check can change and change back between two answers of this query
+	// while a service read saw the middle state: the diff above then shows
+	// nothing. So also read every overflow service whose last answer
+	// disagrees with the checks now reported for its instances' nodes.
+	for _, st := range r.svcs {
+		if st.dc == ev.dc && !st.watched && st.have && !r.agrees(st, ev.checks) {
+			r.enqueue(st, true)
+		}
+	}
 	for name := range changed {
 		if node, ok := strings.CutPrefix(name, "\x00"); ok {
 			for _, st := range r.svcs {
@@ -430,6 +441,22 @@ func (r *run) onChecks(ev checksEvent) {
 			r.enqueue(st, true)
 		}
 	}
+}
+
+// agrees reports whether a service's last answer had exactly the
+// non-passing checks that checks lists for it (its own, and its nodes').
+func (r *run) agrees(st *svcState, checks map[checkRef]checkInfo) bool {
+	n := 0
+	for ref, info := range checks {
+		if (info.service != st.name && info.service != "") || !slices.Contains(st.nodes, ref.node) {
+			continue
+		}
+		if st.bad[ref] != info.status {
+			return false
+		}
+		n++
+	}
+	return n == len(st.bad)
 }
 
 func (r *run) onHealth(ev healthEvent) {
@@ -463,7 +490,7 @@ func (r *run) onHealth(ev healthEvent) {
 	}
 	st.err = nil
 	r.ok(component)
-	st.index, st.nodes = ev.index, ev.nodes
+	st.index, st.nodes, st.bad = ev.index, ev.nodes, ev.bad
 	r.report(st, ev.problems)
 	if st.have && groupsEqual(st.group, ev.group) {
 		return
@@ -752,11 +779,23 @@ func (r *run) result(st *svcState, gen uint64, entries []*api.ServiceEntry, inde
 	g, problems := r.b.build(st.dc, st.name, entries)
 	seen := make(map[string]bool, len(entries))
 	var nodes []string
+	var bad map[checkRef]string
 	for _, e := range entries {
-		if e != nil && e.Node != nil && !seen[e.Node.Node] {
+		if e == nil {
+			continue
+		}
+		if e.Node != nil && !seen[e.Node.Node] {
 			seen[e.Node.Node] = true
 			nodes = append(nodes, e.Node.Node)
 		}
+		for _, c := range e.Checks {
+			if c != nil && c.Status != api.HealthPassing {
+				if bad == nil {
+					bad = map[checkRef]string{}
+				}
+				bad[checkRef{node: c.Node, id: c.CheckID}] = c.Status
+			}
+		}
 	}
-	return healthEvent{st: st, gen: gen, index: index, group: g, problems: problems, nodes: nodes}
+	return healthEvent{st: st, gen: gen, index: index, group: g, problems: problems, nodes: nodes, bad: bad}
 }
