@@ -141,7 +141,7 @@ func NewServer(opts Options) *Server {
 
 // Register adds the Destination service to a gRPC server, which must have
 // been created with ServerOptions().
-func (s *Server) Register(g *grpc.Server) { pb.RegisterDestinationServer(g, s) }
+func (s *Server) Register(g *grpc.Server) { g.RegisterService(s.serviceDesc(), s) }
 
 // Drain ends every open stream and refuses new ones with Unavailable, so
 // that proxies reconnect elsewhere. Call it before grpc.Server.GracefulStop.
@@ -176,7 +176,15 @@ func (s *Server) Get(req *pb.GetDestination, stream pb.Destination_GetServer) er
 		p := entry.state.Load()
 		if cur := p.snap; cur != nil && cur != last {
 			msgs := cur.messagesFrom(last)
-			if err := s.send(ctx, stream, msgs); err != nil {
+			var err error
+			if last == nil {
+				// The first send also writes the response headers: the
+				// deepest call a stream makes (see serviceDesc).
+				err = onFreshStack(func() error { return s.send(ctx, stream, msgs) })
+			} else {
+				err = s.send(ctx, stream, msgs)
+			}
+			if err != nil {
 				return err
 			}
 			if last == nil {

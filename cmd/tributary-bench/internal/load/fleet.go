@@ -72,6 +72,24 @@ type epState struct {
 	weight uint32
 }
 
+// clientOptions are the dial options of the tool's connections. The HTTP/2
+// windows are static, as linkerd2-proxy's client (Rust h2, no adaptive
+// window) and Envoy's are: grpc-go's default instead probes the bandwidth-
+// delay product with a PING after received data, and every such PING costs the
+// server a read, an ack and a write syscall that a real proxy never asks for.
+func clientOptions() []grpc.DialOption {
+	return []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(clientStreamWindow),
+		grpc.WithInitialConnWindowSize(clientConnWindow),
+	}
+}
+
+const (
+	clientStreamWindow = 1 << 16 // h2's default
+	clientConnWindow   = 1 << 20
+)
+
 // NewFleet dials conns connections to api (lazily; see Connect). paths[i]
 // is the Get path of service i.
 func NewFleet(api string, conns int, paths []string) (*Fleet, error) {
@@ -84,7 +102,7 @@ func NewFleet(api string, conns int, paths []string) (*Fleet, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &Fleet{ctx: ctx, cancel: cancel, paths: paths, codec: newSharedDecoder()}
 	for range conns {
-		cc, err := grpc.NewClient(api, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		cc, err := grpc.NewClient(api, clientOptions()...)
 		if err != nil {
 			f.Close()
 			return nil, err

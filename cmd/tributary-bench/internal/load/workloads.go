@@ -10,7 +10,6 @@ import (
 
 	pb "github.com/linkerd/linkerd2-proxy-api/go/destination"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tributary-mesh/tributary/cmd/tributary-bench/internal/hist"
 )
@@ -82,8 +81,7 @@ func openSlow(ctx context.Context, api string, paths []string, n int) (stop func
 	}
 	for i := 0; i < n; i++ {
 		if i%10 == 0 {
-			c, err := grpc.NewClient(api, grpc.WithTransportCredentials(insecure.NewCredentials()),
-				grpc.WithInitialWindowSize(65535), grpc.WithInitialConnWindowSize(65535))
+			c, err := grpc.NewClient(api, clientOptions()...)
 			if err != nil {
 				stop()
 				return nil, err

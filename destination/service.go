@@ -1,0 +1,70 @@
+package destination
+
+import (
+	pb "github.com/linkerd/linkerd2-proxy-api/go/destination"
+	"google.golang.org/grpc"
+)
+
+// serviceDesc describes the Destination service to gRPC as the generated
+// code does (same service, methods and proto file), with handlers of our
+// own that read the request on a short-lived goroutine.
+//
+// Why: an open stream costs mostly its handler goroutine's stack, and Go
+// never gives back stack that a goroutine has grown into while it stays
+// deep: a stack is halved only when less than a quarter of it is in use,
+// and gRPC's frames under a handler already use more than a quarter of
+// 4 KiB. Two calls on a stream's goroutine go deep enough to double its
+// stack from 4 to 8 KiB for good: the generated handler's read of the
+// request (its wait for the DATA frame sits about 3 KiB deep in gRPC's
+// reader) and the first send, which also writes the response headers. Run
+// on goroutines of their own (onFreshStack), whose stacks are freed when
+// they return, they leave every idle stream 4 KiB lighter — 40% of its
+// memory (bin/tributary-bench steady --streams 5000 --services 50: 13.3 →
+// 9.1 KiB per stream, stack 8.1 → 4.3 KiB).
+func (s *Server) serviceDesc() *grpc.ServiceDesc {
+	return &grpc.ServiceDesc{
+		ServiceName: "io.linkerd.proxy.destination.Destination",
+		HandlerType: (*pb.DestinationServer)(nil),
+		Streams: []grpc.StreamDesc{
+			{
+				StreamName:    "Get",
+				ServerStreams: true,
+				Handler: func(_ any, st grpc.ServerStream) error {
+					req, err := recvRequest(st)
+					if err != nil {
+						return err
+					}
+					return s.Get(req, &grpc.GenericServerStream[pb.GetDestination, pb.Update]{ServerStream: st})
+				},
+			},
+			{
+				StreamName:    "GetProfile",
+				ServerStreams: true,
+				Handler: func(_ any, st grpc.ServerStream) error {
+					req, err := recvRequest(st)
+					if err != nil {
+						return err
+					}
+					return s.GetProfile(req, &grpc.GenericServerStream[pb.GetDestination, pb.DestinationProfile]{ServerStream: st})
+				},
+			},
+		},
+		Metadata: "destination.proto",
+	}
+}
+
+// recvRequest reads a stream's request on a goroutine of its own (see
+// serviceDesc). RecvMsg returns when the request arrives or the stream
+// ends.
+func recvRequest(st grpc.ServerStream) (*pb.GetDestination, error) {
+	req := new(pb.GetDestination)
+	return req, onFreshStack(func() error { return st.RecvMsg(req) })
+}
+
+// onFreshStack runs f on a new goroutine and waits for it: whatever stack f
+// grows is freed when it returns instead of staying with the caller.
+func onFreshStack(f func() error) error {
+	errc := make(chan error, 1)
+	go func() { errc <- f() }()
+	return <-errc
+}
