@@ -88,6 +88,7 @@ type Server struct {
 	maxStreams  int64
 	open        atomic.Int64
 	conns       connRegistry
+	stalls      stallWatch
 	// drain ends with Drain; every stream's context is tied to it.
 	drain    context.Context
 	drainNow context.CancelFunc
@@ -110,6 +111,7 @@ func NewServer(opts Options) *Server {
 	if s.sendTimeout == 0 {
 		s.sendTimeout = DefaultSendTimeout
 	}
+	s.stalls = stallWatch{timeout: s.sendTimeout, onStall: s.closeStalled}
 	if opts.NewStreamsPerSecond >= 0 {
 		r, b := opts.NewStreamsPerSecond, opts.NewStreamsBurst
 		if r == 0 {
@@ -150,7 +152,10 @@ func (s *Server) Drain() { s.drainNow() }
 // Wait blocks until the goroutines that follow the registry for open
 // streams have stopped. They stop with their last stream, so call it after
 // the gRPC server has stopped.
-func (s *Server) Wait() { s.hub.wait() }
+func (s *Server) Wait() {
+	s.hub.wait()
+	s.stalls.wait()
+}
 
 // Get streams endpoint updates for the authority in req.Path.
 func (s *Server) Get(req *pb.GetDestination, stream pb.Destination_GetServer) error {
@@ -171,6 +176,11 @@ func (s *Server) Get(req *pb.GetDestination, stream pb.Destination_GetServer) er
 
 	entry := s.hub.acquire(hubKey{authority: a, zone: s.clientZone(tok)})
 	defer s.hub.release(entry)
+	var sending *sendState // nil: no send timeout
+	if s.sendTimeout > 0 {
+		sending = s.stalls.add(ctx)
+		defer s.stalls.remove(sending)
+	}
 	var last *snapshot
 	for {
 		p := entry.state.Load()
@@ -180,9 +190,9 @@ func (s *Server) Get(req *pb.GetDestination, stream pb.Destination_GetServer) er
 			if last == nil {
 				// The first send also writes the response headers: the
 				// deepest call a stream makes (see serviceDesc).
-				err = onFreshStack(func() error { return s.send(ctx, stream, msgs) })
+				err = onFreshStack(func() error { return s.send(sending, stream, msgs) })
 			} else {
-				err = s.send(ctx, stream, msgs)
+				err = s.send(sending, stream, msgs)
 			}
 			if err != nil {
 				return err
@@ -250,23 +260,28 @@ func (s *Server) GetProfile(req *pb.GetDestination, stream pb.Destination_GetPro
 // buffers only 64 KiB per stream, so the write stays blocked otherwise, and
 // closing the connection is what unblocks it. Its proxy reconnects and gets
 // a fresh snapshot. The timer is armed only around the write.
-func (s *Server) send(ctx context.Context, stream grpc.ServerStream, msgs []encoded) error {
+func (s *Server) send(st *sendState, stream grpc.ServerStream, msgs []encoded) error {
 	if len(msgs) == 0 {
 		return nil
 	}
-	if s.sendTimeout < 0 {
+	if st == nil {
 		return sendAll(stream, msgs, s.metrics)
 	}
-	stall := time.AfterFunc(s.sendTimeout, func() {
-		s.metrics.slowClientClosed()
-		s.log.Warn("closing the connection of a client that took no update", "timeout", s.sendTimeout, "peer", peerAddr(ctx))
-		s.conns.closePeer(ctx)
-	})
+	st.since.Store(time.Now().UnixNano())
 	err := sendAll(stream, msgs, s.metrics)
-	if !stall.Stop() && err != nil {
+	st.since.Store(0)
+	if err != nil && st.stalled.Load() {
 		return status.Errorf(codes.Unavailable, "client took no update for %v; connection closed (reconnect for a fresh snapshot)", s.sendTimeout)
 	}
 	return err
+}
+
+// closeStalled is the stall watch's action on a stream whose send has been
+// blocked for the send timeout.
+func (s *Server) closeStalled(st *sendState) {
+	s.metrics.slowClientClosed()
+	s.log.Warn("closing the connection of a client that took no update", "timeout", s.sendTimeout, "peer", peerAddr(st.ctx))
+	s.conns.closePeer(st.ctx)
 }
 
 func sendAll(stream grpc.ServerStream, msgs []encoded, m *Metrics) error {
