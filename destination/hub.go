@@ -6,8 +6,6 @@ import (
 	"sync/atomic"
 
 	"github.com/hashicorp/go-memdb"
-	pb "github.com/linkerd/linkerd2-proxy-api/go/destination"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/tributary-mesh/tributary/cache"
 	"github.com/tributary-mesh/tributary/discovery"
@@ -129,40 +127,14 @@ type encoded struct {
 // must not modify it.
 func (sn *snapshot) messagesFrom(prev *snapshot) []encoded {
 	if prev == nil {
-		sn.firstOnce.Do(func() { sn.first = encodeAll(diff(nil, &sn.view, sn.zone)) })
+		sn.firstOnce.Do(func() { sn.first = encodeDiff(nil, &sn.view, sn.zone) })
 		return sn.first
 	}
 	if m, ok := sn.diffs.Load(prev.version); ok {
 		return m.([]encoded)
 	}
-	m, _ := sn.diffs.LoadOrStore(prev.version, encodeAll(diff(&prev.view, &sn.view, sn.zone)))
+	m, _ := sn.diffs.LoadOrStore(prev.version, encodeDiff(&prev.view, &sn.view, sn.zone))
 	return m.([]encoded)
-}
-
-func encodeAll(us []*pb.Update) []encoded {
-	if len(us) == 0 {
-		return nil
-	}
-	out := make([]encoded, len(us))
-	for i, u := range us {
-		b, err := proto.Marshal(u)
-		if err != nil {
-			panic("destination: marshal update: " + err.Error()) // our own message: a bug
-		}
-		out[i] = encoded{kind: updateKind(u), b: b}
-	}
-	return out
-}
-
-func updateKind(u *pb.Update) string {
-	switch u.GetUpdate().(type) {
-	case *pb.Update_Add:
-		return "add"
-	case *pb.Update_Remove:
-		return "remove"
-	default:
-		return "no_endpoints"
-	}
 }
 
 // hostsVersion adds watches for every member authority and returns the

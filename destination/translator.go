@@ -30,20 +30,56 @@ type view struct {
 //     service still exists);
 //   - nothing changed that the client sees, nothing sent.
 //
-// Both views are sorted by address, so this is one merge walk.
+// Both views are sorted by address, so this is one merge walk (changes).
+// The hub sends the same updates encoded directly (encodeDiff); this form is
+// the reference the tests hold both to.
 func diff(prev, cur *view, clientZone string) []*pb.Update {
+	c := changes(prev, cur)
+	switch {
+	case c.none:
+		return nil
+	case c.noEndpoints:
+		return []*pb.Update{noEndpoints(cur.exists)}
+	}
+	var out []*pb.Update
+	if len(c.add) > 0 {
+		add := make([]*pb.WeightedAddr, len(c.add))
+		for i, e := range c.add {
+			add[i] = weightedAddr(e, clientZone)
+		}
+		out = append(out, &pb.Update{Update: &pb.Update_Add{Add: &pb.WeightedAddrSet{Addrs: add}}})
+	}
+	if len(c.remove) > 0 {
+		remove := make([]*pbnet.TcpAddress, len(c.remove))
+		for i, a := range c.remove {
+			remove[i] = tcpAddress(a)
+		}
+		out = append(out, &pb.Update{Update: &pb.Update_Remove{Remove: &pb.AddrSet{Addrs: remove}}})
+	}
+	return out
+}
+
+// delta is what diff sends: nothing (none), no_endpoints{cur.exists}, or an
+// add of the endpoints in add (in address order) and then a remove of the
+// addresses in remove.
+type delta struct {
+	none, noEndpoints bool
+	add               []*discovery.Endpoint
+	remove            []netip.AddrPort
+}
+
+func changes(prev, cur *view) delta {
 	if len(cur.endpoints) == 0 {
 		if prev != nil && len(prev.endpoints) == 0 && prev.exists == cur.exists {
-			return nil
+			return delta{none: true}
 		}
-		return []*pb.Update{noEndpoints(cur.exists)}
+		return delta{noEndpoints: true}
 	}
 	var old []*discovery.Endpoint
 	if prev != nil {
 		old = prev.endpoints
 	}
-	var add []*pb.WeightedAddr
-	var remove []*pbnet.TcpAddress
+	var d delta
 	i, j := 0, 0
 	for i < len(old) || j < len(cur.endpoints) {
 		var c int
@@ -57,26 +93,20 @@ func diff(prev, cur *view, clientZone string) []*pb.Update {
 		}
 		switch {
 		case c < 0:
-			remove = append(remove, tcpAddress(old[i].Addr))
+			d.remove = append(d.remove, old[i].Addr)
 			i++
 		case c > 0:
-			add = append(add, weightedAddr(cur.endpoints[j], clientZone))
+			d.add = append(d.add, cur.endpoints[j])
 			j++
 		default:
 			if o, n := old[i], cur.endpoints[j]; o != n && !o.SameWire(n) {
-				add = append(add, weightedAddr(n, clientZone))
+				d.add = append(d.add, n)
 			}
 			i, j = i+1, j+1
 		}
 	}
-	var out []*pb.Update
-	if len(add) > 0 {
-		out = append(out, &pb.Update{Update: &pb.Update_Add{Add: &pb.WeightedAddrSet{Addrs: add}}})
-	}
-	if len(remove) > 0 {
-		out = append(out, &pb.Update{Update: &pb.Update_Remove{Remove: &pb.AddrSet{Addrs: remove}}})
-	}
-	return out
+	d.none = len(d.add) == 0 && len(d.remove) == 0
+	return d
 }
 
 // translator applies diff to successive views of one stream; the tests use
