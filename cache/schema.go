@@ -17,10 +17,12 @@ const (
 	tableHosts = "hosts"
 
 	// indexID is memdb's primary index: (provider, key, host, port) for a
-	// service, the same plus the address for an endpoint.
+	// service; (host, port, provider, key, address) for an endpoint, so that
+	// its prefix reads by host, by authority and by service (idPrefix)
+	// replace a host index.
 	indexID = "id"
-	// indexHost: (host, port), read with a discovery.Authority; its prefix
-	// form takes a hostQuery and matches every port of that host.
+	// indexHost (services only): (host, port), read with an authQuery; its
+	// prefix form takes a hostQuery and matches every port of that host.
 	indexHost = "host"
 	// indexGroup: (provider, key), read with a groupQuery; its prefix form
 	// takes a providerQuery and matches every key of exactly that provider.
@@ -75,12 +77,20 @@ type (
 	hostQuery string
 )
 
-// idPrefix is a prefix of endpoint ids: a group (groupQuery) or every
-// group of a provider (providerQuery).
+// authQuery selects the rows of one (host, port). Service reads pass the
+// same argument to both tables.
+type authQuery discovery.Authority
+
+// idPrefix is a prefix of endpoint ids made of whole components: every
+// port of a host (hostQuery), one authority (authQuery), or the endpoints of
+// one service row (*serviceRow: its host, port, provider and key).
 type idPrefix interface{ idPrefix() []byte }
 
-func (q groupQuery) idPrefix() []byte    { return appendGroup(nil, q.provider, q.key) }
-func (p providerQuery) idPrefix() []byte { return appendString(nil, string(p)) }
+func (h hostQuery) idPrefix() []byte { return appendString(nil, string(h)) }
+func (a authQuery) idPrefix() []byte { return appendHostPort(nil, discovery.Authority(a)) }
+func (r *serviceRow) idPrefix() []byte {
+	return appendServicePrefix(nil, r.auth, r.provider, r.key)
+}
 
 // schema is the registry's memdb schema. Strings in keys end in a NUL byte
 // (Apply rejects NUL inside them), so "consul/dc1" never prefixes
@@ -107,9 +117,9 @@ func servicesTableSchema() *memdb.TableSchema {
 			},
 			indexHost: {
 				Name: indexHost,
-				Indexer: prefixIndex[discovery.Authority, hostQuery, *serviceRow]{
-					index: index[discovery.Authority, *serviceRow]{
-						query: func(a discovery.Authority) []byte { return appendHostPort(nil, a) },
+				Indexer: prefixIndex[authQuery, hostQuery, *serviceRow]{
+					index: index[authQuery, *serviceRow]{
+						query: func(a authQuery) []byte { return appendHostPort(nil, discovery.Authority(a)) },
 						object: func(r *serviceRow) []byte {
 							return appendHostPort(make([]byte, 0, hostPortLen(r.auth)+serviceIDLen(r)), r.auth)
 						},
@@ -153,32 +163,24 @@ func endpointsTableSchema() *memdb.TableSchema {
 	return &memdb.TableSchema{
 		Name: tableEndpoints,
 		Indexes: map[string]*memdb.IndexSchema{
-			// The id starts with (provider, key): its prefix reads replace a
-			// group index, which would cost every row another key of the
-			// id's length and its radix nodes.
+			// The id starts with the authority: its prefix reads answer the
+			// reads by host and by authority, which would otherwise need a
+			// host index costing every row another key of the id's length,
+			// its radix nodes and their copies on every write. Reads by
+			// group or provider find the service rows first (an endpoint
+			// row never exists without its service row), then read each
+			// service's endpoints by id prefix.
 			indexID: {
 				Name:   indexID,
 				Unique: true,
 				Indexer: prefixIndex[endpointID, idPrefix, *endpointRow]{
 					index: index[endpointID, *endpointRow]{
 						query: func(q endpointID) []byte {
-							return appendAddr(appendServiceID(nil, q.provider, q.key, q.auth), q.addr)
+							return appendAddr(appendServicePrefix(nil, q.auth, q.provider, q.key), q.addr)
 						},
 						object: func(r *endpointRow) []byte { return appendEndpointID(nil, r) },
 					},
 					prefix: func(q idPrefix) []byte { return q.idPrefix() },
-				},
-			},
-			indexHost: {
-				Name: indexHost,
-				Indexer: prefixIndex[discovery.Authority, hostQuery, *endpointRow]{
-					index: index[discovery.Authority, *endpointRow]{
-						query: func(a discovery.Authority) []byte { return appendHostPort(nil, a) },
-						object: func(r *endpointRow) []byte {
-							return appendHostPort(make([]byte, 0, hostPortLen(r.auth)+endpointIDLen(r)), r.auth)
-						},
-					},
-					prefix: func(h hostQuery) []byte { return appendString(nil, string(h)) },
 				},
 			},
 			indexAddr: {
@@ -266,15 +268,24 @@ func appendServiceID(b []byte, provider, key string, a discovery.Authority) []by
 	return appendHostPort(appendGroup(b, provider, key), a)
 }
 
+// appendServicePrefix appends the prefix shared by the endpoint ids of one
+// service row: host, port, provider, key.
+func appendServicePrefix(b []byte, a discovery.Authority, provider, key string) []byte {
+	if b == nil {
+		b = make([]byte, 0, hostPortLen(a)+groupLen(provider, key))
+	}
+	return appendGroup(appendHostPort(b, a), provider, key)
+}
+
 func endpointIDLen(r *endpointRow) int {
-	return groupLen(r.ep.Source, r.ep.Key) + hostPortLen(r.auth) + addrLen(r.ep.Addr)
+	return hostPortLen(r.auth) + groupLen(r.ep.Source, r.ep.Key) + addrLen(r.ep.Addr)
 }
 
 func appendEndpointID(b []byte, r *endpointRow) []byte {
 	if b == nil {
 		b = make([]byte, 0, endpointIDLen(r))
 	}
-	return appendAddr(appendServiceID(b, r.ep.Source, r.ep.Key, r.auth), r.ep.Addr)
+	return appendAddr(appendServicePrefix(b, r.auth, r.ep.Source, r.ep.Key), r.ep.Addr)
 }
 
 // An address is a family byte (4 or 6, so 1.2.3.4 and ::ffff:1.2.3.4 stay

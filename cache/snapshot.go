@@ -84,13 +84,15 @@ func (sn *Snapshot) Service(ws memdb.WatchSet, a discovery.Authority) ServiceSta
 		v := raw.(*versionRow)
 		st.Version, st.Changed = v.version, v.changed
 	}
-	visit := func(index string, arg any) {
-		it := sn.get(ws, tableServices, index, arg)
+	// Endpoint ids start with the authority: their prefix reads take the
+	// argument of the services' host index.
+	visit := func(svcIndex string, q idPrefix) {
+		it := sn.get(ws, tableServices, svcIndex, q)
 		for obj := it.Next(); obj != nil; obj = it.Next() {
 			st.Exists = true
 			st.Opaque = st.Opaque || obj.(*serviceRow).opaque
 		}
-		it = sn.get(ws, tableEndpoints, index, arg)
+		it = sn.get(ws, tableEndpoints, indexID+prefix, q)
 		for obj := it.Next(); obj != nil; obj = it.Next() {
 			rows = append(rows, obj.(*endpointRow))
 		}
@@ -98,8 +100,8 @@ func (sn *Snapshot) Service(ws memdb.WatchSet, a discovery.Authority) ServiceSta
 	if a.Port == 0 {
 		visit(indexHost+prefix, hostQuery(host))
 	} else {
-		visit(indexHost, discovery.Authority{Host: host, Port: a.Port})
-		visit(indexHost, discovery.Authority{Host: host})
+		visit(indexHost, authQuery{Host: host, Port: a.Port})
+		visit(indexHost, authQuery{Host: host})
 	}
 	if len(rows) == 0 {
 		return st
@@ -133,12 +135,13 @@ func (sn *Snapshot) Watch(ws memdb.WatchSet, a discovery.Authority) uint64 {
 		return 0
 	}
 	if a.Port == 0 {
-		sn.get(ws, tableServices, indexHost+prefix, hostQuery(host))
-		sn.get(ws, tableEndpoints, indexHost+prefix, hostQuery(host))
+		var q any = hostQuery(host)
+		sn.get(ws, tableServices, indexHost+prefix, q)
+		sn.get(ws, tableEndpoints, indexID+prefix, q)
 	} else {
-		for _, q := range [2]discovery.Authority{{Host: host, Port: a.Port}, {Host: host}} {
+		for _, q := range [2]any{authQuery{Host: host, Port: a.Port}, authQuery{Host: host}} {
 			sn.get(ws, tableServices, indexHost, q)
-			sn.get(ws, tableEndpoints, indexHost, q)
+			sn.get(ws, tableEndpoints, indexID+prefix, q)
 		}
 	}
 	return sn.hostVersion(host)

@@ -1,5 +1,8 @@
 // Package cache is Tributary's registry: every source's groups, stored in
-// go-memdb and indexed by host, by address and by (provider, group key).
+// go-memdb. Service rows are indexed by (provider, group key) and by host;
+// endpoint rows by an id that starts with the authority (so host reads are
+// id prefix reads) and by address. Endpoint rows are reached by group or
+// provider through their service rows.
 //
 // Writes come from the manager through Apply and DropProvider and are
 // serialised. Reads go through a Snapshot, a lock-free MVCC view, and take a
@@ -143,30 +146,29 @@ func (s *Store) DropProvider(provider string) (changed bool, err error) {
 	}
 	txn := s.db.Txn(true)
 	defer txn.Abort()
-	touched := map[string]struct{}{}
-	for _, table := range [...]string{tableEndpoints, tableServices} {
-		index := indexGroup + prefix
-		if table == tableEndpoints {
-			index = indexID + prefix // endpoint ids start with the group
-		}
-		it, err := txn.Get(table, index, providerQuery(provider))
-		if err != nil {
+	// Rows are collected before deleting: a write txn's iterator must not
+	// outlive a modification. Endpoints are found through their service
+	// rows, which every endpoint row has (see syncGroup).
+	svcs, err := appendRows[*serviceRow](nil, txn, tableServices, indexGroup+prefix, providerQuery(provider))
+	if err != nil {
+		return false, fmt.Errorf("source %q: %w", provider, err)
+	}
+	var eps []*endpointRow
+	for _, r := range svcs {
+		if eps, err = appendRows(eps, txn, tableEndpoints, indexID+prefix, idPrefix(r)); err != nil {
 			return false, fmt.Errorf("source %q: %w", provider, err)
 		}
-		var rows []any
-		for obj := it.Next(); obj != nil; obj = it.Next() {
-			rows = append(rows, obj)
+	}
+	touched := map[string]struct{}{}
+	for _, r := range eps {
+		if err := txn.Delete(tableEndpoints, r); err != nil {
+			return false, fmt.Errorf("source %q: %w", provider, err)
 		}
-		for _, obj := range rows {
-			switch r := obj.(type) {
-			case *endpointRow:
-				touched[r.auth.Host] = struct{}{}
-			case *serviceRow:
-				touched[r.auth.Host] = struct{}{}
-			}
-			if err := txn.Delete(table, obj); err != nil {
-				return false, fmt.Errorf("source %q: %w", provider, err)
-			}
+	}
+	for _, r := range svcs {
+		touched[r.auth.Host] = struct{}{}
+		if err := txn.Delete(tableServices, r); err != nil {
+			return false, fmt.Errorf("source %q: %w", provider, err)
 		}
 	}
 	if len(touched) == 0 {
@@ -177,6 +179,18 @@ func (s *Store) DropProvider(provider string) (changed bool, err error) {
 	}
 	txn.Commit()
 	return true, nil
+}
+
+// appendRows appends to rows the rows of txn.Get(table, index, args...).
+func appendRows[R any](rows []R, txn *memdb.Txn, table, index string, args ...any) ([]R, error) {
+	it, err := txn.Get(table, index, args...)
+	if err != nil {
+		return rows, err
+	}
+	for obj := it.Next(); obj != nil; obj = it.Next() {
+		rows = append(rows, obj.(R))
+	}
+	return rows, nil
 }
 
 // Snapshot returns a consistent read-only view of the registry. It is cheap
@@ -377,16 +391,11 @@ func (w *writer) syncGroup(p *groupPlan) (changed bool, err error) {
 	w.args[0] = groupQuery{provider: w.provider, key: p.key}
 
 	// Rows are collected before writing: a write txn's iterator must not
-	// outlive a modification.
-	it, err := w.txn.Get(tableServices, indexGroup, w.args...)
-	if err != nil {
-		return false, err
-	}
-	w.oldSvcs = w.oldSvcs[:0]
-	for obj := it.Next(); obj != nil; obj = it.Next() {
-		w.oldSvcs = append(w.oldSvcs, obj.(*serviceRow))
-	}
-	it, err = w.txn.Get(tableEndpoints, indexID+prefix, w.args...)
+	// outlive a modification. Endpoint rows are found through the group's
+	// service rows: plan gives every endpoint the service it came with and
+	// the loops below write both, so an endpoint row never exists without
+	// its service row.
+	w.oldSvcs, err = appendRows(w.oldSvcs[:0], w.txn, tableServices, indexGroup, w.args...)
 	if err != nil {
 		return false, err
 	}
@@ -394,8 +403,11 @@ func (w *writer) syncGroup(p *groupPlan) (changed bool, err error) {
 		w.oldEps = make([]*endpointRow, 0, len(p.eps)) // usually what the group had
 	}
 	w.oldEps = w.oldEps[:0]
-	for obj := it.Next(); obj != nil; obj = it.Next() {
-		w.oldEps = append(w.oldEps, obj.(*endpointRow))
+	for _, r := range w.oldSvcs {
+		w.args[0] = idPrefix(r)
+		if w.oldEps, err = appendRows(w.oldEps, w.txn, tableEndpoints, indexID+prefix, w.args...); err != nil {
+			return false, err
+		}
 	}
 	// The index yields rows in (nearly always exactly) this order, so the
 	// sorts are linear; they keep the merge correct regardless.

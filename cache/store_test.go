@@ -1,9 +1,11 @@
 package cache
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"maps"
+	"math/rand/v2"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -750,6 +752,253 @@ func TestWatchMatchesServiceWatches(t *testing.T) {
 		}
 		if watchFired(other) {
 			t.Fatalf("%s: api's watch fired on a change of web", a)
+		}
+	}
+}
+
+// Endpoint ids start with the host: a read of "web" must not return the rows
+// of "web2" or "we", and a change of one must not wake the other's watchers.
+func TestHostNamePrefixIsolation(t *testing.T) {
+	s := New()
+	base := func(w uint32) []discovery.Group {
+		return []discovery.Group{
+			group("we", svc("we:80", ep("10.0.0.1:80"))),
+			group("web", svc("web:80", ep("10.0.0.2:80")), svc("web:0", ep("10.0.0.3:80"))),
+			group("web2", svc("web2:80", ep("10.0.0.4:80", weight(w))), svc("web2:0", ep("10.0.0.5:80"))),
+		}
+	}
+	apply(t, s, "p", base(1)...)
+	snap := s.Snapshot()
+	for _, tc := range []struct {
+		ask string
+		eps []string
+	}{
+		{"we:80", []string{"10.0.0.1:80 p/we"}},
+		{"we:0", []string{"10.0.0.1:80 p/we"}},
+		{"web:80", []string{"10.0.0.2:80 p/web", "10.0.0.3:80 p/web"}},
+		{"web:0", []string{"10.0.0.2:80 p/web", "10.0.0.3:80 p/web"}},
+		{"web:81", []string{"10.0.0.3:80 p/web"}},
+		{"web2:80", []string{"10.0.0.4:80 p/web2", "10.0.0.5:80 p/web2"}},
+		{"web2:0", []string{"10.0.0.4:80 p/web2", "10.0.0.5:80 p/web2"}},
+		{"w:80", []string{}},
+		{"web2x:0", []string{}},
+	} {
+		if got := addrs(snap.Service(nil, auth(tc.ask)).Endpoints); !slices.Equal(got, tc.eps) {
+			t.Errorf("%s: endpoints = %q, want %q", tc.ask, got, tc.eps)
+		}
+	}
+
+	wsWeb, wsWebAll, wsWe := watch(s, "web:80"), watch(s, "web:0"), watch(s, "we:80")
+	wsWeb2 := watch(s, "web2:80")
+	apply(t, s, "p", base(2)...) // changes an endpoint of web2:80 only
+	if !watchFired(wsWeb2) {
+		t.Fatal("watch on web2:80 did not fire")
+	}
+	if watchFired(wsWeb) || watchFired(wsWebAll) || watchFired(wsWe) {
+		t.Fatal("a change of web2 woke a watcher of web or we")
+	}
+}
+
+// Under one authority, a group's or a provider's rows must not take in
+// those of a provider or key that its name prefixes.
+func TestNamePrefixesUnderOneHost(t *testing.T) {
+	const dc1, dc10 = "consul/dc1", "consul/dc10"
+	s := New()
+	apply(t, s, dc1,
+		group("k", svc("web.demo:80", ep("10.0.0.1:80"))),
+		group("k1", svc("web.demo:80", ep("10.0.0.2:80")), svc("web.demo:0", ep("10.0.0.3:80"))),
+	)
+	apply(t, s, dc10, group("k", svc("web.demo:80", ep("10.0.0.4:80"))), group("k1", svc("web.demo:80", ep("10.0.0.5:80"))))
+	read := func() []string { return addrs(s.Snapshot().Service(nil, auth("web.demo:80")).Endpoints) }
+	want := []string{"10.0.0.1:80 consul/dc1/k", "10.0.0.2:80 consul/dc1/k1", "10.0.0.3:80 consul/dc1/k1", "10.0.0.4:80 consul/dc10/k", "10.0.0.5:80 consul/dc10/k1"}
+	if got := read(); !slices.Equal(got, want) {
+		t.Fatalf("endpoints = %q, want %q", got, want)
+	}
+
+	if apply(t, s, dc1, group("k", svc("web.demo:80", ep("10.0.0.1:80")))) {
+		t.Fatalf("re-applying %s/k reported a change: it read the rows of another key or provider", dc1)
+	}
+	if !apply(t, s, dc1, group("k")) {
+		t.Fatal("withdraw reported no change")
+	}
+	want = slices.Delete(want, 0, 1)
+	if got := read(); !slices.Equal(got, want) {
+		t.Fatalf("after withdrawing %s/k: endpoints = %q, want %q", dc1, got, want)
+	}
+	if changed, err := s.DropProvider(dc1); !changed || err != nil {
+		t.Fatalf("DropProvider(%s) = %v, %v", dc1, changed, err)
+	}
+	want = want[2:]
+	if got := read(); !slices.Equal(got, want) {
+		t.Fatalf("after dropping %s: endpoints = %q, want %q", dc1, got, want)
+	}
+	if st := s.Snapshot().Providers(); len(st) != 1 || st[dc10] != (ProviderStats{Keys: 2, Services: 2, Endpoints: 2}) {
+		t.Fatalf("Providers = %+v", st)
+	}
+}
+
+// TestAgainstModel applies random writes whose names prefix one another and
+// compares every read with a plain model of the registry. Providers counts
+// the endpoint table itself, so an endpoint row left without its service
+// row shows there.
+func TestAgainstModel(t *testing.T) {
+	var (
+		providers = []string{"p", "p2", "consul/dc1", "consul/dc10"}
+		keys      = []string{"k", "k1", "k10", "j"}
+		hosts     = []string{"web", "web2", "we", "a.b", "a.bc"}
+		ports     = []uint16{0, 80, 8080}
+		addrPool  = []string{"10.0.0.1:80", "10.0.0.1:81", "10.0.0.2:80", "[::ffff:10.0.0.1]:80", "[2001:db8::1]:80"}
+	)
+	type mEP struct {
+		addr netip.AddrPort
+		w    uint32
+	}
+	type mSvc struct {
+		auth   discovery.Authority
+		opaque bool
+		eps    []mEP
+	}
+	model := map[string]map[string][]mSvc{} // provider -> key -> services
+	rng := rand.New(rand.NewPCG(1, 2))
+	pick := func(n int) []int { return rng.Perm(n)[:rng.IntN(n+1)] }
+
+	s := New()
+	for step := range 400 {
+		provider := providers[rng.IntN(len(providers))]
+		if rng.IntN(8) == 0 {
+			_, had := model[provider]
+			if changed, err := s.DropProvider(provider); err != nil || changed != had {
+				t.Fatalf("step %d: DropProvider(%s) = %v, %v; want %v", step, provider, changed, err, had)
+			}
+			delete(model, provider)
+		} else {
+			var groups []discovery.Group
+			for _, ki := range pick(2) {
+				key := keys[(ki+step)%len(keys)]
+				g := discovery.Group{Key: key}
+				var ms []mSvc
+				for _, ai := range pick(3) {
+					a := discovery.Authority{Host: hosts[(ai+step)%len(hosts)], Port: ports[rng.IntN(len(ports))]}
+					if slices.ContainsFunc(ms, func(m mSvc) bool { return m.auth == a }) {
+						continue
+					}
+					m := mSvc{auth: a, opaque: rng.IntN(4) == 0}
+					sv := discovery.Service{Authority: a, Opaque: m.opaque}
+					for _, ei := range pick(3) {
+						e := ep(addrPool[(ei+step)%len(addrPool)], weight(uint32(rng.IntN(3))))
+						sv.Endpoints = append(sv.Endpoints, e)
+						m.eps = append(m.eps, mEP{e.Addr, e.Weight})
+					}
+					g.Services = append(g.Services, sv)
+					ms = append(ms, m)
+				}
+				groups = append(groups, g)
+				if len(ms) == 0 {
+					delete(model[provider], key)
+					if len(model[provider]) == 0 {
+						delete(model, provider)
+					}
+				} else {
+					if model[provider] == nil {
+						model[provider] = map[string][]mSvc{}
+					}
+					model[provider][key] = ms
+				}
+			}
+			if _, err := s.Apply(provider, groups); err != nil {
+				t.Fatalf("step %d: %v", step, err)
+			}
+		}
+
+		snap := s.Snapshot()
+		for _, h := range hosts {
+			for _, port := range []uint16{0, 80, 8080, 9} {
+				type row struct {
+					addr          netip.AddrPort
+					provider, key string
+					port          uint16
+					w             uint32
+				}
+				var (
+					exists, opq bool
+					rows        []row
+				)
+				for p, byKey := range model {
+					for k, svcs := range byKey {
+						for _, m := range svcs {
+							if m.auth.Host != h || port != 0 && m.auth.Port != 0 && m.auth.Port != port {
+								continue
+							}
+							exists, opq = true, opq || m.opaque
+							for _, e := range m.eps {
+								rows = append(rows, row{e.addr, p, k, m.auth.Port, e.w})
+							}
+						}
+					}
+				}
+				// Service's order: Addr, Source, Key, then the port served.
+				slices.SortFunc(rows, func(x, y row) int {
+					if c := x.addr.Compare(y.addr); c != 0 {
+						return c
+					}
+					if c := strings.Compare(x.provider, y.provider); c != 0 {
+						return c
+					}
+					if c := strings.Compare(x.key, y.key); c != 0 {
+						return c
+					}
+					return cmp.Compare(x.port, y.port)
+				})
+				want := []string{}
+				for _, r := range rows {
+					want = append(want, fmt.Sprintf("%s %s/%s w%d", r.addr, r.provider, r.key, r.w))
+				}
+				st := snap.Service(nil, discovery.Authority{Host: h, Port: port})
+				got := []string{}
+				for _, e := range st.Endpoints {
+					got = append(got, fmt.Sprintf("%s %s/%s w%d", e.Addr, e.Source, e.Key, e.Weight))
+				}
+				if st.Exists != exists || st.Opaque != opq || !slices.Equal(got, want) {
+					t.Fatalf("step %d: Service(%s:%d) = exists %v opaque %v %q\nwant exists %v opaque %v %q",
+						step, h, port, st.Exists, st.Opaque, got, exists, opq, want)
+				}
+			}
+		}
+		wantStats := map[string]ProviderStats{}
+		for p, byKey := range model {
+			var ps ProviderStats
+			for _, svcs := range byKey {
+				ps.Keys++
+				for _, m := range svcs {
+					ps.Services++
+					ps.Endpoints += len(m.eps)
+				}
+			}
+			wantStats[p] = ps
+			if got, want := s.Keys(p), slices.Sorted(maps.Keys(byKey)); !slices.Equal(got, want) {
+				t.Fatalf("step %d: Keys(%s) = %q, want %q", step, p, got, want)
+			}
+		}
+		if got := snap.Providers(); !maps.Equal(got, wantStats) {
+			t.Fatalf("step %d: Providers = %+v, want %+v", step, got, wantStats)
+		}
+		for _, a := range addrPool {
+			addr := netip.MustParseAddrPort(a)
+			n := 0
+			for _, byKey := range model {
+				for _, svcs := range byKey {
+					for _, m := range svcs {
+						for _, e := range m.eps {
+							if e.addr == addr {
+								n++
+							}
+						}
+					}
+				}
+			}
+			if got := len(snap.EndpointsByAddr(nil, addr)); got != n {
+				t.Fatalf("step %d: EndpointsByAddr(%s): %d rows, want %d", step, a, got, n)
+			}
 		}
 	}
 }
