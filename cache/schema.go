@@ -27,7 +27,8 @@ const (
 	// indexGroup: (provider, key), read with a groupQuery; its prefix form
 	// takes a providerQuery and matches every key of exactly that provider.
 	indexGroup = "group"
-	// indexAddr: the endpoint address, read with a netip.AddrPort.
+	// indexAddr: the endpoint address, read with a netip.AddrPort. Its key
+	// is the address in nibbles (addrIndexKey).
 	indexAddr = "addr"
 
 	prefix = "_prefix"
@@ -186,10 +187,8 @@ func endpointsTableSchema() *memdb.TableSchema {
 			indexAddr: {
 				Name: indexAddr,
 				Indexer: index[netip.AddrPort, *endpointRow]{
-					query: func(a netip.AddrPort) []byte { return appendAddr(nil, a) },
-					object: func(r *endpointRow) []byte {
-						return appendAddr(make([]byte, 0, addrLen(r.ep.Addr)+endpointIDLen(r)), r.ep.Addr)
-					},
+					query:  func(a netip.AddrPort) []byte { return addrIndexKey(a, 0) },
+					object: func(r *endpointRow) []byte { return addrIndexKey(r.ep.Addr, endpointIDLen(r)) },
 				},
 			},
 		},
@@ -291,6 +290,24 @@ func appendEndpointID(b []byte, r *endpointRow) []byte {
 // An address is a family byte (4 or 6, so 1.2.3.4 and ::ffff:1.2.3.4 stay
 // distinct), the 16-byte form, the port, and the zone as a terminated string.
 func addrLen(a netip.AddrPort) int { return 1 + 16 + 2 + len(a.Addr().Zone()) + 1 }
+
+// addrIndexKey is the addr index's key for a: appendAddr's bytes split into
+// nibbles, each byte b as b>>4, b&15, with room for extra more bytes (memdb
+// appends the primary key to a non-unique index's). Addresses are dense —
+// a node's pod /24, a pool's consecutive IPs — so by whole bytes the tree has
+// nodes of up to 256 edges, and go-memdb copies every node on the path of
+// each write: 4 KiB for one such node. By nibbles no node has more than 16
+// edges. Splitting keeps keys prefix-free, so reads of one address still
+// never match another.
+func addrIndexKey(a netip.AddrPort, extra int) []byte {
+	var raw [1 + 16 + 2 + 1 + 64]byte
+	in := appendAddr(raw[:0], a)
+	out := make([]byte, 0, 2*len(in)+extra)
+	for _, c := range in {
+		out = append(out, c>>4, c&15)
+	}
+	return out
+}
 
 func appendAddr(b []byte, a netip.AddrPort) []byte {
 	ip := a.Addr()
