@@ -15,6 +15,9 @@ type Metrics struct {
 	propagation prometheus.Histogram
 	refused     *prometheus.CounterVec
 	slowClosed  prometheus.Counter
+
+	// sent is updates by type, resolved once: a send is on the hot path.
+	sent map[string]prometheus.Counter
 }
 
 // NewMetrics creates the metrics and registers them with reg.
@@ -51,8 +54,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, method := range []string{"Get", "GetProfile"} {
 		m.streams.WithLabelValues(method)
 	}
+	m.sent = map[string]prometheus.Counter{}
 	for _, t := range []string{"add", "remove", "no_endpoints", "profile"} {
-		m.updates.WithLabelValues(t)
+		m.sent[t] = m.updates.WithLabelValues(t)
 	}
 	return m
 }
@@ -71,13 +75,13 @@ func (m *Metrics) streamClosed(method string) {
 
 func (m *Metrics) sentKind(kind string) {
 	if m != nil {
-		m.updates.WithLabelValues(kind).Inc()
+		m.sent[kind].Inc()
 	}
 }
 
 func (m *Metrics) sentProfile() {
 	if m != nil {
-		m.updates.WithLabelValues("profile").Inc()
+		m.sent["profile"].Inc()
 	}
 }
 

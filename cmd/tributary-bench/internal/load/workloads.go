@@ -289,6 +289,7 @@ func (c *churnRun) report(res *Result, s *churnStep, prefix string) {
 		res.Set("rss_mib", mib(c.end.RSS))
 		res.Set("rss_max_mib", mib(c.rssMax))
 		res.Set("live_mib", mib(c.end.Live()))
+		res.Set("stack_mib", mib(c.end.StackInuse))
 	}
 }
 
