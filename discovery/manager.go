@@ -480,21 +480,54 @@ func (st *sourceState) withdrawn(pending map[string]Group, replace bool) int {
 		if !ok {
 			continue
 		}
-		keep := make(map[epKey]struct{}, countEndpoints(g))
-		for _, s := range g.Services {
-			for _, e := range s.Endpoints {
-				keep[epKey{s.Authority, e.Addr}] = struct{}{}
-			}
-		}
-		for _, s := range old.Services {
-			for _, e := range s.Endpoints {
-				if _, ok := keep[epKey{s.Authority, e.Addr}]; !ok {
+		n += gone(old, g)
+	}
+	return n
+}
+
+// gone counts the endpoints of old that are not in g (by authority and
+// address). Small groups, the usual hand-over under churn, are compared
+// pairwise: cheaper than building a set for every hand-over.
+func gone(old, g Group) int {
+	n := 0
+	if countEndpoints(old)*countEndpoints(g) <= 256 {
+		for _, os := range old.Services {
+			for _, oe := range os.Endpoints {
+				if !hasEndpoint(g, os.Authority, oe.Addr) {
 					n++
 				}
 			}
 		}
+		return n
+	}
+	keep := make(map[epKey]struct{}, countEndpoints(g))
+	for _, s := range g.Services {
+		for _, e := range s.Endpoints {
+			keep[epKey{s.Authority, e.Addr}] = struct{}{}
+		}
+	}
+	for _, s := range old.Services {
+		for _, e := range s.Endpoints {
+			if _, ok := keep[epKey{s.Authority, e.Addr}]; !ok {
+				n++
+			}
+		}
 	}
 	return n
+}
+
+func hasEndpoint(g Group, a Authority, addr netip.AddrPort) bool {
+	for _, s := range g.Services {
+		if s.Authority != a {
+			continue
+		}
+		for _, e := range s.Endpoints {
+			if e.Addr == addr {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // guardHolds decides whether the deletion guard holds a hand-over, and

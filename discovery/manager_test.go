@@ -3,6 +3,8 @@ package discovery
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"sort"
@@ -588,5 +590,48 @@ func TestManagerPassesHandOverTimeToTheStore(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("ApplyAt never called")
+	}
+}
+
+// TestGoneCountsBothWays checks the pairwise count of withdrawn endpoints
+// (small groups) against the set-based one (large groups) on random groups.
+func TestGoneCountsBothWays(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	group := func(n int) Group {
+		var g Group
+		for s := range 1 + rng.IntN(3) {
+			svc := Service{Authority: Authority{Host: fmt.Sprintf("s%d.test", s%2), Port: uint16(80 + s)}}
+			for range n {
+				svc.Endpoints = append(svc.Endpoints, Endpoint{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(rng.IntN(12))}), 80)})
+			}
+			g.Services = append(g.Services, svc)
+		}
+		return g
+	}
+	bySet := func(old, g Group) int {
+		keep := map[epKey]bool{}
+		for _, s := range g.Services {
+			for _, e := range s.Endpoints {
+				keep[epKey{s.Authority, e.Addr}] = true
+			}
+		}
+		n := 0
+		for _, s := range old.Services {
+			for _, e := range s.Endpoints {
+				if !keep[epKey{s.Authority, e.Addr}] {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	for i := range 2000 {
+		old, g := group(rng.IntN(8)), group(rng.IntN(8))
+		if i%10 == 0 { // past the pairwise bound
+			old, g = group(20+rng.IntN(20)), group(20+rng.IntN(20))
+		}
+		if got, want := gone(old, g), bySet(old, g); got != want {
+			t.Fatalf("case %d: gone = %d, want %d", i, got, want)
+		}
 	}
 }
