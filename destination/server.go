@@ -173,12 +173,16 @@ func (s *Server) Get(req *pb.GetDestination, stream pb.Destination_GetServer) er
 }
 
 // getStream is an open Get stream's state outside its goroutine's stack.
+// A Get stream ends with its own context or with Drain; it derives no
+// context of its own (that cost every idle stream a cancelCtx and a drain
+// callback).
 type getStream struct {
 	start   time.Time
-	ctx     context.Context // the stream's, ended by Drain too
+	ctx     context.Context // the stream's
 	done    func()
 	entry   *hubEntry
 	sending *sendState // nil: no send timeout
+	errc    chan error // the result of each send (see sendSnapshot)
 }
 
 //go:noinline
@@ -192,9 +196,11 @@ func (s *Server) openGet(req *pb.GetDestination, streamCtx context.Context) (*ge
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
-	if g.ctx, g.done, err = s.begin(streamCtx, "Get"); err != nil {
+	if g.done, err = s.startStream(streamCtx, "Get"); err != nil {
 		return nil, err
 	}
+	g.ctx = streamCtx
+	g.errc = make(chan error, 1)
 	g.entry = s.hub.acquire(hubKey{authority: a, zone: s.clientZone(tok)})
 	if s.sendTimeout > 0 {
 		g.sending = s.stalls.add(g.ctx)
@@ -226,9 +232,16 @@ func (s *Server) follow(g *getStream, stream grpc.ServerStream) error {
 		select {
 		case <-p.next:
 		case <-g.ctx.Done():
+			return nil
+		case <-s.drain.Done():
 			return s.ended(stream.Context())
 		}
 	}
+}
+
+// sendOn is sendSnapshot's goroutine.
+func (s *Server) sendOn(g *getStream, stream grpc.ServerStream, msgs []encoded) {
+	g.errc <- s.send(g.sending, stream, msgs)
 }
 
 // sendSnapshot sends what takes a client from prev (nil: nothing yet) to
@@ -242,7 +255,8 @@ func (s *Server) sendSnapshot(g *getStream, stream grpc.ServerStream, prev, cur 
 	if len(msgs) == 0 {
 		return nil
 	}
-	if err := onFreshStack(func() error { return s.send(g.sending, stream, msgs) }); err != nil {
+	go s.sendOn(g, stream, msgs)
+	if err := <-g.errc; err != nil {
 		return err
 	}
 	if prev == nil {
@@ -339,19 +353,32 @@ func sendAll(stream grpc.ServerStream, msgs []encoded, m *Metrics) error {
 // limits, waits (bounded) for the sources to sync, and returns a context
 // that ends with the stream or with Drain.
 func (s *Server) begin(streamCtx context.Context, method string) (context.Context, func(), error) {
-	if s.drain.Err() != nil {
-		return nil, nil, status.Error(codes.Unavailable, "server is shutting down")
-	}
-	if err := s.admitStream(); err != nil {
-		s.metrics.streamRefused(method)
+	done, err := s.startStream(streamCtx, method)
+	if err != nil {
 		return nil, nil, err
 	}
 	ctx, cancel := context.WithCancel(streamCtx)
 	stopWatch := context.AfterFunc(s.drain, cancel)
-	s.metrics.streamOpened(method)
-	done := func() {
+	return ctx, func() {
 		stopWatch()
 		cancel()
+		done()
+	}, nil
+}
+
+// startStream counts a new stream against the admission limits and waits, within
+// the startup timeout, for the sources to sync. Call done when the stream
+// ends.
+func (s *Server) startStream(streamCtx context.Context, method string) (done func(), err error) {
+	if s.drain.Err() != nil {
+		return nil, status.Error(codes.Unavailable, "server is shutting down")
+	}
+	if err := s.admitStream(); err != nil {
+		s.metrics.streamRefused(method)
+		return nil, err
+	}
+	s.metrics.streamOpened(method)
+	done = func() {
 		s.open.Add(-1)
 		s.metrics.streamClosed(method)
 	}
@@ -364,12 +391,13 @@ func (s *Server) begin(streamCtx context.Context, method string) (context.Contex
 			case <-s.synced:
 			case <-timer.C:
 				s.log.Warn("answering before every source synced", "waited", s.startup)
-			case <-ctx.Done():
+			case <-streamCtx.Done():
+			case <-s.drain.Done():
 			}
 			timer.Stop()
 		}
 	}
-	return ctx, done, nil
+	return done, nil
 }
 
 // clientZone is the zone a client says it is in, or the zone of the node it
