@@ -16,13 +16,21 @@ import (
 // stream that needs them. Anything else goes to the proto codec.
 type rawCodec struct{ encoding.CodecV2 }
 
-// preEncoded is a message that is already in wire form.
-type preEncoded []byte
+// preEncoded is a message that is already in wire form, made once and sent
+// as is on every stream: passed as a pointer, a send allocates nothing for
+// it (a []byte in an interface, and the BufferSlice gRPC wants, would cost
+// two allocations per send).
+type preEncoded struct{ bufs mem.BufferSlice }
+
+func newPreEncoded(b []byte) *preEncoded {
+	// SliceBuffer's Ref and Free do nothing: the shared bytes are never
+	// recycled, and gRPC only reads them.
+	return &preEncoded{bufs: mem.BufferSlice{mem.SliceBuffer(b)}}
+}
 
 func (c rawCodec) Marshal(v any) (mem.BufferSlice, error) {
-	if b, ok := v.(preEncoded); ok {
-		// SliceBuffer's Free is a no-op: the shared bytes are never recycled.
-		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+	if p, ok := v.(*preEncoded); ok {
+		return p.bufs, nil
 	}
 	return c.CodecV2.Marshal(v)
 }

@@ -120,6 +120,7 @@ type snapshot struct {
 type encoded struct {
 	kind string // add, remove, no_endpoints: for metrics
 	b    []byte
+	msg  *preEncoded // b as SendMsg takes it
 }
 
 // messagesFrom returns what a stream that was last sent prev (nil: nothing

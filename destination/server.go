@@ -341,7 +341,7 @@ func (s *Server) closeStalled(st *sendState) {
 
 func sendAll(stream grpc.ServerStream, msgs []encoded, m *Metrics) error {
 	for _, msg := range msgs {
-		if err := stream.SendMsg(preEncoded(msg.b)); err != nil {
+		if err := stream.SendMsg(msg.msg); err != nil {
 			return err
 		}
 		m.sentKind(msg.kind)

@@ -48,7 +48,8 @@ var scratch = sync.Pool{New: func() any { return new([]byte) }}
 
 // finish copies an update out of a scratch buffer.
 func finish(kind string, b []byte) encoded {
-	return encoded{kind: kind, b: append(make([]byte, 0, len(b)), b...)}
+	c := append(make([]byte, 0, len(b)), b...)
+	return encoded{kind: kind, b: c, msg: newPreEncoded(c)}
 }
 
 // encodeDiff is diff(prev, cur, clientZone), each update marshalled.
