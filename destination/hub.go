@@ -2,26 +2,36 @@ package destination
 
 import (
 	"context"
+	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hashicorp/go-memdb"
+	"google.golang.org/grpc"
 
 	"github.com/tributary-mesh/tributary/cache"
 	"github.com/tributary-mesh/tributary/discovery"
 )
 
 // The hub shares work between the streams of one service. Every Get
-// stream for the same (authority, client zone) uses one hubEntry. The entry
-// has one goroutine that sleeps on the registry's watch channels for the
-// authority and its aliases; when their version moves it builds the new
-// snapshot — the view at that version, whose messages are encoded once —
-// publishes it and wakes the entry's streams by closing a channel. A stream
-// keeps only a pointer to the snapshot it last sent, so an idle stream costs
-// its goroutine, and a change to a service watched by 10,000 streams is
-// read, resolved and encoded once, not 10,000 times.
+// stream for the same (authority, client zone) subscribes to one hubEntry.
+// The entry has one goroutine that sleeps on the registry's watch channels
+// for the authority and its aliases; when their version moves it builds the
+// new snapshot — the view at that version, whose messages are encoded once —
+// publishes it, and starts a send job for every subscriber that is not
+// already sending. A job sends its stream the difference from the snapshot
+// it last sent to the newest one, until the stream has caught up, and ends.
+// So an idle stream costs a goroutine parked on its context and nothing
+// else, a change to a service watched by 10,000 streams is read, resolved
+// and encoded once, and a client that stops reading holds up only its own
+// job: the next snapshots skip it until it drains, and then it gets one
+// diff to the newest.
 type hub struct {
 	store *cache.Store
+	// serve is a send job: it brings a subscriber up to the newest
+	// snapshot (Server.serve).
+	serve func(*subscriber)
 	// build computes the view for key (members are its authority's
 	// federation members).
 	build func(snap *cache.Snapshot, key hubKey, members []discovery.Authority) view
@@ -42,15 +52,34 @@ type hubEntry struct {
 	refs int // streams using the entry; guarded by hub.mu
 	stop context.CancelFunc
 
-	state atomic.Pointer[published]
+	snap atomic.Pointer[snapshot] // the newest; nil until the first is built
+
+	subsMu sync.Mutex
+	subs   map[*subscriber]struct{}
 }
 
-// published is the entry's newest snapshot (nil until the first one is
-// built) and the channel closed when a newer one replaces it.
-type published struct {
-	snap *snapshot
-	next chan struct{}
+// subscriber is one Get stream of an entry, as its send jobs see it.
+type subscriber struct {
+	entry  *hubEntry
+	stream grpc.ServerStream
+	g      *getStream
+
+	// state says who may touch last and send on the stream: subIdle (no
+	// one: a job may start), subBusy (one job), subClosed (the stream's
+	// handler is leaving; no job may start), subFailed (a send failed).
+	state atomic.Int32
+	last  *snapshot // what the stream was last sent; owned by the busy job
+
+	failed   chan error    // the first failed send, for the handler to return
+	released chan struct{} // a job that finds the stream closed says it is done
 }
+
+const (
+	subIdle int32 = iota
+	subBusy
+	subClosed
+	subFailed
+)
 
 // acquire returns the entry for key, starting it; release it when the
 // stream ends.
@@ -60,8 +89,7 @@ func (h *hub) acquire(key hubKey) *hubEntry {
 	e := h.entries[key]
 	if e == nil {
 		ctx, cancel := context.WithCancel(context.Background())
-		e = &hubEntry{key: key, stop: cancel}
-		e.state.Store(&published{next: make(chan struct{})})
+		e = &hubEntry{key: key, stop: cancel, subs: map[*subscriber]struct{}{}}
 		h.entries[key] = e
 		h.wg.Go(func() { h.follow(ctx, e) })
 	}
@@ -93,13 +121,137 @@ func (h *hub) follow(ctx context.Context, e *hubEntry) {
 		version := hostsVersion(snap, ws, members)
 		if cur == nil || version != cur.version {
 			cur = &snapshot{version: version, view: h.build(snap, e.key, members), zone: e.key.zone}
-			old := e.state.Load()
-			e.state.Store(&published{snap: cur, next: make(chan struct{})})
-			close(old.next)
+			e.snap.Store(cur)
+			h.dispatch(e)
 		}
 		if ws.WatchCtx(ctx) != nil {
 			return
 		}
+	}
+}
+
+// subscribe adds a stream to the entry and starts its first send if the
+// entry has a snapshot already. Call unsubscribe when the stream ends.
+func (h *hub) subscribe(e *hubEntry, g *getStream, stream grpc.ServerStream) *subscriber {
+	sub := &subscriber{entry: e, stream: stream, g: g, failed: make(chan error, 1), released: make(chan struct{}, 1)}
+	e.subsMu.Lock()
+	e.subs[sub] = struct{}{}
+	e.subsMu.Unlock()
+	if e.snap.Load() != nil && sub.state.CompareAndSwap(subIdle, subBusy) {
+		go h.serve(sub)
+	}
+	return sub
+}
+
+// unsubscribe removes a stream and returns once no send job is running for
+// it, so that nothing touches the stream after its handler returns.
+func (h *hub) unsubscribe(sub *subscriber) {
+	e := sub.entry
+	e.subsMu.Lock()
+	delete(e.subs, sub)
+	e.subsMu.Unlock()
+	if sub.state.Swap(subClosed) == subBusy {
+		<-sub.released
+	}
+}
+
+// dispatch starts the send jobs of every idle subscriber of e, after a new
+// snapshot was published: one batch, served by as few goroutines as the
+// cores can keep busy, so that the streams of a connection get their
+// messages in one burst (one write) and a change wakes one goroutine rather
+// than one per stream.
+func (h *hub) dispatch(e *hubEntry) {
+	e.subsMu.Lock()
+	b := &batch{hub: h}
+	for sub := range e.subs {
+		if sub.state.CompareAndSwap(subIdle, subBusy) {
+			b.subs = append(b.subs, sub)
+		}
+	}
+	e.subsMu.Unlock()
+	if len(b.subs) > 0 {
+		b.start()
+	}
+}
+
+const (
+	// batchPerWorker is how many streams of a batch a worker serves before
+	// another is started for it.
+	batchPerWorker = 64
+	// batchRescue: a batch that has not moved on for this long gets another
+	// worker. Sends take microseconds; one that blocks is a client that
+	// stopped reading, whose send gRPC holds until it drains, and which must
+	// not hold up the rest of its batch.
+	batchRescue = 10 * time.Millisecond
+)
+
+// batch is the subscribers one publish starts jobs for. Workers claim them
+// in turn; rescue adds a worker when the batch stalls.
+type batch struct {
+	hub     *hub
+	subs    []*subscriber
+	next    atomic.Int32 // the next subscriber to claim
+	workers atomic.Int32 // workers still running
+	seen    int32        // next, at the last rescue check
+	rescue  *time.Timer
+}
+
+func (b *batch) start() {
+	workers := min(runtime.GOMAXPROCS(0), (len(b.subs)+batchPerWorker-1)/batchPerWorker)
+	b.workers.Store(int32(workers))
+	b.rescue = time.AfterFunc(time.Hour, b.rescueStalled)
+	b.rescue.Reset(batchRescue) // after the field is set: the callback reads it
+	for range workers {
+		go b.work()
+	}
+}
+
+func (b *batch) work() {
+	for {
+		i := int(b.next.Add(1)) - 1
+		if i >= len(b.subs) {
+			break
+		}
+		b.hub.serve(b.subs[i])
+	}
+	if b.workers.Add(-1) == 0 {
+		b.rescue.Stop()
+	}
+}
+
+// rescueStalled runs on the batch's timer: if no subscriber was claimed
+// since the last check and some are left, every worker is stuck in a send.
+func (b *batch) rescueStalled() {
+	next := b.next.Load()
+	if int(next) >= len(b.subs) {
+		return
+	}
+	if next == b.seen {
+		b.workers.Add(1)
+		go b.work()
+	}
+	b.seen = next
+	b.rescue.Reset(batchRescue)
+}
+
+// done ends a send job that has sent what it could; it reports whether the
+// job must go on because a newer snapshot was published meanwhile. A
+// publish either sees the subscriber idle and starts a job itself, or
+// happened before the check here, which then takes it over.
+func (sub *subscriber) done() (more bool) {
+	last := sub.last // once idle, another job may own it
+	if !sub.state.CompareAndSwap(subBusy, subIdle) {
+		sub.released <- struct{}{} // closed while we sent
+		return false
+	}
+	return sub.entry.snap.Load() != last && sub.state.CompareAndSwap(subIdle, subBusy)
+}
+
+// fail records a job's failed send; no job starts for the stream again.
+func (sub *subscriber) fail(err error) {
+	sub.failed <- err
+	if !sub.state.CompareAndSwap(subBusy, subFailed) {
+		sub.released <- struct{}{}
 	}
 }
 

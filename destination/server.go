@@ -126,7 +126,7 @@ func NewServer(opts Options) *Server {
 	if s.fed == nil {
 		s.fed, _ = discovery.NewFederation(nil, nil)
 	}
-	s.hub = &hub{store: s.store, fed: s.fed, entries: map[hubKey]*hubEntry{},
+	s.hub = &hub{store: s.store, fed: s.fed, entries: map[hubKey]*hubEntry{}, serve: s.serve,
 		build: func(snap *cache.Snapshot, key hubKey, members []discovery.Authority) view {
 			v := s.view(snap, nil, key.authority, members)
 			v.endpoints = preferZone(v.endpoints, key.zone)
@@ -159,17 +159,26 @@ func (s *Server) Wait() {
 
 // Get streams endpoint updates for the authority in req.Path.
 //
-// Get and follow keep their frames small: a stream's goroutine spends its
-// life at this depth, and every send goes from here through gRPC's SendMsg.
-// Kept under 4 KiB in all, its stack never grows past that (see
-// serviceDesc); the setup, which needs more locals, is in openGet.
+// The handler's goroutine only sets the stream up and waits for its end:
+// the sends are made by the hub's send jobs (see hub), on short-lived
+// goroutines. An idle stream's goroutine thus never goes deeper than this
+// and keeps a 4 KiB stack (see serviceDesc), and a change costs each of
+// its streams one job instead of waking the stream's goroutine.
 func (s *Server) Get(req *pb.GetDestination, stream pb.Destination_GetServer) error {
 	g, err := s.openGet(req, stream.Context())
 	if err != nil {
 		return err
 	}
 	defer s.closeGet(g)
-	return s.follow(g, stream)
+	g.sub = s.hub.subscribe(g.entry, g, stream)
+	select {
+	case err := <-g.sub.failed:
+		return err
+	case <-g.ctx.Done():
+		return nil
+	case <-s.drain.Done():
+		return s.ended(stream.Context())
+	}
 }
 
 // getStream is an open Get stream's state outside its goroutine's stack.
@@ -181,8 +190,8 @@ type getStream struct {
 	ctx     context.Context // the stream's
 	done    func()
 	entry   *hubEntry
+	sub     *subscriber
 	sending *sendState // nil: no send timeout
-	errc    chan error // the result of each send (see sendSnapshot)
 }
 
 //go:noinline
@@ -200,7 +209,6 @@ func (s *Server) openGet(req *pb.GetDestination, streamCtx context.Context) (*ge
 		return nil, err
 	}
 	g.ctx = streamCtx
-	g.errc = make(chan error, 1)
 	g.entry = s.hub.acquire(hubKey{authority: a, zone: s.clientZone(tok)})
 	if s.sendTimeout > 0 {
 		g.sending = s.stalls.add(g.ctx)
@@ -210,6 +218,9 @@ func (s *Server) openGet(req *pb.GetDestination, streamCtx context.Context) (*ge
 
 //go:noinline
 func (s *Server) closeGet(g *getStream) {
+	if g.sub != nil {
+		s.hub.unsubscribe(g.sub)
+	}
 	if g.sending != nil {
 		s.stalls.remove(g.sending)
 	}
@@ -217,50 +228,37 @@ func (s *Server) closeGet(g *getStream) {
 	g.done()
 }
 
-// follow sends the stream its first snapshot and then, each time the entry
-// publishes a newer one, the difference from the one it last sent.
-func (s *Server) follow(g *getStream, stream grpc.ServerStream) error {
-	var last *snapshot
+// serve is a send job: it sends the subscriber's stream the difference
+// from what it last sent to the newest snapshot, again if a newer one is
+// published meanwhile, and ends when the stream has caught up.
+func (s *Server) serve(sub *subscriber) {
 	for {
-		p := g.entry.state.Load()
-		if cur := p.snap; cur != nil && cur != last {
-			if err := s.sendSnapshot(g, stream, last, cur); err != nil {
-				return err
+		for cur := sub.entry.snap.Load(); cur != sub.last; cur = sub.entry.snap.Load() {
+			if err := s.sendSnapshot(sub, cur); err != nil {
+				sub.fail(err)
+				return
 			}
-			last = cur
+			sub.last = cur
 		}
-		select {
-		case <-p.next:
-		case <-g.ctx.Done():
-			return nil
-		case <-s.drain.Done():
-			return s.ended(stream.Context())
+		if !sub.done() {
+			return
 		}
 	}
 }
 
-// sendOn is sendSnapshot's goroutine.
-func (s *Server) sendOn(g *getStream, stream grpc.ServerStream, msgs []encoded) {
-	g.errc <- s.send(g.sending, stream, msgs)
-}
-
-// sendSnapshot sends what takes a client from prev (nil: nothing yet) to
-// cur. The send runs on a goroutine of its own: gRPC's SendMsg goes deeper
-// than the 4 KiB a stream's goroutine otherwise needs, and would double
-// every stream's stack for good the first time it is sent an update (see
-// serviceDesc). A goroutine costs less than a microsecond; the 4 KiB it
-// saves per stream are 200 MiB with 50,000 streams.
-func (s *Server) sendSnapshot(g *getStream, stream grpc.ServerStream, prev, cur *snapshot) error {
+// sendSnapshot sends what takes the subscriber's client from sub.last (nil:
+// nothing yet) to cur.
+func (s *Server) sendSnapshot(sub *subscriber, cur *snapshot) error {
+	prev := sub.last
 	msgs := cur.messagesFrom(prev)
 	if len(msgs) == 0 {
 		return nil
 	}
-	go s.sendOn(g, stream, msgs)
-	if err := <-g.errc; err != nil {
+	if err := s.send(sub.g.sending, sub.stream, msgs); err != nil {
 		return err
 	}
 	if prev == nil {
-		s.metrics.firstMessage("Get", time.Since(g.start))
+		s.metrics.firstMessage("Get", time.Since(sub.g.start))
 	} else {
 		s.metrics.propagated(time.Since(cur.view.changed))
 	}
