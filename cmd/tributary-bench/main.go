@@ -43,6 +43,9 @@ workloads (defaults from the performance issue):
   idle       memory per idle stream (W=1k/10k/50k) and per endpoint (0/10k/100k)
   storm      10000 streams connect at once
   all        every workload in turn, one line each
+  wakecost   not a workload: the CPU one 850-byte loopback write costs the
+             writer when the reader is asleep (a wake) and when it is busy;
+             a floor under the server's CPU per change on this machine
 
 flags:
 `
@@ -201,6 +204,22 @@ func defaultBin() string {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	switch {
+	case len(args) == 2 && args[0] == load.ReaderArg:
+		if err := load.RunWakeReader(args[1]); err != nil {
+			fmt.Fprintf(stderr, "tributary-bench: %v\n", err)
+			return 1
+		}
+		return 0
+	case len(args) > 0 && args[0] == "wakecost":
+		r, err := load.WakeCost(2000, 850, 5*time.Millisecond)
+		if err != nil {
+			fmt.Fprintf(stderr, "tributary-bench: wakecost: %v\n", err)
+			return 1
+		}
+		fmt.Fprintln(stdout, r.Line())
+		return 0
+	}
 	f := newFlags(stderr)
 	var workload string
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {

@@ -2,7 +2,9 @@ package load
 
 import (
 	"encoding/json"
+	"fmt"
 	"math"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -21,7 +23,32 @@ import (
 	"github.com/tributary-mesh/tributary/sources/bench"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	// WakeCost's reader is this binary re-run.
+	if len(os.Args) == 3 && os.Args[1] == ReaderArg {
+		if err := RunWakeReader(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	goleak.VerifyTestMain(m)
+}
+
+// TestWakeCost runs the measurement small: it must report both figures,
+// positive (this checks that it measures, never what it measures).
+func TestWakeCost(t *testing.T) {
+	r, err := WakeCost(20, 850, time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"write_to_sleeping_reader_us", "write_to_busy_reader_us"} {
+		v, ok := r.Get(k)
+		if f, isF := v.(float64); !ok || !isF || f <= 0 {
+			t.Errorf("%s = %v", k, v)
+		}
+	}
+}
 
 func tcp(ip uint32, port uint32) *pbnet.TcpAddress {
 	return &pbnet.TcpAddress{Ip: &pbnet.IPAddress{Ip: &pbnet.IPAddress_Ipv4{Ipv4: ip}}, Port: port}

@@ -1,0 +1,106 @@
+package load
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// WakeCost measures what one small write over loopback TCP costs the writing
+// thread on this machine, to a reader process that is asleep (each write
+// has to wake it: what a server pays per change when each change goes to a
+// different, otherwise idle, client) and to one that is kept busy by
+// back-to-back writes. On virtual machines waking another CPU can cost tens
+// of microseconds; that cost is a floor under the server's CPU per change
+// that no server code can remove, so the steady workload's CPU figures are
+// to be read against it.
+//
+// The reader is this executable re-run with ReaderArg; main must call
+// RunWakeReader when it sees it.
+func WakeCost(writes int, size int, gap time.Duration) (*Result, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	defer ln.Close()
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	reader := exec.Command(exe, ReaderArg, ln.Addr().String())
+	reader.Stderr = os.Stderr
+	if err := reader.Start(); err != nil {
+		return nil, err
+	}
+	defer reader.Wait()
+	conn, err := ln.Accept()
+	if err != nil {
+		reader.Process.Kill()
+		return nil, err
+	}
+	defer conn.Close()
+	conn.(*net.TCPConn).SetNoDelay(true)
+
+	// One OS thread for the writes, so that its CPU clock is theirs.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	msg := make([]byte, size)
+	measure := func(gap time.Duration) (float64, error) {
+		var spent time.Duration
+		for range writes {
+			t0 := threadCPU()
+			if _, err := conn.Write(msg); err != nil {
+				return 0, err
+			}
+			spent += threadCPU() - t0
+			if gap > 0 {
+				time.Sleep(gap)
+			}
+		}
+		return float64(spent.Nanoseconds()) / float64(writes) / 1e3, nil
+	}
+	asleep, err := measure(gap)
+	if err != nil {
+		return nil, err
+	}
+	busy, err := measure(0)
+	if err != nil {
+		return nil, err
+	}
+	r := newResult("wakecost")
+	r.Set("write_bytes", size)
+	r.Set("writes", writes)
+	r.Set("gap_ms", float64(gap.Microseconds())/1e3)
+	r.Set("write_to_sleeping_reader_us", asleep)
+	r.Set("write_to_busy_reader_us", busy)
+	return r, nil
+}
+
+// ReaderArg is the argument that makes this executable WakeCost's reader.
+const ReaderArg = "__wakecost-reader"
+
+// RunWakeReader connects to addr and reads until the writer closes.
+func RunWakeReader(addr string) error {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = io.Copy(io.Discard, bufio.NewReader(c))
+	return err
+}
+
+func threadCPU() time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts); err != nil {
+		panic(fmt.Sprintf("clock_gettime: %v", err)) // Linux always has it
+	}
+	return time.Duration(ts.Nano())
+}
