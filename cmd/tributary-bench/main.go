@@ -211,14 +211,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		return 0
-	case len(args) > 0 && args[0] == "wakecost":
-		r, err := load.WakeCost(2000, 850, 5*time.Millisecond)
-		if err != nil {
-			fmt.Fprintf(stderr, "tributary-bench: wakecost: %v\n", err)
-			return 1
-		}
-		fmt.Fprintln(stdout, r.Line())
-		return 0
 	}
 	f := newFlags(stderr)
 	var workload string

@@ -150,6 +150,15 @@ func BenchmarkStorm(b *testing.B) {
 	benchWorkload(b, "storm", map[string]string{"sync_s": "sync-s", "first_p50_ms": "first-p50-ms", "first_p99_ms": "first-p99-ms"})
 }
 
+// BenchmarkWakeCost reports what a wake costs this machine: the floor under
+// the steady workload's CPU per change (docs/performance.md).
+func BenchmarkWakeCost(b *testing.B) {
+	benchWorkload(b, "wakecost", map[string]string{
+		"write_to_sleeping_reader_us": "µs/write-to-sleeping-reader",
+		"write_to_busy_reader_us":     "µs/write-to-busy-reader",
+	})
+}
+
 var latencyFigures = map[string]string{
 	"p50_ms":                     "p50-ms",
 	"p90_ms":                     "p90-ms",

@@ -111,7 +111,7 @@ func DefaultOptions(workload string, quick bool) (Options, error) {
 		Settle:         30 * time.Second,
 	}
 	switch workload {
-	case "steady", "ramp", "idle", "storm":
+	case "steady", "ramp", "idle", "storm", "wakecost":
 	case "hotfanout":
 		o.Services, o.Rate = 1, 1
 	default:
@@ -175,6 +175,8 @@ func Run(ctx context.Context, o Options) *Result {
 		err = r.idle(ctx)
 	case "storm":
 		err = r.storm(ctx)
+	case "wakecost":
+		err = measureWakeCost(r.res, 2000, 850, 5*time.Millisecond)
 	default:
 		err = fmt.Errorf("unknown workload %q", o.Workload)
 	}

@@ -25,25 +25,30 @@ import (
 // The reader is this executable re-run with ReaderArg; main must call
 // RunWakeReader when it sees it.
 func WakeCost(writes int, size int, gap time.Duration) (*Result, error) {
+	r := newResult("wakecost")
+	return r, measureWakeCost(r, writes, size, gap)
+}
+
+func measureWakeCost(r *Result, writes int, size int, gap time.Duration) error {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer ln.Close()
 	exe, err := os.Executable()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	reader := exec.Command(exe, ReaderArg, ln.Addr().String())
 	reader.Stderr = os.Stderr
 	if err := reader.Start(); err != nil {
-		return nil, err
+		return err
 	}
 	defer reader.Wait()
 	conn, err := ln.Accept()
 	if err != nil {
 		reader.Process.Kill()
-		return nil, err
+		return err
 	}
 	defer conn.Close()
 	conn.(*net.TCPConn).SetNoDelay(true)
@@ -68,19 +73,18 @@ func WakeCost(writes int, size int, gap time.Duration) (*Result, error) {
 	}
 	asleep, err := measure(gap)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	busy, err := measure(0)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	r := newResult("wakecost")
 	r.Set("write_bytes", size)
 	r.Set("writes", writes)
 	r.Set("gap_ms", float64(gap.Microseconds())/1e3)
 	r.Set("write_to_sleeping_reader_us", asleep)
 	r.Set("write_to_busy_reader_us", busy)
-	return r, nil
+	return nil
 }
 
 // ReaderArg is the argument that makes this executable WakeCost's reader.
