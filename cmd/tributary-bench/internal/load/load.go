@@ -409,6 +409,32 @@ func selfCPU() float64 {
 	return st.CPUTime()
 }
 
+// machineTimes is the machine's CPU time since boot, all CPUs: what the
+// hypervisor took (steal) and the total.
+type machineTimes struct{ steal, total float64 }
+
+func machineCPU() machineTimes {
+	fs, err := procfs.NewDefaultFS()
+	if err != nil {
+		return machineTimes{}
+	}
+	st, err := fs.Stat()
+	if err != nil {
+		return machineTimes{}
+	}
+	t := st.CPUTotal
+	return machineTimes{steal: t.Steal, total: t.User + t.Nice + t.System + t.Idle + t.Iowait + t.IRQ + t.SoftIRQ + t.Steal}
+}
+
+// stealPct is the share of the machine's CPU time the hypervisor took
+// between since and m, in %.
+func (m machineTimes) stealPct(since machineTimes) float64 {
+	if d := m.total - since.total; d > 0 {
+		return 100 * (m.steal - since.steal) / d
+	}
+	return 0
+}
+
 func rateKey(rate float64) string {
 	return "r" + strconv.FormatFloat(rate, 'f', -1, 64)
 }

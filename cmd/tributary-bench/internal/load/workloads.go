@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"runtime/pprof"
+	"strings"
 	"sync"
 	"time"
 
@@ -109,8 +110,13 @@ type churnStep struct {
 	skipped   uint64
 	wall      time.Duration // the step's length
 	cpu, self float64       // server and client CPU seconds during the step
+	steal     float64       // % of the machine's CPU time the hypervisor took
 	msgs      uint64
 }
+
+// stealWarnPct is the steal above which a step's figures are flagged: on a
+// virtual machine, CPU the hypervisor gives to others shows as latency.
+const stealWarnPct = 2
 
 // churnRun is a whole churn run: its steps and what is measured across.
 type churnRun struct {
@@ -172,7 +178,7 @@ func (r *runner) churn(ctx context.Context, rates []float64, d time.Duration, st
 	if err != nil {
 		return nil, err
 	}
-	cpu, self, msgs := run.begin.CPU, selfCPU(), r.fleet.msgs.Load()
+	cpu, self, msgs, mach := run.begin.CPU, selfCPU(), r.fleet.msgs.Load(), machineCPU()
 	st0, err := r.srv.Status(ctx)
 	if err != nil {
 		return nil, err
@@ -191,12 +197,12 @@ func (r *runner) churn(ctx context.Context, rates []float64, d time.Duration, st
 		if err != nil {
 			return err
 		}
-		s, m := selfCPU(), r.fleet.msgs.Load()
+		s, m, mc := selfCPU(), r.fleet.msgs.Load(), machineCPU()
 		prev.changes, prev.skipped = st.Changes, st.Skipped-skipped
 		skipped = st.Skipped
 		prev.wall = now.Sub(prev.start)
-		prev.cpu, prev.self, prev.msgs = c-cpu, s-self, m-msgs
-		cpu, self, msgs = c, s, m
+		prev.cpu, prev.self, prev.msgs, prev.steal = c-cpu, s-self, m-msgs, mc.stealPct(mach)
+		cpu, self, msgs, mach = c, s, m, mc
 		return nil
 	}
 	for _, rate := range rates {
@@ -241,9 +247,9 @@ func (r *runner) churn(ctx context.Context, rates []float64, d time.Duration, st
 	if err != nil {
 		return nil, err
 	}
-	s, m := selfCPU(), r.fleet.msgs.Load()
+	s, m, mc := selfCPU(), r.fleet.msgs.Load(), machineCPU()
 	prev.wall = stopped.Sub(prev.start)
-	prev.cpu, prev.self, prev.msgs = c-cpu, s-self, m-msgs
+	prev.cpu, prev.self, prev.msgs, prev.steal = c-cpu, s-self, m-msgs, mc.stealPct(mach)
 	stopSampling()
 	sampler.Wait()
 	if profErr != nil {
@@ -274,6 +280,10 @@ func (c *churnRun) report(res *Result, s *churnStep, prefix string) {
 	if secs > 0 {
 		res.Set(prefix+"server_cpu_pct", 100*s.cpu/secs)
 		res.Set(prefix+"client_cpu_pct", 100*s.self/secs)
+	}
+	res.Set(prefix+"steal_pct", s.steal)
+	if s.steal >= stealWarnPct {
+		res.Warn("the hypervisor took %.1f%% of the machine's CPU during %s (steal): latencies and CPU figures are inflated; rerun when it is quiet", s.steal, strings.TrimSuffix(prefix, "_"))
 	}
 	res.Set(prefix+"skipped", s.skipped)
 	if s.skipped > 0 || float64(s.changes) < 0.95*s.rate*secs {
