@@ -27,30 +27,22 @@ func (s *Server) serviceDesc() *grpc.ServiceDesc {
 		ServiceName: "io.linkerd.proxy.destination.Destination",
 		HandlerType: (*pb.DestinationServer)(nil),
 		Streams: []grpc.StreamDesc{
-			{
-				StreamName:    "Get",
-				ServerStreams: true,
-				Handler: func(_ any, st grpc.ServerStream) error {
-					req, err := recvRequest(st)
-					if err != nil {
-						return err
-					}
-					return s.Get(req, &grpc.GenericServerStream[pb.GetDestination, pb.Update]{ServerStream: st})
-				},
-			},
-			{
-				StreamName:    "GetProfile",
-				ServerStreams: true,
-				Handler: func(_ any, st grpc.ServerStream) error {
-					req, err := recvRequest(st)
-					if err != nil {
-						return err
-					}
-					return s.GetProfile(req, &grpc.GenericServerStream[pb.GetDestination, pb.DestinationProfile]{ServerStream: st})
-				},
-			},
+			{StreamName: "Get", ServerStreams: true, Handler: streamHandler(s.Get)},
+			{StreamName: "GetProfile", ServerStreams: true, Handler: streamHandler(s.GetProfile)},
 		},
 		Metadata: "destination.proto",
+	}
+}
+
+// streamHandler adapts a server-streaming method to gRPC: it reads the
+// request (recvRequest) and hands the method the typed stream.
+func streamHandler[Res any](method func(*pb.GetDestination, grpc.ServerStreamingServer[Res]) error) grpc.StreamHandler {
+	return func(_ any, st grpc.ServerStream) error {
+		req, err := recvRequest(st)
+		if err != nil {
+			return err
+		}
+		return method(req, &grpc.GenericServerStream[pb.GetDestination, Res]{ServerStream: st})
 	}
 }
 
