@@ -131,8 +131,12 @@ func TestConsulInstancesHealthAndMaintenance(t *testing.T) {
 	}
 	expect(t, web, "none:false")
 	expect(t, v2, "none:false")
-	expect(t, strict, "remove:10.1.0.1:80")
-	expect(t, strict, "none:false")
+	// The strict stream was not read between the two deregistrations: its
+	// source may see them in one answer and withdraw the service at once.
+	settle(t, strict)
+	if strict.Set.Exists {
+		t.Fatal("strict: the service still exists after its last instance left")
+	}
 }
 
 func TestConsulWeightsZonesLabelsAndIdentity(t *testing.T) {
