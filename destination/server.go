@@ -67,10 +67,11 @@ const (
 	DefaultNewStreamsBurst     = 20000
 )
 
-// Server implements the Destination service. Every stream runs in its gRPC
-// handler goroutine: it sleeps on a watch set of its service, and on wake
-// reads the newest consistent state and sends the difference. Nothing is
-// queued per stream, so a slow client costs only its last-sent state.
+// Server implements the Destination service. A Get stream subscribes to the
+// hub entry of its service (see hub): the entry follows the registry, and
+// on every change sends each of its streams the difference from what that
+// stream last got to the newest state. Nothing is queued per stream, so a
+// slow client costs only its last-sent state.
 type Server struct {
 	pb.UnimplementedDestinationServer
 
