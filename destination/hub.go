@@ -34,7 +34,8 @@ type hub struct {
 	serve func(*subscriber)
 	// build computes the view for key (members are its authority's
 	// federation members).
-	build func(snap *cache.Snapshot, key hubKey, members []discovery.Authority) view
+	// Its reads add the watches that wake the entry for the next change.
+	build func(snap *cache.Snapshot, ws memdb.WatchSet, key hubKey, members []discovery.Authority) view
 	fed   *discovery.Federation
 
 	mu      sync.Mutex
@@ -116,11 +117,14 @@ func (h *hub) follow(ctx context.Context, e *hubEntry) {
 	members := h.fed.Members(e.key.authority)
 	var cur *snapshot
 	for {
+		// One read of the members' rows both builds the view and arms the
+		// watches; a wake that changed nothing here (a watch also fires for
+		// a neighbour in the tree) builds a view of the same version, which
+		// is dropped.
 		ws := memdb.NewWatchSet()
-		snap := h.store.Snapshot()
-		version := hostsVersion(snap, ws, members)
-		if cur == nil || version != cur.version {
-			cur = &snapshot{version: version, view: h.build(snap, e.key, members), zone: e.key.zone}
+		v := h.build(h.store.Snapshot(), ws, e.key, members)
+		if cur == nil || v.version != cur.version {
+			cur = &snapshot{version: v.version, view: v, zone: e.key.zone}
 			e.snap.Store(cur)
 			h.dispatch(e)
 		}
@@ -288,18 +292,4 @@ func (sn *snapshot) messagesFrom(prev *snapshot) []encoded {
 	}
 	m, _ := sn.diffs.LoadOrStore(prev.version, encodeDiff(&prev.view, &sn.view, sn.zone))
 	return m.([]encoded)
-}
-
-// hostsVersion adds watches for every member authority and returns the
-// newest version among them. Store versions are global and increase with
-// every change, so the maximum over the members moves whenever any member
-// changes: it identifies the view.
-func hostsVersion(snap *cache.Snapshot, ws memdb.WatchSet, members []discovery.Authority) uint64 {
-	var v uint64
-	for _, m := range members {
-		if mv := snap.Watch(ws, m); mv > v {
-			v = mv
-		}
-	}
-	return v
 }

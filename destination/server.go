@@ -128,8 +128,8 @@ func NewServer(opts Options) *Server {
 		s.fed, _ = discovery.NewFederation(nil, nil)
 	}
 	s.hub = &hub{store: s.store, fed: s.fed, entries: map[hubKey]*hubEntry{}, serve: s.serve,
-		build: func(snap *cache.Snapshot, key hubKey, members []discovery.Authority) view {
-			v := s.view(snap, nil, key.authority, members)
+		build: func(snap *cache.Snapshot, ws memdb.WatchSet, key hubKey, members []discovery.Authority) view {
+			v := s.view(snap, ws, key.authority, members)
 			v.endpoints = preferZone(v.endpoints, key.zone)
 			return v
 		}}
@@ -452,6 +452,7 @@ func (s *Server) view(snap *cache.Snapshot, ws memdb.WatchSet, a discovery.Autho
 	var all []*discovery.Endpoint
 	for _, m := range members {
 		st := snap.Service(ws, m)
+		v.version = max(v.version, st.Version)
 		v.exists = v.exists || st.Exists
 		v.opaque = v.opaque || st.Opaque
 		if st.Changed.After(v.changed) {

@@ -17,6 +17,10 @@ type view struct {
 	opaque    bool
 	endpoints []*discovery.Endpoint // serving only, one per address, sorted by address
 	changed   time.Time             // when the newest change in it was handed to the store
+	// version is the newest store version among its members' hosts. Store
+	// versions are global and increase with every change, so it moves
+	// whenever any member changes: it identifies the view.
+	version uint64
 }
 
 // diff returns the updates that take a client holding prev (nil: nothing
