@@ -182,11 +182,12 @@ const (
 	// batchPerWorker is how many streams of a batch a worker serves before
 	// another is started for it.
 	batchPerWorker = 64
-	// batchRescue: a batch that has not moved on for this long gets another
-	// worker. Sends take microseconds; one that blocks is a client that
-	// stopped reading, whose send gRPC holds until it drains, and which must
-	// not hold up the rest of its batch.
-	batchRescue = 10 * time.Millisecond
+	// batchRescue: a batch that has claimed no subscriber over a whole
+	// period of this (so within two) gets another worker. Sends take
+	// microseconds; one that blocks is a client that stopped reading, whose
+	// send gRPC holds until it drains, and which must not hold up the rest
+	// of its batch. A worker that was only descheduled costs an extra one.
+	batchRescue = 5 * time.Millisecond
 )
 
 // batch is the subscribers one publish starts jobs for. Workers claim them
