@@ -269,44 +269,103 @@ func (s *Server) sendSnapshot(sub *subscriber, cur *snapshot) error {
 // GetProfile streams a minimal profile for a service authority or an
 // IP:port, and a new one whenever it changes.
 func (s *Server) GetProfile(req *pb.GetDestination, stream pb.Destination_GetProfileServer) error {
-	start := time.Now()
-	a, ip, err := parseProfileTarget(req.GetPath())
-	if err != nil {
-		return status.Error(codes.InvalidArgument, err.Error())
-	}
-	tok, err := parseContextToken(req.GetContextToken())
-	if err != nil {
-		return status.Error(codes.InvalidArgument, err.Error())
-	}
-	ctx, done, err := s.begin(stream.Context(), "GetProfile")
+	ps, err := s.openProfile(req, stream.Context())
 	if err != nil {
 		return err
 	}
-	defer done()
-
-	var last *pb.DestinationProfile
+	defer ps.done()
+	// As for Get (see serviceDesc): the reads and the send go deeper than a
+	// stream's goroutine otherwise needs, so they run on a goroutine of
+	// their own, and the stream's goroutine only waits on the watch set.
 	for {
 		ws := memdb.NewWatchSet()
-		var p *pb.DestinationProfile
-		if ip.IsValid() {
-			p = s.endpointProfile(ws, ip, s.clientZone(tok))
-		} else {
-			p = s.serviceProfile(ws, a)
+		if err := onFreshStack(func() error { return s.profileStep(ps, stream, ws) }); err != nil {
+			return err
 		}
-		if last == nil || !proto.Equal(last, p) {
-			if err := stream.Send(p); err != nil {
-				return err
-			}
-			s.metrics.sentProfile()
-			if last == nil {
-				s.metrics.firstMessage("GetProfile", time.Since(start))
-			}
-			last = p
-		}
-		if err := ws.WatchCtx(ctx); err != nil {
+		if !waitAny(ps.ctx, ws) {
 			return s.ended(stream.Context())
 		}
 	}
+}
+
+// waitAny waits until a channel of ws closes (true) or ctx ends (false).
+// memdb's WatchSet.WatchCtx does the same with a 32-case select whose frame
+// alone would double a waiting stream's stack to 8 KiB; a profile's watch
+// set has a handful of channels, which fit in a small one.
+func waitAny(ctx context.Context, ws memdb.WatchSet) bool {
+	if len(ws) > 6 {
+		return ws.WatchCtx(ctx) == nil
+	}
+	var ch [6]<-chan struct{} // nil channels never fire
+	i := 0
+	for c := range ws {
+		ch[i] = c
+		i++
+	}
+	select {
+	case <-ch[0]:
+	case <-ch[1]:
+	case <-ch[2]:
+	case <-ch[3]:
+	case <-ch[4]:
+	case <-ch[5]:
+	case <-ctx.Done():
+		return false
+	}
+	return true
+}
+
+// profileStream is an open GetProfile stream's state outside its
+// goroutine's stack.
+type profileStream struct {
+	start time.Time
+	ctx   context.Context // the stream's, ended by Drain too
+	done  func()
+	a     discovery.Authority
+	ip    netip.AddrPort // valid: a profile for an endpoint address
+	zone  string
+	last  *pb.DestinationProfile // what the stream was last sent
+}
+
+//go:noinline
+func (s *Server) openProfile(req *pb.GetDestination, streamCtx context.Context) (*profileStream, error) {
+	ps := &profileStream{start: time.Now()}
+	var err error
+	if ps.a, ps.ip, err = parseProfileTarget(req.GetPath()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	tok, err := parseContextToken(req.GetContextToken())
+	if err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if ps.ctx, ps.done, err = s.begin(streamCtx, "GetProfile"); err != nil {
+		return nil, err
+	}
+	ps.zone = s.clientZone(tok)
+	return ps, nil
+}
+
+// profileStep reads the profile, adding its watches to ws, and sends it if
+// it differs from the last one sent.
+func (s *Server) profileStep(ps *profileStream, stream grpc.ServerStream, ws memdb.WatchSet) error {
+	var p *pb.DestinationProfile
+	if ps.ip.IsValid() {
+		p = s.endpointProfile(ws, ps.ip, ps.zone)
+	} else {
+		p = s.serviceProfile(ws, ps.a)
+	}
+	if ps.last != nil && proto.Equal(ps.last, p) {
+		return nil
+	}
+	if err := stream.SendMsg(p); err != nil {
+		return err
+	}
+	s.metrics.sentProfile()
+	if ps.last == nil {
+		s.metrics.firstMessage("GetProfile", time.Since(ps.start))
+	}
+	ps.last = p
+	return nil
 }
 
 // send writes a snapshot's messages. A client that does not take them

@@ -292,7 +292,7 @@ func TestGetProfile(t *testing.T) {
 		}
 		return p, st
 	}
-	p, _ := recv("web.demo:8080")
+	p, web := recv("web.demo:8080")
 	if p.GetFullyQualifiedName() != "web.demo" || !p.GetOpaqueProtocol() || p.GetRetryBudget() == nil {
 		t.Errorf("known service profile: %v", p)
 	}
@@ -309,6 +309,10 @@ func TestGetProfile(t *testing.T) {
 	p, err := st.Recv()
 	if err != nil || p.GetEndpoint() != nil {
 		t.Errorf("after withdrawal: %v %v", p, err)
+	}
+	// So does the service: its profile no longer names it.
+	if p, err := web.Recv(); err != nil || p.GetFullyQualifiedName() != "" || p.GetOpaqueProtocol() {
+		t.Errorf("service profile after withdrawal: %v %v", p, err)
 	}
 	bad, err := h.client.GetProfile(context.Background(), &pb.GetDestination{Path: "bad host:80"})
 	if err == nil {
