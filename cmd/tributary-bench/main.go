@@ -42,7 +42,8 @@ workloads (defaults from the performance issue):
   ramp       R from 200 to 5000/s, 10s per step: the rate where p99 passes 100ms
   idle       memory per idle stream (W=1k/10k/50k) and per endpoint (0/10k/100k)
   storm      10000 streams connect at once
-  all        every workload in turn, one line each
+  profile    memory per open GetProfile stream (W=10000 on C=100)
+  all        every workload in turn (but wakecost), one line each
   wakecost   not a workload: the CPU one 850-byte loopback write costs the
              writer when the reader is asleep (a wake) and when it is busy;
              a floor under the server's CPU per change on this machine

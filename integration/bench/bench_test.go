@@ -116,6 +116,23 @@ func TestQuickSteadyIsCorrect(t *testing.T) {
 	}
 }
 
+// TestQuickProfileIsCorrect: every GetProfile stream gets a first profile,
+// and it names its service.
+func TestQuickProfileIsCorrect(t *testing.T) {
+	tool := buildTool(t, true)
+	res, stdout, stderr, err := runTool(t, tool, "profile", 5*time.Minute, "--quick")
+	if err != nil || res["ok"] != true {
+		t.Fatalf("tributary-bench profile --quick: %v\nstdout:\n%s\nstderr:\n%s", err, stdout, stderr)
+	}
+	streams := number(t, res, "streams")
+	if got := number(t, res, "streams_synced"); got != streams || streams == 0 {
+		t.Errorf("%v of %v profile streams synced", got, streams)
+	}
+	if v := number(t, res, "wrong_profiles"); v != 0 {
+		t.Errorf("wrong_profiles = %v, want 0", v)
+	}
+}
+
 // The benchmarks run the full-size workloads of docs/performance.md (each
 // from half a minute to a few minutes on two cores), print the tool's
 // result line, and report the main figures:
@@ -148,6 +165,15 @@ func BenchmarkIdle(b *testing.B) {
 
 func BenchmarkStorm(b *testing.B) {
 	benchWorkload(b, "storm", map[string]string{"sync_s": "sync-s", "first_p50_ms": "first-p50-ms", "first_p99_ms": "first-p99-ms"})
+}
+
+func BenchmarkProfile(b *testing.B) {
+	benchWorkload(b, "profile", map[string]string{
+		"sync_s":               "sync-s",
+		"mem_per_stream_kib":   "KiB/stream",
+		"live_per_stream_kib":  "live-KiB/stream",
+		"stack_per_stream_kib": "stack-KiB/stream",
+	})
 }
 
 // BenchmarkWakeCost reports what a wake costs this machine: the floor under

@@ -23,7 +23,7 @@ import (
 )
 
 // Workloads are the names Run accepts.
-var Workloads = []string{"steady", "hotfanout", "ramp", "idle", "storm"}
+var Workloads = []string{"steady", "hotfanout", "ramp", "idle", "storm", "profile"}
 
 // Options configure a run. DefaultOptions gives each workload the sizes of
 // the issue; a flag that is set overrides them.
@@ -111,7 +111,7 @@ func DefaultOptions(workload string, quick bool) (Options, error) {
 		Settle:         30 * time.Second,
 	}
 	switch workload {
-	case "steady", "ramp", "idle", "storm", "wakecost":
+	case "steady", "ramp", "idle", "storm", "profile", "wakecost":
 	case "hotfanout":
 		o.Services, o.Rate = 1, 1
 	default:
@@ -175,6 +175,8 @@ func Run(ctx context.Context, o Options) *Result {
 		err = r.idle(ctx)
 	case "storm":
 		err = r.storm(ctx)
+	case "profile":
+		err = r.profile(ctx)
 	case "wakecost":
 		err = measureWakeCost(r.res, 2000, 850, 5*time.Millisecond)
 	default:
