@@ -9,7 +9,6 @@ import (
 	"time"
 
 	pb "github.com/linkerd/linkerd2-proxy-api/go/destination"
-	"google.golang.org/grpc"
 )
 
 // profile measures what an open GetProfile stream costs the server: W
@@ -20,10 +19,7 @@ import (
 // stream, so this is the other half of a proxy's cost.
 func (r *runner) profile(ctx context.Context) error {
 	o := r.o
-	r.res.Set("services", o.Services)
-	r.res.Set("endpoints", o.Endpoints)
-	r.res.Set("streams", o.Streams)
-	r.res.Set("conns", o.Conns)
+	r.setShape()
 	if err := r.startServer(ctx, o.Services, o.Endpoints); err != nil {
 		return err
 	}
@@ -41,19 +37,15 @@ func (r *runner) profile(ctx context.Context) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var conns []*grpc.ClientConn
+	conns, err := dial(r.srv.API, o.Conns)
+	if err != nil {
+		return err
+	}
 	defer func() {
 		for _, c := range conns {
 			c.Close()
 		}
 	}()
-	for range o.Conns {
-		c, err := grpc.NewClient(r.srv.API, clientOptions()...)
-		if err != nil {
-			return err
-		}
-		conns = append(conns, c)
-	}
 	var (
 		wg          sync.WaitGroup
 		synced, bad atomic.Int64

@@ -15,16 +15,38 @@ import (
 	"github.com/tributary-mesh/tributary/cmd/tributary-bench/internal/hist"
 )
 
+// setShape records the workload's sizes: services, endpoints per service,
+// streams and connections.
+func (r *runner) setShape() {
+	r.res.Set("services", r.o.Services)
+	r.res.Set("endpoints", r.o.Endpoints)
+	r.res.Set("streams", r.o.Streams)
+	r.res.Set("conns", r.o.Conns)
+}
+
+// dial opens n connections to api with the tool's dial options.
+func dial(api string, n int) ([]*grpc.ClientConn, error) {
+	var conns []*grpc.ClientConn
+	for range n {
+		c, err := grpc.NewClient(api, clientOptions()...)
+		if err != nil {
+			for _, c := range conns {
+				c.Close()
+			}
+			return nil, err
+		}
+		conns = append(conns, c)
+	}
+	return conns, nil
+}
+
 // steady (and hotfanout, the same steps with one service): W streams, the
 // initial sync, memory per idle stream, new-stream latency with W open,
 // then churn at R for D, propagation latency, CPU per delivery, and the
 // final-state check.
 func (r *runner) steady(ctx context.Context) error {
 	o := r.o
-	r.res.Set("services", o.Services)
-	r.res.Set("endpoints", o.Endpoints)
-	r.res.Set("streams", o.Streams)
-	r.res.Set("conns", o.Conns)
+	r.setShape()
 	r.res.Set("rate", o.Rate)
 	r.res.Set("duration_s", o.Duration.Seconds())
 	if err := r.startServer(ctx, o.Services, o.Endpoints); err != nil {
