@@ -613,41 +613,63 @@ func (r *run) dispatch(ctx context.Context) {
 
 // The goroutines. They read only the immutable fields of a svcState.
 
-// watchCatalog follows a datacenter's service list with blocking queries.
-func (r *run) watchCatalog(ctx context.Context, dc string) {
+// block follows one Consul blocking query from index idx until ctx ends or
+// an event can no longer be sent. fetch reads at an index (consistently
+// after a failure). A failed read sends failed(err) and is retried from
+// scratch after a backoff; an answer whose index did not move (the wait
+// ended, nothing changed) is ignored; any other sends changed(meta) and
+// waits from its index.
+func (r *run) block(ctx context.Context, idx uint64,
+	fetch func(idx uint64, consistent bool) (*api.QueryMeta, error),
+	failed func(error) any, changed func(*api.QueryMeta) any) {
 	bo := r.newBackoff()
-	var idx uint64
-	failed := false
+	consistent := false
 	for {
-		q, cancel := r.query(ctx, dc, idx, failed)
-		q.Filter = r.s.filter
-		services, meta, err := r.client.Catalog().Services(q)
-		cancel()
+		meta, err := fetch(idx, consistent)
 		if ctx.Err() != nil {
 			return
 		}
 		if err != nil {
-			if !r.send(ctx, catalogEvent{dc: dc, err: err}) {
+			if !r.send(ctx, failed(err)) {
 				return
 			}
-			idx, failed = 0, true // read from scratch, consistently, once it answers again
+			idx, consistent = 0, true // read from scratch, consistently, once it answers again
 			if !sleep(ctx, bo.next()) {
 				return
 			}
 			continue
 		}
 		bo.reset()
-		failed = false
+		consistent = false
 		if idx != 0 && meta.LastIndex == idx {
-			continue // the wait ended; nothing changed
+			continue
 		}
-		ev := catalogEvent{dc: dc, services: r.selectServices(services), index: meta.LastIndex,
-			aclFiltered: meta.ResultsFilteredByACLs, defaultDeny: meta.DefaultACLPolicy == "deny"}
+		ev := changed(meta)
 		idx = nextIndex(idx, meta.LastIndex)
 		if !r.send(ctx, ev) {
 			return
 		}
 	}
+}
+
+// watchCatalog follows a datacenter's service list with blocking queries.
+func (r *run) watchCatalog(ctx context.Context, dc string) {
+	var services map[string][]string
+	r.block(ctx, 0,
+		func(idx uint64, consistent bool) (*api.QueryMeta, error) {
+			q, cancel := r.query(ctx, dc, idx, consistent)
+			defer cancel()
+			q.Filter = r.s.filter
+			var meta *api.QueryMeta
+			var err error
+			services, meta, err = r.client.Catalog().Services(q)
+			return meta, err
+		},
+		func(err error) any { return catalogEvent{dc: dc, err: err} },
+		func(meta *api.QueryMeta) any {
+			return catalogEvent{dc: dc, services: r.selectServices(services), index: meta.LastIndex,
+				aclFiltered: meta.ResultsFilteredByACLs, defaultDeny: meta.DefaultACLPolicy == "deny"}
+		})
 }
 
 // selectServices applies the name and tag filters to a service list.
@@ -680,43 +702,27 @@ func (r *run) wanted(name string) bool {
 // watchChecks follows a datacenter's non-passing checks: any check change
 // ends the blocking query, and the difference names the services to read.
 func (r *run) watchChecks(ctx context.Context, dc string) {
-	bo := r.newBackoff()
-	var idx uint64
-	failed := false
-	for {
-		q, cancel := r.query(ctx, dc, idx, failed)
-		q.Filter = nonPassingFilter
-		checks, meta, err := r.client.Health().State(api.HealthAny, q)
-		cancel()
-		if ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			if !r.send(ctx, checksEvent{dc: dc, err: err}) {
-				return
+	var checks api.HealthChecks
+	r.block(ctx, 0,
+		func(idx uint64, consistent bool) (*api.QueryMeta, error) {
+			q, cancel := r.query(ctx, dc, idx, consistent)
+			defer cancel()
+			q.Filter = nonPassingFilter
+			var meta *api.QueryMeta
+			var err error
+			checks, meta, err = r.client.Health().State(api.HealthAny, q)
+			return meta, err
+		},
+		func(err error) any { return checksEvent{dc: dc, err: err} },
+		func(*api.QueryMeta) any {
+			set := make(map[checkRef]checkInfo, len(checks))
+			for _, c := range checks {
+				if c != nil {
+					set[checkRef{node: c.Node, id: c.CheckID}] = checkInfo{status: c.Status, service: c.ServiceName}
+				}
 			}
-			idx, failed = 0, true
-			if !sleep(ctx, bo.next()) {
-				return
-			}
-			continue
-		}
-		bo.reset()
-		failed = false
-		if idx != 0 && meta.LastIndex == idx {
-			continue
-		}
-		set := make(map[checkRef]checkInfo, len(checks))
-		for _, c := range checks {
-			if c != nil {
-				set[checkRef{node: c.Node, id: c.CheckID}] = checkInfo{status: c.Status, service: c.ServiceName}
-			}
-		}
-		idx = nextIndex(idx, meta.LastIndex)
-		if !r.send(ctx, checksEvent{dc: dc, checks: set}) {
-			return
-		}
-	}
+			return checksEvent{dc: dc, checks: set}
+		})
 }
 
 // fetchHealth reads one service's instances with their checks.
@@ -732,34 +738,16 @@ func (r *run) fetchHealth(ctx context.Context, dc, name string, index uint64, co
 
 // watchService follows one service with blocking queries until ctx ends.
 func (r *run) watchService(ctx context.Context, st *svcState, gen, idx uint64) {
-	bo := r.newBackoff()
-	failed := false
-	for {
-		entries, meta, err := r.fetchHealth(ctx, st.dc, st.name, idx, failed)
-		if ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			if !r.send(ctx, healthEvent{st: st, gen: gen, err: err}) {
-				return
-			}
-			idx, failed = 0, true
-			if !sleep(ctx, bo.next()) {
-				return
-			}
-			continue
-		}
-		bo.reset()
-		failed = false
-		if idx != 0 && meta.LastIndex == idx {
-			continue
-		}
-		ev := r.result(st, gen, entries, meta.LastIndex)
-		idx = nextIndex(idx, meta.LastIndex)
-		if !r.send(ctx, ev) {
-			return
-		}
-	}
+	var entries []*api.ServiceEntry
+	r.block(ctx, idx,
+		func(idx uint64, consistent bool) (*api.QueryMeta, error) {
+			var meta *api.QueryMeta
+			var err error
+			entries, meta, err = r.fetchHealth(ctx, st.dc, st.name, idx, consistent)
+			return meta, err
+		},
+		func(err error) any { return healthEvent{st: st, gen: gen, err: err} },
+		func(meta *api.QueryMeta) any { return r.result(st, gen, entries, meta.LastIndex) })
 }
 
 // fetchOnce is one overflow read.

@@ -24,6 +24,18 @@ func (r *runner) setShape() {
 	r.res.Set("conns", r.o.Conns)
 }
 
+// prepare starts the server with the workload's services, connects the
+// fleet, and returns the server's settled memory before any stream.
+func (r *runner) prepare(ctx context.Context) (Sample, error) {
+	if err := r.startServer(ctx, r.o.Services, r.o.Endpoints); err != nil {
+		return Sample{}, err
+	}
+	if err := r.newFleet(ctx); err != nil {
+		return Sample{}, err
+	}
+	return r.srv.Settle(ctx)
+}
+
 // dial opens n connections to api with the tool's dial options.
 func dial(api string, n int) ([]*grpc.ClientConn, error) {
 	var conns []*grpc.ClientConn
@@ -49,13 +61,7 @@ func (r *runner) steady(ctx context.Context) error {
 	r.setShape()
 	r.res.Set("rate", o.Rate)
 	r.res.Set("duration_s", o.Duration.Seconds())
-	if err := r.startServer(ctx, o.Services, o.Endpoints); err != nil {
-		return err
-	}
-	if err := r.newFleet(ctx); err != nil {
-		return err
-	}
-	base, err := r.srv.Settle(ctx)
+	base, err := r.prepare(ctx)
 	if err != nil {
 		return err
 	}
@@ -329,16 +335,10 @@ func (c *churnRun) report(res *Result, s *churnStep, prefix string) {
 // p99 exceeds the limit.
 func (r *runner) ramp(ctx context.Context) error {
 	o := r.o
-	r.res.Set("services", o.Services)
-	r.res.Set("endpoints", o.Endpoints)
-	r.res.Set("streams", o.Streams)
-	r.res.Set("conns", o.Conns)
+	r.setShape()
 	r.res.Set("step_s", o.RampStep.Seconds())
 	r.res.Set("limit_ms", ms(int64(o.RampLimit)))
-	if err := r.startServer(ctx, o.Services, o.Endpoints); err != nil {
-		return err
-	}
-	if err := r.newFleet(ctx); err != nil {
+	if _, err := r.prepare(ctx); err != nil {
 		return err
 	}
 	if err := r.openAll(ctx, o.Streams, "sync_s"); err != nil {
@@ -378,13 +378,7 @@ func (r *runner) idle(ctx context.Context) error {
 	r.res.Set("services", o.Services)
 	r.res.Set("endpoints", o.Endpoints)
 	r.res.Set("conns", o.Conns)
-	if err := r.startServer(ctx, o.Services, o.Endpoints); err != nil {
-		return err
-	}
-	if err := r.newFleet(ctx); err != nil {
-		return err
-	}
-	base, err := r.srv.Settle(ctx)
+	base, err := r.prepare(ctx)
 	if err != nil {
 		return err
 	}
@@ -459,17 +453,8 @@ func (r *runner) idle(ctx context.Context) error {
 // storm opens W streams from W goroutines released at once.
 func (r *runner) storm(ctx context.Context) error {
 	o := r.o
-	r.res.Set("services", o.Services)
-	r.res.Set("endpoints", o.Endpoints)
-	r.res.Set("streams", o.Streams)
-	r.res.Set("conns", o.Conns)
-	if err := r.startServer(ctx, o.Services, o.Endpoints); err != nil {
-		return err
-	}
-	if err := r.newFleet(ctx); err != nil {
-		return err
-	}
-	base, err := r.srv.Settle(ctx)
+	r.setShape()
+	base, err := r.prepare(ctx)
 	if err != nil {
 		return err
 	}
