@@ -260,17 +260,8 @@ func (s *Source) lookup(ctx context.Context, n Name) outcome {
 	extra := map[string][]netip.Addr{}
 	extraTTL := map[string]uint32{}
 	for _, rr := range resp.Extra {
-		var a netip.Addr
-		switch v := rr.(type) {
-		case *dns.A:
-			a, _ = netip.AddrFromSlice(v.A.To4())
-		case *dns.AAAA:
-			a, _ = netip.AddrFromSlice(v.AAAA.To16())
-			a = a.Unmap() // an IPv4-mapped AAAA is the A record's backend, not another one
-		default:
-			continue
-		}
-		if !a.IsValid() {
+		a, ok := addrOf(rr)
+		if !ok {
 			continue
 		}
 		owner := strings.ToLower(rr.Header().Name)
@@ -388,17 +379,8 @@ func (s *Source) resolveTarget(ctx context.Context, target string) ([]netip.Addr
 			return nil, 0, err
 		}
 		for _, rr := range resp.Answer {
-			var a netip.Addr
-			switch v := rr.(type) {
-			case *dns.A:
-				a, _ = netip.AddrFromSlice(v.A.To4())
-			case *dns.AAAA:
-				a, _ = netip.AddrFromSlice(v.AAAA.To16())
-				a = a.Unmap() // an IPv4-mapped AAAA is the A record's backend, not another one
-			default:
-				continue
-			}
-			if !a.IsValid() {
+			a, ok := addrOf(rr)
+			if !ok {
 				continue
 			}
 			addrs = append(addrs, a)
@@ -464,4 +446,18 @@ func (s *Source) exchange(ctx context.Context, m *dns.Msg, server, network strin
 	c := &dns.Client{Net: network, UDPSize: s.cfg.UDPSize, Timeout: s.cfg.Timeout}
 	resp, _, err := c.ExchangeContext(ctx, m, server)
 	return resp, err
+}
+
+// addrOf is the address of an A or AAAA record (ok false for any other
+// record, or a malformed one). An IPv4-mapped AAAA is the A record's
+// backend, not another one.
+func addrOf(rr dns.RR) (a netip.Addr, ok bool) {
+	switch v := rr.(type) {
+	case *dns.A:
+		a, _ = netip.AddrFromSlice(v.A.To4())
+	case *dns.AAAA:
+		a, _ = netip.AddrFromSlice(v.AAAA.To16())
+		a = a.Unmap()
+	}
+	return a, a.IsValid()
 }
