@@ -125,35 +125,6 @@ func (sn *Snapshot) Service(ws memdb.WatchSet, a discovery.Authority) ServiceSta
 	return st
 }
 
-// Watch adds to ws the channels Service(ws, a) would add, without reading
-// any row, and returns the host's version (ServiceState.Version). A reader
-// that has already computed its view at that version can reuse it and only
-// needs to sleep on ws.
-func (sn *Snapshot) Watch(ws memdb.WatchSet, a discovery.Authority) uint64 {
-	host, err := canonicalHost(a.Host)
-	if err != nil {
-		return 0
-	}
-	if a.Port == 0 {
-		var q any = hostQuery(host)
-		sn.get(ws, tableServices, indexHost+prefix, q)
-		sn.get(ws, tableEndpoints, indexID+prefix, q)
-	} else {
-		for _, q := range [2]any{authQuery{Host: host, Port: a.Port}, authQuery{Host: host}} {
-			sn.get(ws, tableServices, indexHost, q)
-			sn.get(ws, tableEndpoints, indexID+prefix, q)
-		}
-	}
-	return sn.hostVersion(host)
-}
-
-func (sn *Snapshot) hostVersion(host string) uint64 {
-	if raw, err := sn.txn.First(tableHosts, indexID, hostQuery(host)); err == nil && raw != nil {
-		return raw.(*versionRow).version
-	}
-	return 0
-}
-
 // EndpointsByAddr returns every endpoint row with exactly that address, with
 // the authority it serves, sorted by host, port, Source and Key. It adds to
 // ws (if non-nil) a channel that fires when rows of that address change.
