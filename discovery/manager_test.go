@@ -375,7 +375,8 @@ func TestManagerStaleAfterCountsFromLastSuccess(t *testing.T) {
 	st.signal()
 	sinks[0].Failed(errors.New("down")) // a fresh failure, an hour after the last success: drop
 	waitDrop(t, store)
-	if got := m.Status()[0]; !got.Expired || got.Expiries != 1 {
+	// The status is marked right after the drop returns: wait for it.
+	if got := waitStatus(t, m, func(s SourceStatus) bool { return s.Expired }); got.Expiries != 1 {
 		t.Fatalf("status %+v", got)
 	}
 	select {
