@@ -60,6 +60,15 @@ type BuildContext struct {
 	Logger  *slog.Logger
 }
 
+// Log is the logger a source should use: Logger, or one that discards when
+// none was given.
+func (bc BuildContext) Log() *slog.Logger {
+	if bc.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return bc.Logger
+}
+
 // Kind builds sources of one kind from their YAML config.
 type Kind struct {
 	// Name is the value of `kind:` in the config.

@@ -72,10 +72,7 @@ func NewSource(cfg Config, bc discovery.BuildContext) (*Source, error) {
 	if err != nil {
 		return nil, err
 	}
-	log := bc.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := bc.Log()
 	return &Source{
 		cfg:       cfg,
 		auths:     auths,

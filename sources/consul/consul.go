@@ -85,10 +85,7 @@ func NewSource(cfg Config, bc discovery.BuildContext) (*Source, error) {
 	if err != nil {
 		return nil, err
 	}
-	log := bc.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := bc.Log()
 	tlsConf, err := api.SetupTLSConfig(&s.api.TLSConfig)
 	if err != nil {
 		return nil, &discovery.ConfigError{Key: "tls", Err: err}

@@ -78,10 +78,7 @@ func NewSource(cfg Config, bc discovery.BuildContext) (*Source, error) {
 	if cfg.MinRefresh <= 0 || cfg.MaxRefresh < cfg.MinRefresh || cfg.Timeout <= 0 || cfg.UDPSize < dns.MinMsgSize {
 		return nil, &discovery.ConfigError{Key: "refresh", Err: errors.New("refresh.min, refresh.max, timeout and udp_size must be set (see Config)")}
 	}
-	log := bc.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := bc.Log()
 	return &Source{cfg: cfg, log: log}, nil
 }
 

@@ -91,10 +91,7 @@ func NewSource(cfg Config, bc discovery.BuildContext) (*Source, error) {
 	if err != nil {
 		return nil, err
 	}
-	log := bc.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log := bc.Log()
 	return &Source{
 		set:       set,
 		name:      bc.Name,
