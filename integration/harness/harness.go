@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -84,12 +85,35 @@ func (e exitCapture) Run() int { *e.code = e.m.Run(); return *e.code }
 // FreePort returns a loopback port that was free a moment ago.
 func FreePort(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return FreePorts(t, 1)[0]
+}
+
+// FreePorts returns n distinct loopback addresses (127.0.0.1:port) whose
+// ports were free a moment ago.
+func FreePorts(tb testing.TB, n int) []string {
+	tb.Helper()
+	out := make([]string, n)
+	for i, p := range FreePortNumbers(tb, n) {
+		out[i] = net.JoinHostPort("127.0.0.1", strconv.Itoa(p))
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return out
+}
+
+// FreePortNumbers returns n distinct loopback TCP ports that were free a
+// moment ago. They are held open together while picked: one at a time, the
+// kernel may hand the same port out twice.
+func FreePortNumbers(tb testing.TB, n int) []int {
+	tb.Helper()
+	out := make([]int, n)
+	for i := range out {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			tb.Fatal(err)
+		}
+		defer ln.Close()
+		out[i] = ln.Addr().(*net.TCPAddr).Port
+	}
+	return out
 }
 
 // WriteAtomic writes a file the way careful tools do: a temporary file in
@@ -139,7 +163,8 @@ type Server struct {
 // and starts tributary on free loopback ports; it returns once /readyz is 200.
 func Start(t *testing.T, dir, sourcesAndRules string) *Server {
 	t.Helper()
-	return StartAt(t, dir, FreePort(t), FreePort(t), sourcesAndRules)
+	p := FreePorts(t, 2)
+	return StartAt(t, dir, p[0], p[1], sourcesAndRules)
 }
 
 // StartAt is Start on given API and admin addresses: a restarted server
@@ -153,7 +178,8 @@ func StartAt(t *testing.T, dir, api, admin, sourcesAndRules string) *Server {
 // YAML indented by two spaces, e.g. "  streams: {send_timeout: 1s}\n".
 func StartWith(t *testing.T, dir, serverKeys, sourcesAndRules string) *Server {
 	t.Helper()
-	return startAt(t, dir, FreePort(t), FreePort(t), serverKeys, sourcesAndRules)
+	p := FreePorts(t, 2)
+	return startAt(t, dir, p[0], p[1], serverKeys, sourcesAndRules)
 }
 
 func startAt(t *testing.T, dir, api, admin, serverKeys, sourcesAndRules string) *Server {
@@ -238,6 +264,7 @@ func (s *Server) WaitLog(substr string) {
 // Stream is one Get stream, replayed into the set a proxy would hold.
 type Stream struct {
 	t       *testing.T
+	name    string // the path asked for, in failure messages
 	updates chan *pb.Update
 	errc    chan error
 	Set     destination.EndpointSet
@@ -250,12 +277,18 @@ func (s *Server) Get(path string) *Stream {
 
 func (s *Server) GetWithToken(path, token string) *Stream {
 	s.t.Helper()
+	return Open(s.t, s.Client(), path, token)
+}
+
+// Open starts a Get stream for path on client; it ends with the test.
+func Open(t *testing.T, client pb.DestinationClient, path, token string) *Stream {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	st := &Stream{t: s.t, updates: make(chan *pb.Update, 100), errc: make(chan error, 1)}
-	c, err := s.Client().Get(ctx, &pb.GetDestination{Scheme: "k8s", Path: path, ContextToken: token})
+	st := &Stream{t: t, name: path, updates: make(chan *pb.Update, 100), errc: make(chan error, 1)}
+	c, err := client.Get(ctx, &pb.GetDestination{Scheme: "k8s", Path: path, ContextToken: token})
 	if err != nil {
 		cancel()
-		s.t.Fatal(err)
+		t.Fatal(err)
 	}
 	done := make(chan struct{})
 	go func() {
@@ -269,25 +302,34 @@ func (s *Server) GetWithToken(path, token string) *Stream {
 			st.updates <- u
 		}
 	}()
-	s.t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() { cancel(); <-done })
 	return st
 }
+
+// Name is the path the stream asked for.
+func (st *Stream) Name() string { return st.name }
 
 // Next returns the next update in the compact form "add:a,b", "remove:a",
 // "none:true|false", after checking it against the wire contract.
 func (st *Stream) Next() string {
 	st.t.Helper()
+	return st.NextWithin(waitFor)
+}
+
+// NextWithin is Next, failing the test after wait instead of WaitFor.
+func (st *Stream) NextWithin(wait time.Duration) string {
+	st.t.Helper()
 	select {
 	case u := <-st.updates:
 		if err := st.Set.Apply(u); err != nil {
-			st.t.Fatalf("contract: %v", err)
+			st.t.Fatalf("%s: contract: %v", st.name, err)
 		}
 		return Describe(u)
 	case err := <-st.errc:
 		st.errc <- err
-		st.t.Fatalf("stream ended: %v", err)
-	case <-time.After(waitFor):
-		st.t.Fatal("no update")
+		st.t.Fatalf("%s: stream ended: %v", st.name, err)
+	case <-time.After(wait):
+		st.t.Fatalf("%s: no update within %v", st.name, wait)
 	}
 	return ""
 }

@@ -127,17 +127,6 @@ func (p *proc) tail() string {
 	return string(b)
 }
 
-// freePort returns a loopback port that was free a moment ago.
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // cluster is one etcd with its API servers.
 type cluster struct {
 	name    string
@@ -177,7 +166,8 @@ func newCluster(t testing.TB, bins binaries, name string, n int) (*cluster, erro
 	if err := c.writeCredentials(); err != nil {
 		return nil, err
 	}
-	clientPort, peerPort := freePort(t), freePort(t)
+	ports := harness.FreePortNumbers(t, 2)
+	clientPort, peerPort := ports[0], ports[1]
 	c.etcdURL = "http://127.0.0.1:" + strconv.Itoa(clientPort)
 	peerURL := "http://127.0.0.1:" + strconv.Itoa(peerPort)
 	c.etcd, err = startProc(name+"/etcd", bins.etcd, filepath.Join(dir, "etcd.log"),
@@ -190,7 +180,7 @@ func newCluster(t testing.TB, bins binaries, name string, n int) (*cluster, erro
 		return nil, err
 	}
 	for i := 0; i < n; i++ {
-		a := &apiserver{c: c, idx: i, port: freePort(t)}
+		a := &apiserver{c: c, idx: i, port: harness.FreePortNumbers(t, 1)[0]}
 		c.servers = append(c.servers, a)
 		if err := a.startProc(); err != nil {
 			return nil, err

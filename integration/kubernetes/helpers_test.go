@@ -27,7 +27,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	k8s "k8s.io/client-go/kubernetes"
 
-	"github.com/tributary-mesh/tributary/destination"
 	"github.com/tributary-mesh/tributary/integration/harness"
 )
 
@@ -218,15 +217,12 @@ func start(t *testing.T, sources ...string) *harness.Server {
 	return harness.Start(t, t.TempDir(), "sources:\n"+strings.Join(sources, ""))
 }
 
-// stream is a Get stream replayed as a proxy holds it. Unlike the
-// harness's, its waits are configurable: a reconnect after an API server
-// outage follows client-go's backoff, which can exceed harness.WaitFor.
+// stream is a harness stream with the expectations these tests use. Its
+// waits are configurable: a reconnect after an API server outage follows
+// client-go's backoff, which can exceed the harness's default wait.
 type stream struct {
-	t       *testing.T
-	name    string
-	updates chan *pb.Update
-	errc    chan error
-	set     destination.EndpointSet
+	*harness.Stream
+	t *testing.T
 }
 
 func get(t *testing.T, s *harness.Server, path string) *stream {
@@ -241,46 +237,7 @@ func getWithToken(t *testing.T, s *harness.Server, path, token string) *stream {
 
 func openStream(t *testing.T, client pb.DestinationClient, path, token string) *stream {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	st := &stream{t: t, name: path, updates: make(chan *pb.Update, 100), errc: make(chan error, 1)}
-	c, err := client.Get(ctx, &pb.GetDestination{Scheme: "k8s", Path: path, ContextToken: token})
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			u, err := c.Recv()
-			if err != nil {
-				st.errc <- err
-				return
-			}
-			st.updates <- u
-		}
-	}()
-	t.Cleanup(func() { cancel(); <-done })
-	return st
-}
-
-// next returns the next update as harness.Describe formats it, checked
-// against the wire contract; it fails the test after wait.
-func (st *stream) next(wait time.Duration) string {
-	st.t.Helper()
-	select {
-	case u := <-st.updates:
-		if err := st.set.Apply(u); err != nil {
-			st.t.Fatalf("%s: contract: %v", st.name, err)
-		}
-		return harness.Describe(u)
-	case err := <-st.errc:
-		st.errc <- err
-		st.t.Fatalf("%s: stream ended: %v", st.name, err)
-	case <-time.After(wait):
-		st.t.Fatalf("%s: no update within %v", st.name, wait)
-	}
-	return ""
+	return &stream{Stream: harness.Open(t, client, path, token), t: t}
 }
 
 // expect checks the next updates, in order.
@@ -292,8 +249,8 @@ func (st *stream) expect(want ...string) {
 func (st *stream) expectWithin(wait time.Duration, want ...string) {
 	st.t.Helper()
 	for _, w := range want {
-		if got := st.next(wait); got != w {
-			st.t.Fatalf("%s: got %q, want %q", st.name, got, w)
+		if got := st.NextWithin(wait); got != w {
+			st.t.Fatalf("%s: got %q, want %q", st.Name(), got, w)
 		}
 	}
 }
@@ -304,13 +261,13 @@ func (st *stream) expectFinal(wait time.Duration, final string, allowed ...strin
 	st.t.Helper()
 	var seen []string
 	for {
-		got := st.next(wait)
+		got := st.NextWithin(wait)
 		if got == final {
 			return
 		}
 		i := slices.Index(allowed, got)
 		if i < 0 {
-			st.t.Fatalf("%s: got %q after %q, want %q (or first one of %q)", st.name, got, seen, final, allowed)
+			st.t.Fatalf("%s: got %q after %q, want %q (or first one of %q)", st.Name(), got, seen, final, allowed)
 		}
 		allowed = slices.Delete(slices.Clone(allowed), i, i+1)
 		seen = append(seen, got)
@@ -320,12 +277,12 @@ func (st *stream) expectFinal(wait time.Duration, final string, allowed ...strin
 // addr is what the client holds for an address.
 func (st *stream) addr(ap string) *pb.WeightedAddr {
 	st.t.Helper()
-	for a, wa := range st.set.Addrs {
+	for a, wa := range st.Set.Addrs {
 		if a.String() == ap {
 			return wa
 		}
 	}
-	st.t.Fatalf("%s: %s not held (holding %v)", st.name, ap, st.set.Sorted())
+	st.t.Fatalf("%s: %s not held (holding %v)", st.Name(), ap, st.Set.Sorted())
 	return nil
 }
 
@@ -404,9 +361,10 @@ type tributaryProc struct {
 // startUnready starts tributary and returns at once.
 func startUnready(t testing.TB, dir, sources string, args ...string) *tributaryProc {
 	t.Helper()
+	addrs := harness.FreePorts(t, 2)
 	p := &tributaryProc{
-		api:    fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		admin:  fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		api:    addrs[0],
+		admin:  addrs[1],
 		logs:   &harness.SyncBuffer{},
 		exited: make(chan struct{}),
 	}

@@ -125,7 +125,8 @@ func TestAdminMTLS(t *testing.T) {
 	ca := tlstest.NewCA(t, "prod CA")
 	tlstest.WriteFiles(t, dir, ca.Issue(t, tlstest.LeafOptions{ID: serverID, DNS: []string{serverDNS}}), ca.PEM)
 	writeServices(t, dir, "10.1.0.1:8080")
-	api, adminAddr := harness.FreePort(t), harness.FreePort(t)
+	p := harness.FreePorts(t, 2)
+	api, adminAddr := p[0], p[1]
 	cfg := fmt.Sprintf(`server:
   listen: %s
   admin: %s
