@@ -147,11 +147,17 @@ func (s *Source) Run(ctx context.Context, sink discovery.Sink) {
 
 // backoff is the jittered wait after the n-th failed poll in a row.
 func (s *Source) backoff(n int) time.Duration {
-	d := s.opts.MinBackoff
-	for i := 1; i < n && d < s.opts.MaxBackoff; i++ {
+	return Backoff(n, s.opts.MinBackoff, s.opts.MaxBackoff)
+}
+
+// Backoff is the wait after the n-th failure in a row (n >= 1): lo doubled
+// per failure up to hi, with ±20 % jitter so that many waiters spread out.
+func Backoff(n int, lo, hi time.Duration) time.Duration {
+	d := lo
+	for i := 1; i < n && d < hi; i++ {
 		d *= 2
 	}
-	d = min(d, s.opts.MaxBackoff)
+	d = min(d, hi)
 	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
 }
 

@@ -30,7 +30,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -220,12 +219,7 @@ func (r *run) clamp(ttl uint32) time.Duration {
 
 // backoff is the jittered wait after the n-th failed lookup of a name.
 func (r *run) backoff(n int) time.Duration {
-	d := r.cfg.MinRefresh
-	for i := 1; i < n && d < r.cfg.MaxRefresh; i++ {
-		d *= 2
-	}
-	d = min(d, r.cfg.MaxRefresh)
-	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+	return refresh.Backoff(n, r.cfg.MinRefresh, r.cfg.MaxRefresh)
 }
 
 func countEndpoints(g discovery.Group) int {
