@@ -349,3 +349,19 @@ func TestSharedDecoder(t *testing.T) {
 		t.Errorf("request round trip: %v %v", &req, err)
 	}
 }
+
+// TestStealPct: the share of the machine's CPU time the hypervisor took
+// between two readings, and a reading taken from this machine's /proc.
+func TestStealPct(t *testing.T) {
+	a := machineTimes{steal: 10, total: 1000}
+	b := machineTimes{steal: 30, total: 2000}
+	if got := b.stealPct(a); got != 2 {
+		t.Errorf("stealPct = %v, want 2", got)
+	}
+	if got := a.stealPct(a); got != 0 {
+		t.Errorf("no time passed: stealPct = %v, want 0", got)
+	}
+	if m := machineCPU(); m.total <= 0 || m.steal < 0 || m.steal > m.total {
+		t.Errorf("machineCPU() = %+v", m)
+	}
+}
