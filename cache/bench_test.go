@@ -15,6 +15,19 @@ const (
 	benchEndpoints = 10
 )
 
+// benchLabels[i][j] are the labels of endpoint j of service i, the same map
+// in every version, as a source hands over again an endpoint it did not
+// change.
+var benchLabels [benchServices][benchEndpoints]map[string]string
+
+func init() {
+	for i := range benchLabels {
+		for j := range benchLabels[i] {
+			benchLabels[i][j] = map[string]string{"pod": fmt.Sprintf("svc-%d-%d", i, j)}
+		}
+	}
+}
+
 // benchGroup is service i with its endpoints; version changes the weight of
 // its first endpoint.
 func benchGroup(i, version int) discovery.Group {
@@ -24,7 +37,7 @@ func benchGroup(i, version int) discovery.Group {
 			Addr:   netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), byte(j + 1)}), 8080),
 			Zone:   "zone-a",
 			Health: discovery.HealthPassing,
-			Labels: map[string]string{"pod": fmt.Sprintf("svc-%d-%d", i, j)},
+			Labels: benchLabels[i][j],
 		}
 	}
 	eps[0].Weight = uint32(version + 1)
@@ -64,6 +77,23 @@ func BenchmarkApply(b *testing.B) {
 			g := n % benchServices
 			v := (n/benchServices + 1) % 2 // alternates every pass: always a change
 			if changed, err := s.Apply("bench", versions[v][g:g+1]); err != nil || !changed {
+				b.Fatalf("Apply = %v, %v", changed, err)
+			}
+		}
+	})
+	// eight-groups is what a busy applier hands over: several groups that
+	// arrived while it was writing, in one transaction. Reported per group.
+	b.Run("eight-groups", func(b *testing.B) {
+		s, versions := benchStore(b)
+		batch := make([]discovery.Group, 8)
+		b.ReportAllocs()
+		for n := 0; b.Loop(); n++ {
+			for k := range batch {
+				g := (n*8 + k*benchServices/8) % benchServices // spread, as random picks are
+				v := ((n*8+k*benchServices/8)/benchServices + 1) % 2
+				batch[k] = versions[v][g]
+			}
+			if changed, err := s.Apply("bench", batch); err != nil || !changed {
 				b.Fatalf("Apply = %v, %v", changed, err)
 			}
 		}

@@ -14,7 +14,6 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -61,7 +60,10 @@ func New() *Store {
 // whose rows really changed.
 //
 // Stored endpoints are copies stamped with Source = provider and Key =
-// group.Key; the caller's groups are neither modified nor retained. Hosts
+// group.Key; the caller's groups are not modified. Label maps and ForZones
+// are kept as they came, not copied: endpoints are immutable once handed over
+// (see discovery.Endpoint), and a source that hands over an unchanged
+// endpoint again then costs no deep comparison of its labels. Hosts
 // are stored canonical: lower case, without a trailing dot.
 //
 // Input that is not well-formed is rejected as a whole with an error
@@ -498,8 +500,6 @@ func (w *writer) endpointRow(key string, want *epWant) *endpointRow {
 	r.ep.Source, r.ep.Key = w.provider, key
 	if len(r.ep.Labels) == 0 {
 		r.ep.Labels = nil
-	} else {
-		r.ep.Labels = maps.Clone(r.ep.Labels)
 	}
 	return r
 }

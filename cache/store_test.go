@@ -37,6 +37,11 @@ func weight(w uint32) epOpt { return func(e *discovery.Endpoint) { e.Weight = w 
 
 func health(h discovery.Health) epOpt { return func(e *discovery.Endpoint) { e.Health = h } }
 
+// withLabels gives the endpoint m itself, not a copy.
+func withLabels(m map[string]string) epOpt {
+	return func(e *discovery.Endpoint) { e.Labels = m }
+}
+
 func labels(kv ...string) epOpt {
 	return func(e *discovery.Endpoint) {
 		e.Labels = map[string]string{}
@@ -103,7 +108,7 @@ func TestSchemaValid(t *testing.T) {
 	}
 }
 
-func TestApplyStampsProvenanceAndCopies(t *testing.T) {
+func TestApplyStampsProvenanceAndCopiesEndpoints(t *testing.T) {
 	s := New()
 	in := []discovery.Group{group("web",
 		svc("web.demo:8080",
@@ -132,11 +137,37 @@ func TestApplyStampsProvenanceAndCopies(t *testing.T) {
 		}
 	}
 
-	// The caller's label map is not retained.
-	in[0].Services[0].Endpoints[0].Labels["pod"] = "changed"
-	st = s.Snapshot().Service(nil, auth("web.demo:8080"))
-	if got := st.Endpoints[0].Labels["pod"]; got != "a" {
-		t.Fatalf("stored label follows the caller's map: %q", got)
+}
+
+// Label maps are kept as handed over (endpoints are immutable from then on):
+// handing the same endpoint over again is a no-op, whether it brings the
+// same map or an equal one, and a different map is a change.
+func TestApplyComparesLabelsByContent(t *testing.T) {
+	s := New()
+	shared := map[string]string{"pod": "a", "team": "x"}
+	if !apply(t, s, "file/a", group("web", svc("web.demo:8080", ep("10.0.0.1:8080", withLabels(shared))))) {
+		t.Fatal("first Apply reported no change")
+	}
+	for _, tc := range []struct {
+		name   string
+		labels map[string]string
+		change bool
+	}{
+		{"same map", shared, false},
+		{"equal map", map[string]string{"team": "x", "pod": "a"}, false},
+		{"other value", map[string]string{"pod": "b", "team": "x"}, true},
+		{"other key", map[string]string{"pod": "b", "zone2": "x"}, true},
+		{"fewer labels", map[string]string{"pod": "b"}, true},
+		{"none", nil, true},
+		{"none again, empty map", map[string]string{}, false},
+	} {
+		if got := apply(t, s, "file/a", group("web", svc("web.demo:8080", ep("10.0.0.1:8080", withLabels(tc.labels))))); got != tc.change {
+			t.Errorf("%s: Apply changed = %v, want %v", tc.name, got, tc.change)
+		}
+		st := s.Snapshot().Service(nil, auth("web.demo:8080"))
+		if len(st.Endpoints) != 1 || !maps.Equal(st.Endpoints[0].Labels, tc.labels) || len(tc.labels) == 0 && st.Endpoints[0].Labels != nil {
+			t.Errorf("%s: stored labels = %v, want %v", tc.name, st.Endpoints[0].Labels, tc.labels)
+		}
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -239,8 +240,22 @@ func (e *Endpoint) EffectiveWeight() uint32 {
 func (e *Endpoint) Equal(o *Endpoint) bool {
 	return e.Addr == o.Addr && e.Weight == o.Weight && e.Zone == o.Zone &&
 		e.Health == o.Health && e.Identity == o.Identity && e.Protocol == o.Protocol &&
-		e.Source == o.Source && e.Key == o.Key && maps.Equal(e.Labels, o.Labels) &&
+		e.Source == o.Source && e.Key == o.Key && sameLabels(e.Labels, o.Labels) &&
 		slices.Equal(e.ForZones, o.ForZones)
+}
+
+// sameLabels is maps.Equal with a shortcut for a map compared with itself:
+// the usual case when a source hands over again an endpoint it did not
+// change, since endpoints, and so their label maps, are immutable once handed
+// over and the store keeps them as they came.
+func sameLabels(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	if len(a) == 0 || reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer() {
+		return true
+	}
+	return maps.Equal(a, b)
 }
 
 // SameWire reports whether two endpoints look the same to a proxy: the
@@ -248,7 +263,7 @@ func (e *Endpoint) Equal(o *Endpoint) bool {
 func (e *Endpoint) SameWire(o *Endpoint) bool {
 	return e.Addr == o.Addr && e.EffectiveWeight() == o.EffectiveWeight() && e.Zone == o.Zone &&
 		e.Identity == o.Identity && e.Protocol == o.Protocol && e.Source == o.Source &&
-		maps.Equal(e.Labels, o.Labels)
+		sameLabels(e.Labels, o.Labels)
 }
 
 // Service is a source's assertion that an authority exists, with the
