@@ -52,6 +52,7 @@ flags:
 `
 
 func main() {
+	load.SetClientGC()
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
