@@ -13,9 +13,11 @@ import (
 
 // Store is what the manager writes to; cache.Store implements it.
 type Store interface {
-	// Apply replaces the provider's groups by key in one transaction and
-	// reports whether anything changed.
-	Apply(provider string, groups []Group) (changed bool, err error)
+	// ApplyAt replaces the provider's groups by key in one transaction and
+	// reports whether anything changed. at is when the source handed the
+	// groups over, from which readers measure how long a change took to
+	// reach a client.
+	ApplyAt(provider string, groups []Group, at time.Time) (changed bool, err error)
 	// Keys lists the group keys the provider holds.
 	Keys(provider string) []string
 	// DropProvider deletes everything the provider holds in one
@@ -568,19 +570,6 @@ func (st *sourceState) guardHolds(pending map[string]Group, replace bool, now ti
 	return until, true
 }
 
-// timedStore is a Store that records when a change was handed over, so
-// readers can measure source-to-client latency (cache.Store is one).
-type timedStore interface {
-	ApplyAt(provider string, groups []Group, at time.Time) (changed bool, err error)
-}
-
-func (st *sourceState) storeApply(name string, groups []Group, arrived time.Time) (bool, error) {
-	if ts, ok := st.m.store.(timedStore); ok && !arrived.IsZero() {
-		return ts.ApplyAt(name, groups, arrived)
-	}
-	return st.m.store.Apply(name, groups)
-}
-
 func (st *sourceState) apply(pending map[string]Group, replace bool, arrived time.Time) {
 	name := st.status.Name // immutable after NewManager
 	if replace {
@@ -601,10 +590,10 @@ func (st *sourceState) apply(pending map[string]Group, replace bool, arrived tim
 	}
 	sort.Slice(groups, func(i, j int) bool { return groups[i].Key < groups[j].Key })
 
-	changed, err := st.storeApply(name, groups, arrived)
+	changed, err := st.m.store.ApplyAt(name, groups, arrived)
 	var rejected map[string]bool
 	if err != nil && len(groups) > 1 {
-		changed, rejected, err = st.applyEach(name, groups)
+		changed, rejected, err = st.applyEach(name, groups, arrived)
 	} else if err != nil {
 		rejected = map[string]bool{groups[0].Key: true}
 	}
@@ -650,11 +639,11 @@ func (st *sourceState) apply(pending map[string]Group, replace bool, arrived tim
 
 // applyEach applies groups one transaction each, so that one group the store
 // rejects does not hold back its valid siblings. It returns the keys rejected.
-func (st *sourceState) applyEach(name string, groups []Group) (changed bool, rejected map[string]bool, err error) {
+func (st *sourceState) applyEach(name string, groups []Group, arrived time.Time) (changed bool, rejected map[string]bool, err error) {
 	var errs []error
 	rejected = map[string]bool{}
 	for _, g := range groups {
-		c, e := st.m.store.Apply(name, []Group{g})
+		c, e := st.m.store.ApplyAt(name, []Group{g}, arrived)
 		changed = changed || c
 		if e != nil {
 			errs = append(errs, e)

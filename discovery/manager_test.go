@@ -55,7 +55,7 @@ func (s *memStore) addrs(provider string) []string {
 	return out
 }
 
-func (s *memStore) Apply(provider string, groups []Group) (bool, error) {
+func (s *memStore) ApplyAt(provider string, groups []Group, _ time.Time) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, g := range groups {
@@ -576,7 +576,7 @@ type timedMemStore struct {
 
 func (s timedMemStore) ApplyAt(provider string, groups []Group, at time.Time) (bool, error) {
 	s.at <- at
-	return s.memStore.Apply(provider, groups)
+	return s.memStore.ApplyAt(provider, groups, at)
 }
 
 func TestManagerPassesHandOverTimeToTheStore(t *testing.T) {
