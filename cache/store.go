@@ -155,11 +155,9 @@ func (s *Store) DropProvider(provider string) (changed bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("source %q: %w", provider, err)
 	}
-	var eps []*endpointRow
-	for _, r := range svcs {
-		if eps, err = appendRows(eps, txn, tableEndpoints, indexID+prefix, idPrefix(r)); err != nil {
-			return false, fmt.Errorf("source %q: %w", provider, err)
-		}
+	eps, err := appendEndpointsOf(nil, txn, svcs, make([]any, 1))
+	if err != nil {
+		return false, fmt.Errorf("source %q: %w", provider, err)
 	}
 	touched := map[string]struct{}{}
 	for _, r := range eps {
@@ -181,6 +179,21 @@ func (s *Store) DropProvider(provider string) (changed bool, err error) {
 	}
 	txn.Commit()
 	return true, nil
+}
+
+// appendEndpointsOf appends the endpoint rows of the service rows svcs, read
+// by id prefix: an endpoint row never exists without its service row, since
+// syncGroup writes and deletes them together. args is a one-element
+// scratch slice for Get's variadic argument.
+func appendEndpointsOf(eps []*endpointRow, txn *memdb.Txn, svcs []*serviceRow, args []any) ([]*endpointRow, error) {
+	var err error
+	for _, r := range svcs {
+		args[0] = idPrefix(r)
+		if eps, err = appendRows(eps, txn, tableEndpoints, indexID+prefix, args...); err != nil {
+			return eps, err
+		}
+	}
+	return eps, nil
 }
 
 // appendRows appends to rows the rows of txn.Get(table, index, args...).
@@ -404,12 +417,8 @@ func (w *writer) syncGroup(p *groupPlan) (changed bool, err error) {
 	if cap(w.oldEps) < len(p.eps) {
 		w.oldEps = make([]*endpointRow, 0, len(p.eps)) // usually what the group had
 	}
-	w.oldEps = w.oldEps[:0]
-	for _, r := range w.oldSvcs {
-		w.args[0] = idPrefix(r)
-		if w.oldEps, err = appendRows(w.oldEps, w.txn, tableEndpoints, indexID+prefix, w.args...); err != nil {
-			return false, err
-		}
+	if w.oldEps, err = appendEndpointsOf(w.oldEps[:0], w.txn, w.oldSvcs, w.args); err != nil {
+		return false, err
 	}
 	// The index yields rows in (nearly always exactly) this order, so the
 	// sorts are linear; they keep the merge correct regardless.
