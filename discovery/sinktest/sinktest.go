@@ -1,14 +1,18 @@
-// Package sinktest is a discovery.Sink that records what a source hands
-// over, in order, for the sources' unit tests.
+// Package sinktest is what the sources' tests share: a discovery.Sink that
+// records what a source hands over, in order; a reader of fuzz input; and
+// the check every source's output must pass.
 package sinktest
 
 import (
 	"bytes"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
+	"testing"
 
+	"github.com/tributary-mesh/tributary/cache"
 	"github.com/tributary-mesh/tributary/discovery"
 )
 
@@ -68,4 +72,69 @@ func (b *LogBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// FuzzInput hands out a fuzz input a byte at a time, deterministically, and
+// zeros once it runs out, so that every input decodes to some backend state.
+// Sources' fuzz tests embed it and add their own value generators.
+type FuzzInput []byte
+
+// Byte takes the next byte.
+func (b *FuzzInput) Byte() byte {
+	if len(*b) == 0 {
+		return 0
+	}
+	c := (*b)[0]
+	*b = (*b)[1:]
+	return c
+}
+
+// U16 takes the next two bytes, big-endian.
+func (b *FuzzInput) U16() uint16 { return uint16(b.Byte())<<8 | uint16(b.Byte()) }
+
+// Pick chooses one of from with the next byte of in.
+func Pick[T any](in interface{ Byte() byte }, from ...T) T {
+	return from[int(in.Byte())%len(from)]
+}
+
+// CheckGroup fails tb unless g is well-formed as every source must hand it
+// over: each authority reads back as itself; each endpoint has a valid
+// address with a port and no zone, and appears once per service
+// (::ffff:10.0.0.1 and 10.0.0.1 are one backend); and the registry accepts
+// the group.
+func CheckGroup(tb testing.TB, g discovery.Group) {
+	tb.Helper()
+	for _, s := range g.Services {
+		a, err := discovery.ParseAuthority(s.Authority.String(), 0)
+		if err != nil || a != s.Authority {
+			tb.Fatalf("authority %q does not parse back (%v, %v)", s.Authority, a, err)
+		}
+		seen := map[netip.AddrPort]bool{}
+		for _, e := range s.Endpoints {
+			if !e.Addr.IsValid() || e.Addr.Port() == 0 || e.Addr.Addr().Zone() != "" {
+				tb.Fatalf("%s: endpoint address %v is not a valid address and port", s.Authority, e.Addr)
+			}
+			k := netip.AddrPortFrom(e.Addr.Addr().Unmap(), e.Addr.Port())
+			if seen[k] {
+				tb.Fatalf("%s: endpoint address %v twice:\n%s", s.Authority, e.Addr, render(g))
+			}
+			seen[k] = true
+		}
+	}
+	if _, err := cache.New().Apply("k", []discovery.Group{g}); err != nil {
+		tb.Fatalf("the registry rejects the output: %v\n%s", err, render(g))
+	}
+}
+
+// render lists a group's services and endpoints, one per line.
+func render(g discovery.Group) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "group %q\n", g.Key)
+	for _, s := range g.Services {
+		fmt.Fprintf(&b, "  %s opaque=%v\n", s.Authority, s.Opaque)
+		for _, e := range s.Endpoints {
+			fmt.Fprintf(&b, "    %v weight=%d health=%v identity=%q\n", e.Addr, e.Weight, e.Health, e.Identity.Name)
+		}
+	}
+	return b.String()
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"net"
-	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -12,8 +11,7 @@ import (
 
 	"github.com/miekg/dns"
 
-	"github.com/tributary-mesh/tributary/cache"
-	"github.com/tributary-mesh/tributary/discovery"
+	"github.com/tributary-mesh/tributary/discovery/sinktest"
 )
 
 // replayDNS answers every SRV query with the fuzzed message, and A and
@@ -120,29 +118,11 @@ func FuzzAnswer(f *testing.F) {
 		if o.group.Key != n.Key() {
 			t.Fatalf("group key %q, want %q", o.group.Key, n.Key())
 		}
+		sinktest.CheckGroup(t, o.group)
 		for _, svc := range o.group.Services {
-			a, err := discovery.ParseAuthority(svc.Authority.String(), 0)
-			if err != nil || a != svc.Authority {
-				t.Fatalf("authority %q does not parse back (%v, %v)", svc.Authority, a, err)
-			}
 			if port != 0 && svc.Authority.Port != port {
 				t.Fatalf("authority %q, want port %d", svc.Authority, port)
 			}
-			seen := map[netip.AddrPort]bool{}
-			for _, e := range svc.Endpoints {
-				if !e.Addr.IsValid() || e.Addr.Port() == 0 || e.Addr.Addr().Zone() != "" {
-					t.Fatalf("%s: endpoint address %v is not a valid address and port", svc.Authority, e.Addr)
-				}
-				// ::ffff:10.0.0.1 and 10.0.0.1 are one backend.
-				k := netip.AddrPortFrom(e.Addr.Addr().Unmap(), e.Addr.Port())
-				if seen[k] {
-					t.Fatalf("%s: endpoint address %v twice: %s", svc.Authority, e.Addr, render(o.group))
-				}
-				seen[k] = true
-			}
-		}
-		if _, err := cache.New().Apply("k", []discovery.Group{o.group}); err != nil {
-			t.Fatalf("the registry rejects the output: %v\n%s", err, render(o.group))
 		}
 	})
 }
