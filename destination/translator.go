@@ -23,9 +23,11 @@ type view struct {
 	version uint64
 }
 
-// diff returns the updates that take a client holding prev (nil: nothing
-// sent yet) to cur, as the wire contract asks (linkerd2-proxy-api
-// destination.proto):
+// delta is what a client holding prev (nil: nothing sent yet) must be sent
+// to hold cur, as the wire contract asks (linkerd2-proxy-api
+// destination.proto): nothing (none), no_endpoints{cur.exists}, or an add of
+// the endpoints in add (in address order) and then a remove of the addresses
+// in remove.
 //   - the first message is always sent: add(all) or no_endpoints{exists};
 //   - later, add for new or changed endpoints, then remove for gone ones;
 //     never an empty add or remove;
@@ -33,45 +35,14 @@ type view struct {
 //     last endpoint means the same; no_endpoints also says whether the
 //     service still exists);
 //   - nothing changed that the client sees, nothing sent.
-//
-// Both views are sorted by address, so this is one merge walk (changes).
-// The hub sends the same updates encoded directly (encodeDiff); this form is
-// the reference the tests hold both to.
-func diff(prev, cur *view, clientZone string) []*pb.Update {
-	c := changes(prev, cur)
-	switch {
-	case c.none:
-		return nil
-	case c.noEndpoints:
-		return []*pb.Update{noEndpoints(cur.exists)}
-	}
-	var out []*pb.Update
-	if len(c.add) > 0 {
-		add := make([]*pb.WeightedAddr, len(c.add))
-		for i, e := range c.add {
-			add[i] = weightedAddr(e, clientZone)
-		}
-		out = append(out, &pb.Update{Update: &pb.Update_Add{Add: &pb.WeightedAddrSet{Addrs: add}}})
-	}
-	if len(c.remove) > 0 {
-		remove := make([]*pbnet.TcpAddress, len(c.remove))
-		for i, a := range c.remove {
-			remove[i] = tcpAddress(a)
-		}
-		out = append(out, &pb.Update{Update: &pb.Update_Remove{Remove: &pb.AddrSet{Addrs: remove}}})
-	}
-	return out
-}
-
-// delta is what diff sends: nothing (none), no_endpoints{cur.exists}, or an
-// add of the endpoints in add (in address order) and then a remove of the
-// addresses in remove.
 type delta struct {
 	none, noEndpoints bool
 	add               []*discovery.Endpoint
 	remove            []netip.AddrPort
 }
 
+// changes computes the delta from prev to cur. Both views are sorted by
+// address, so it is one merge walk. The hub encodes it (encodeDiff).
 func changes(prev, cur *view) delta {
 	if len(cur.endpoints) == 0 {
 		if prev != nil && len(prev.endpoints) == 0 && prev.exists == cur.exists {
@@ -111,25 +82,6 @@ func changes(prev, cur *view) delta {
 	}
 	d.none = len(d.add) == 0 && len(d.remove) == 0
 	return d
-}
-
-// translator applies diff to successive views of one stream; the tests use
-// it to drive the contract step by step.
-type translator struct {
-	clientZone string
-	last       *view
-}
-
-func newTranslator(clientZone string) *translator { return &translator{clientZone: clientZone} }
-
-func (t *translator) next(v view) []*pb.Update {
-	out := diff(t.last, &v, t.clientZone)
-	t.last = &v
-	return out
-}
-
-func noEndpoints(exists bool) *pb.Update {
-	return &pb.Update{Update: &pb.Update_NoEndpoints{NoEndpoints: &pb.NoEndpoints{Exists: exists}}}
 }
 
 // weightedAddr is the wire form of an endpoint for a client in clientZone.

@@ -52,7 +52,9 @@ func finish(kind string, b []byte) encoded {
 	return encoded{kind: kind, b: c, msg: newPreEncoded(c)}
 }
 
-// encodeDiff is diff(prev, cur, clientZone), each update marshalled.
+// encodeDiff is changes(prev, cur) in wire form, one encoded message per
+// update; the tests hold it byte for byte to proto.Marshal of the reference
+// diff (reference_test.go).
 func encodeDiff(prev, cur *view, clientZone string) []encoded {
 	buf := scratch.Get().(*[]byte)
 	defer scratch.Put(buf)
