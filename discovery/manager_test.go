@@ -594,6 +594,29 @@ func TestManagerPassesHandOverTimeToTheStore(t *testing.T) {
 	}
 }
 
+// A group the store rejects is retried alone, beside its siblings, with the
+// same hand-over time.
+func TestManagerRetriesGroupsWithTheHandOverTime(t *testing.T) {
+	store := timedMemStore{newMemStore(), make(chan time.Time, 10)}
+	store.reject = "bad"
+	_, sinks := startManager(t, store, 1)
+	sinks[0].Replace([]Group{svcGroup("bad", "db"), svcGroup("k1", "web")})
+	var times []time.Time
+	for len(times) < 3 { // both groups together, then each alone
+		select {
+		case at := <-store.at:
+			times = append(times, at)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("ApplyAt called %d times, want 3", len(times))
+		}
+	}
+	for _, at := range times[1:] {
+		if !at.Equal(times[0]) {
+			t.Fatalf("hand-over times %v: the retries lost it", times)
+		}
+	}
+}
+
 // TestGoneCountsBothWays checks the pairwise count of withdrawn endpoints
 // (small groups) against the set-based one (large groups) on random groups.
 func TestGoneCountsBothWays(t *testing.T) {
