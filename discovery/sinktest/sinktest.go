@@ -55,8 +55,8 @@ func (s *Sink) Healthy() { s.Calls <- Call{Op: "healthy"} }
 
 func (s *Sink) Failed(err error) { s.Calls <- Call{Op: "failed", Err: err} }
 
-// LogBuffer collects log output written from a source's goroutine while
-// the test reads it.
+// LogBuffer collects output written from another goroutine (a source's
+// logger, a child process's stderr) while the test reads it.
 type LogBuffer struct {
 	mu  sync.Mutex
 	buf bytes.Buffer

@@ -6,7 +6,6 @@
 package harness
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -18,7 +17,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -29,6 +27,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tributary-mesh/tributary/destination"
+	"github.com/tributary-mesh/tributary/discovery/sinktest"
 )
 
 // WaitFor bounds every wait: a guard against hangs, never a latency claim.
@@ -129,23 +128,9 @@ func WriteAtomic(t *testing.T, path, content string) {
 	}
 }
 
-// SyncBuffer collects a process's output safely for concurrent reads.
-type SyncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *SyncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *SyncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// SyncBuffer collects a process's output safely for concurrent reads: the
+// sources' tests' log buffer.
+type SyncBuffer = sinktest.LogBuffer
 
 // Server is one running tributary process.
 type Server struct {
