@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"strings"
 	"unicode/utf8"
 
 	"github.com/tributary-mesh/tributary/discovery"
@@ -26,7 +25,7 @@ func parseGetPath(path string) (discovery.Authority, error) {
 	if err != nil {
 		return a, err
 	}
-	if _, err := netip.ParseAddr(strings.Trim(a.Host, "[]")); err == nil {
+	if _, isIP := a.Addr(); isIP {
 		return discovery.Authority{}, fmt.Errorf("%w: %q is an IP address; Get resolves service names (use GetProfile for an IP:port)", ErrBadRequest, path)
 	}
 	return a, nil
@@ -42,7 +41,7 @@ func parseProfileTarget(path string) (discovery.Authority, netip.AddrPort, error
 	if err != nil {
 		return a, netip.AddrPort{}, err
 	}
-	if ip, err := netip.ParseAddr(strings.Trim(a.Host, "[]")); err == nil {
+	if ip, isIP := a.Addr(); isIP {
 		return discovery.Authority{}, registryAddr(ip, a.Port), nil
 	}
 	return a, netip.AddrPort{}, nil

@@ -42,6 +42,21 @@ func (a Authority) String() string {
 	return a.Host + ":" + strconv.Itoa(int(a.Port))
 }
 
+// Addr is the IP address the host is when it is an IP literal: "10.0.0.1",
+// or an IPv6 address in one pair of brackets ("[2001:db8::1]", "[fe80::1%eth0]").
+// A zone may itself contain brackets, so exactly one bracket is cut from each
+// end; strings.Trim would eat into the zone.
+func (a Authority) Addr() (netip.Addr, bool) {
+	host := a.Host
+	if inner, ok := strings.CutPrefix(host, "["); ok {
+		if host, ok = strings.CutSuffix(inner, "]"); !ok {
+			return netip.Addr{}, false
+		}
+	}
+	ip, err := netip.ParseAddr(host)
+	return ip, err == nil
+}
+
 // ParseAuthority reads "host[:port]". A missing port is defaultPort. Hosts are
 // lower-cased and a trailing dot is dropped, so "Web.Demo." and "web.demo"
 // are one authority. It rejects an empty host, a host longer than MaxHostLen,

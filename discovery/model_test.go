@@ -49,3 +49,31 @@ func TestParseAuthority(t *testing.T) {
 		}
 	}
 }
+
+func TestAuthorityAddr(t *testing.T) {
+	for _, tc := range []struct {
+		host string
+		want string // "" when the host is not an IP literal
+	}{
+		{"10.0.0.1", "10.0.0.1"},
+		{"[2001:db8::1]", "2001:db8::1"},
+		{"[fe80::1%eth0]", "fe80::1%eth0"},
+		// The zone holds a bracket: cutting more than one bracket per end
+		// (strings.Trim) leaves "::1%", which is no IP.
+		{"[::1%[]", "::1%["},
+		{"[::1%]]", "::1%]"},
+		{"[::1", ""},
+		{"::1]", ""},
+		{"web.demo", ""},
+		{"[web.demo]", ""},
+	} {
+		ip, ok := Authority{Host: tc.host, Port: 80}.Addr()
+		got := ""
+		if ok {
+			got = ip.String()
+		}
+		if got != tc.want {
+			t.Errorf("%q: Addr() = %q, %v; want %q", tc.host, got, ok, tc.want)
+		}
+	}
+}

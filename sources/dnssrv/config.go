@@ -216,7 +216,7 @@ func resolverAddr(s string) (string, error) {
 		}
 		return ap.String(), nil
 	}
-	if a, err := netip.ParseAddr(strings.Trim(s, "[]")); err == nil && a.Zone() == "" {
+	if a, ok := (discovery.Authority{Host: s}).Addr(); ok && a.Zone() == "" {
 		return netip.AddrPortFrom(a, 53).String(), nil
 	}
 	return "", fmt.Errorf("%q: want an IP address with an optional port, such as 10.0.0.2:53 or [::1]:5353", s)

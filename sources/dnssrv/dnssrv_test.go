@@ -455,6 +455,8 @@ udp_size: 4096
 		{"names:\n  - name: a.test\n    authority: 'x:0'\n", "line 2: names[0]: authority: invalid authority"},
 		{"names:\n  - name: a.test\n    authoritee: x\n", "line 3: names[0].authoritee: unknown key"},
 		{"names: [a.test]\nresolvers: [dns.google]\n", "line 2: resolvers[0]:"},
+		{"names: [a.test]\nresolvers: ['[::1']\n", "line 2: resolvers[0]:"},
+		{"names: [a.test]\nresolvers: ['[[::1]]']\n", "line 2: resolvers[0]:"},
 		{"names: [a.test]\nresolvers: [127.0.0.1]\nrefresh: {min: 1m, max: 1s}\n", "line 3: refresh.max: 1s is below refresh.min 1m0s"},
 		{"names: [a.test]\nresolvers: [127.0.0.1]\nrefresh: {min: 0s}\n", "refresh.min: must be positive"},
 		{"names: [a.test]\nresolvers: [127.0.0.1]\nudp_size: 100\n", "line 3: udp_size: must be from 512 to 65535"},
