@@ -22,6 +22,11 @@ import (
 // that no server code can remove, so the steady workload's CPU figures are
 // to be read against it.
 //
+// It also measures what a Go process is charged for waking on a timer and
+// doing nothing: what the server pays to take in a change that arrives
+// while it sleeps. The sum of that and a write to a sleeping reader is the
+// least CPU an isolated change can cost here (isolated_change_floor_us).
+//
 // The reader is this executable re-run with ReaderArg; main must call
 // RunWakeReader when it sees it.
 func WakeCost(writes int, size int, gap time.Duration) (*Result, error) {
@@ -52,6 +57,10 @@ func measureWakeCost(r *Result, writes int, size int, gap time.Duration) error {
 	}
 	defer conn.Close()
 	conn.(*net.TCPConn).SetNoDelay(true)
+
+	// Before the thread is locked: a locked thread makes the runtime hand
+	// its P over at every sleep, which the server's goroutines never cause.
+	idle := idleWake(writes, gap)
 
 	// One OS thread for the writes, so that its CPU clock is theirs.
 	runtime.LockOSThread()
@@ -84,7 +93,35 @@ func measureWakeCost(r *Result, writes int, size int, gap time.Duration) error {
 	r.Set("gap_ms", float64(gap.Microseconds())/1e3)
 	r.Set("write_to_sleeping_reader_us", asleep)
 	r.Set("write_to_busy_reader_us", busy)
+	r.Set("idle_wake_us", idle)
+	r.Set("isolated_change_floor_us", idle+asleep)
 	return nil
+}
+
+// idleWake is the CPU, in microseconds, this whole process is charged per
+// tick of a ticker of period gap that wakes a goroutine which does nothing
+// else: the kernel's and the Go runtime's cost of waking from idle.
+func idleWake(n int, gap time.Duration) float64 {
+	if gap <= 0 {
+		gap = time.Millisecond
+	}
+	t := time.NewTicker(gap)
+	defer t.Stop()
+	<-t.C // the first tick may come from before the measurement
+	start := processCPU()
+	for range n {
+		<-t.C
+	}
+	return float64((processCPU() - start).Nanoseconds()) / float64(n) / 1e3
+}
+
+// processCPU is the user and system time of this process so far.
+func processCPU() time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		panic(fmt.Sprintf("getrusage: %v", err)) // Linux always has it
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // ReaderArg is the argument that makes this executable WakeCost's reader.
