@@ -45,8 +45,9 @@ workloads (defaults from the performance issue):
   profile    memory per open GetProfile stream (W=10000 on C=100)
   all        every workload in turn (but wakecost), one line each
   wakecost   not a workload: the CPU one 850-byte loopback write costs the
-             writer when the reader is asleep (a wake) and when it is busy;
-             a floor under the server's CPU per change on this machine
+             writer when the reader is asleep (a wake) and when it is busy,
+             and what waking on an idle timer costs this process; their sum
+             is the floor under the server's CPU per isolated change here
 
 flags:
 `

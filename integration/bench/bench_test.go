@@ -182,6 +182,8 @@ func BenchmarkWakeCost(b *testing.B) {
 	benchWorkload(b, "wakecost", map[string]string{
 		"write_to_sleeping_reader_us": "µs/write-to-sleeping-reader",
 		"write_to_busy_reader_us":     "µs/write-to-busy-reader",
+		"idle_wake_us":                "µs/idle-wake",
+		"isolated_change_floor_us":    "µs/isolated-change-floor",
 	})
 }
 
