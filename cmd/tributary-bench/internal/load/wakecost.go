@@ -108,20 +108,11 @@ func idleWake(n int, gap time.Duration) float64 {
 	t := time.NewTicker(gap)
 	defer t.Stop()
 	<-t.C // the first tick may come from before the measurement
-	start := processCPU()
+	start := selfCPU()
 	for range n {
 		<-t.C
 	}
-	return float64((processCPU() - start).Nanoseconds()) / float64(n) / 1e3
-}
-
-// processCPU is the user and system time of this process so far.
-func processCPU() time.Duration {
-	var ru unix.Rusage
-	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
-		panic(fmt.Sprintf("getrusage: %v", err)) // Linux always has it
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return (selfCPU() - start) / float64(n) * 1e6
 }
 
 // ReaderArg is the argument that makes this executable WakeCost's reader.
