@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/tributary-mesh/tributary/destination"
 	"github.com/tributary-mesh/tributary/integration/harness"
 )
 
@@ -220,7 +221,7 @@ func TestInvalidArgumentForBadPaths(t *testing.T) {
 	dir := t.TempDir()
 	harness.WriteAtomic(t, filepath.Join(dir, "s.yaml"), services("web.demo:80=10.0.0.1:80"))
 	s := harness.Start(t, dir, "sources:\n"+fileSource("local", "*.yaml", 0))
-	for _, path := range []string{"", "web.demo:0", "web.demo:99999", "web.demo:x", "bad\x01host:80", strings.Repeat("h", 300), "10.0.0.1:80", strings.Repeat("p", 64<<10)} {
+	for _, path := range []string{"", "web.demo:0", "web.demo:99999", "web.demo:x", "bad\x01host:80", strings.Repeat("h", 300), "10.0.0.1:80", "[fd00::7%eth0]:80", "[::1%[]:80", strings.Repeat("p", 64<<10)} {
 		ctx, cancel := context.WithTimeout(context.Background(), harness.WaitFor)
 		c, err := s.Client().Get(ctx, &pb.GetDestination{Path: path})
 		if err == nil {
@@ -255,14 +256,25 @@ func TestGetProfileFromBinary(t *testing.T) {
     endpoints:
       - address: 10.0.0.7:5432
         protocol: opaque
+      - address: "[fd00::7]:5432"
 `)
 	s := harness.Start(t, dir, "sources:\n"+fileSource("local", "*.yaml", 0))
+	// An IP:port is looked up as sources store endpoints: a mapped IPv4
+	// address as IPv4, an IPv6 address without its zone.
+	endpoint := func(addr string) func(*pb.DestinationProfile) bool {
+		return func(p *pb.DestinationProfile) bool {
+			ap, ok := destination.AddrPortFromTCP(p.GetEndpoint().GetAddr())
+			return ok && ap.String() == addr
+		}
+	}
 	for path, check := range map[string]func(*pb.DestinationProfile) bool{
 		"db.demo:5432": func(p *pb.DestinationProfile) bool {
 			return p.GetFullyQualifiedName() == "db.demo" && p.GetOpaqueProtocol()
 		},
-		"nope.demo:80":  func(p *pb.DestinationProfile) bool { return p.GetFullyQualifiedName() == "" && p.GetEndpoint() == nil },
-		"10.0.0.7:5432": func(p *pb.DestinationProfile) bool { return p.GetEndpoint() != nil && p.GetOpaqueProtocol() },
+		"nope.demo:80":           func(p *pb.DestinationProfile) bool { return p.GetFullyQualifiedName() == "" && p.GetEndpoint() == nil },
+		"10.0.0.7:5432":          func(p *pb.DestinationProfile) bool { return p.GetEndpoint() != nil && p.GetOpaqueProtocol() },
+		"[::ffff:10.0.0.7]:5432": endpoint("10.0.0.7:5432"),
+		"[fd00::7%eth0]:5432":    endpoint("[fd00::7]:5432"),
 	} {
 		ctx, cancel := context.WithTimeout(context.Background(), harness.WaitFor)
 		c, err := s.Client().GetProfile(ctx, &pb.GetDestination{Path: path})

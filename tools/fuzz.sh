@@ -19,7 +19,7 @@
 #
 # A duration budget races Go's fuzz coordinator before Go 1.27
 # (golang/go#75804): at the deadline a target can fail with a bare "context
-# deadline exceeded" having found nothing. A count budget (1000x) has no
+# deadline exceeded" having found nothing. A count budget (3000x) has no
 # deadline and cannot hit it, so CI uses counts. For duration runs this script
 # counts that exact failure as a pass, but only when the target wrote no new
 # failing input and printed nothing else; any real finding always writes one.
