@@ -6,19 +6,10 @@ import (
 )
 
 // diff returns the updates that take a client holding prev (nil: nothing
-// sent yet) to cur, as the wire contract asks (linkerd2-proxy-api
-// destination.proto):
-//   - the first message is always sent: add(all) or no_endpoints{exists};
-//   - later, add for new or changed endpoints, then remove for gone ones;
-//     never an empty add or remove;
-//   - a set that becomes empty yields no_endpoints{exists} (a remove of the
-//     last endpoint means the same; no_endpoints also says whether the
-//     service still exists);
-//   - nothing changed that the client sees, nothing sent.
-//
-// It builds the protobuf structs of changes(prev, cur), as the contract
-// describes them (see delta). The hub sends the same updates encoded
-// directly (encodeDiff); this form is the reference the tests hold it to.
+// sent yet) to cur, by the wire contract's rules (see delta), as protobuf
+// structs built from changes(prev, cur). The hub sends the same updates
+// encoded directly (encodeDiff); this form is the reference the tests hold
+// it to.
 func diff(prev, cur *view, clientZone string) []*pb.Update {
 	c := changes(prev, cur)
 	switch {
