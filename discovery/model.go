@@ -229,6 +229,13 @@ type Endpoint struct {
 	Health   Health
 	Identity Identity
 	Protocol Protocol
+	// OpaqueTransport is the inbound port of the proxy in front of the
+	// endpoint, which accepts connections carrying Linkerd's transport
+	// header (ProtocolHint.opaque_transport); 0 when there is none or it is
+	// not known. Linkerd's controller sets it for opaque ports of meshed
+	// pods and ExternalWorkloads, so that the client proxy tunnels their
+	// traffic through the target proxy with mTLS.
+	OpaqueTransport uint16
 	// Labels become metric labels on the proxy side. Keys must not collide
 	// with the ones Tributary sets itself (zone, source).
 	Labels map[string]string
@@ -255,7 +262,7 @@ func (e *Endpoint) EffectiveWeight() uint32 {
 func (e *Endpoint) Equal(o *Endpoint) bool {
 	return e.Addr == o.Addr && e.Weight == o.Weight && e.Zone == o.Zone &&
 		e.Health == o.Health && e.Identity == o.Identity && e.Protocol == o.Protocol &&
-		e.Source == o.Source && e.Key == o.Key && sameLabels(e.Labels, o.Labels) &&
+		e.OpaqueTransport == o.OpaqueTransport && e.Source == o.Source && e.Key == o.Key && sameLabels(e.Labels, o.Labels) &&
 		slices.Equal(e.ForZones, o.ForZones)
 }
 
@@ -277,8 +284,8 @@ func sameLabels(a, b map[string]string) bool {
 // fields that reach the wire, ignoring health and provenance key.
 func (e *Endpoint) SameWire(o *Endpoint) bool {
 	return e.Addr == o.Addr && e.EffectiveWeight() == o.EffectiveWeight() && e.Zone == o.Zone &&
-		e.Identity == o.Identity && e.Protocol == o.Protocol && e.Source == o.Source &&
-		sameLabels(e.Labels, o.Labels)
+		e.Identity == o.Identity && e.Protocol == o.Protocol && e.OpaqueTransport == o.OpaqueTransport &&
+		e.Source == o.Source && sameLabels(e.Labels, o.Labels)
 }
 
 // Service is a source's assertion that an authority exists, with the
