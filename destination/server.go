@@ -55,8 +55,9 @@ type Options struct {
 	// the defaults; a negative rate disables the limit.
 	NewStreamsPerSecond float64
 	NewStreamsBurst     int
-	// MaxStreams bounds open streams (0: no bound); beyond it new streams
-	// get ResourceExhausted.
+	// MaxStreams bounds open streams; beyond it new streams get
+	// ResourceExhausted with a retry delay. 0 means DefaultMaxStreams; a
+	// negative value, no bound.
 	MaxStreams int
 }
 
@@ -65,6 +66,11 @@ const (
 	DefaultSendTimeout         = 30 * time.Second
 	DefaultNewStreamsPerSecond = 20000
 	DefaultNewStreamsBurst     = 20000
+	// DefaultMaxStreams bounds open streams: 1.5 times the 100,000 streams
+	// of the scale target. An idle stream costs 8.3–9.5 KiB of RSS
+	// (docs/performance.md), so this bounds the streams' share at about
+	// 1.4 GiB.
+	DefaultMaxStreams = 150000
 )
 
 // Server implements the Destination service. A Get stream subscribes to the
@@ -108,6 +114,9 @@ func NewServer(opts Options) *Server {
 
 		sendTimeout: opts.SendTimeout,
 		maxStreams:  int64(opts.MaxStreams),
+	}
+	if s.maxStreams == 0 {
+		s.maxStreams = DefaultMaxStreams
 	}
 	if s.sendTimeout == 0 {
 		s.sendTimeout = DefaultSendTimeout

@@ -111,8 +111,19 @@ type StreamsConfig struct {
 	// NewPerSecond -1 disables the limit.
 	NewPerSecond float64 `yaml:"new_per_second"`
 	NewBurst     int     `yaml:"new_burst"`
-	// Max bounds open streams; 0: no bound.
+	// Max bounds open streams (ResourceExhausted with a retry delay
+	// beyond it). 0: the default (150000, sized from the memory of an idle
+	// stream); -1: no bound.
 	Max int `yaml:"max"`
+	// MaxPerConnection bounds the concurrent streams of one client
+	// connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS; a client over it
+	// waits for a free slot). 0: the default (2000); -1: no bound.
+	MaxPerConnection int `yaml:"max_per_connection"`
+	// MaxHeaderBytes bounds a request's header list (HTTP/2
+	// SETTINGS_MAX_HEADER_LIST_SIZE: names + values + 32 bytes a field);
+	// a stream over it is reset before it reaches the server. 0: the
+	// default (16 KiB); else from 1 KiB to 16 MiB.
+	MaxHeaderBytes int `yaml:"max_header_bytes"`
 }
 
 // DefaultKeepalive is the keepalive of a config without server.keepalive.
@@ -544,8 +555,14 @@ func (p *configParser) server(n *yaml.Node) {
 		if st.NewBurst < 0 {
 			p.fail(sline("new_burst"), "server.streams.new_burst", "must not be negative")
 		}
-		if st.Max < 0 {
-			p.fail(sline("max"), "server.streams.max", "must not be negative (0 means no bound)")
+		if st.Max < -1 {
+			p.fail(sline("max"), "server.streams.max", "must be 0 (default), a positive bound, or -1 (no bound)")
+		}
+		if st.MaxPerConnection < -1 {
+			p.fail(sline("max_per_connection"), "server.streams.max_per_connection", "must be 0 (default), a positive bound, or -1 (no bound)")
+		}
+		if h := st.MaxHeaderBytes; h != 0 && (h < 1<<10 || h > 16<<20) {
+			p.fail(sline("max_header_bytes"), "server.streams.max_header_bytes", "%d is out of range: 0 (default, 16 KiB) or from 1024 (a gRPC request's own headers need a few hundred bytes) to 16 MiB", h)
 		}
 	}
 }

@@ -139,17 +139,30 @@ func TestCheckSPIFFEIDPattern(t *testing.T) {
 }
 
 func TestServerStreamsSection(t *testing.T) {
-	c, err := ParseConfig([]byte("server:\n  streams:\n    send_timeout: 5s\n    new_per_second: 100\n    new_burst: 50\n    max: 1000\n"), "c.yaml")
+	c, err := ParseConfig([]byte("server:\n  streams:\n    send_timeout: 5s\n    new_per_second: 100\n    new_burst: 50\n    max: 1000\n    max_per_connection: 300\n    max_header_bytes: 8192\n"), "c.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st := c.Server.Streams; st == nil || st.SendTimeout != Duration(5*time.Second) || st.NewPerSecond != 100 || st.NewBurst != 50 || st.Max != 1000 {
+	if st := c.Server.Streams; st == nil || st.SendTimeout != Duration(5*time.Second) || st.NewPerSecond != 100 || st.NewBurst != 50 || st.Max != 1000 ||
+		st.MaxPerConnection != 300 || st.MaxHeaderBytes != 8192 {
 		t.Fatalf("streams: %+v", c.Server.Streams)
+	}
+	// -1 lifts the stream bounds; 0 leaves the defaults to the server.
+	c, err = ParseConfig([]byte("server:\n  streams:\n    max: -1\n    max_per_connection: -1\n    max_header_bytes: 0\n"), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := c.Server.Streams; st.Max != -1 || st.MaxPerConnection != -1 || st.MaxHeaderBytes != 0 {
+		t.Fatalf("streams: %+v", st)
 	}
 	for _, tc := range []struct{ yaml, want string }{
 		{"server:\n  streams:\n    new_per_second: -2\n", "c.yaml:3: server.streams.new_per_second"},
 		{"server:\n  streams:\n    new_burst: -1\n", "c.yaml:3: server.streams.new_burst"},
-		{"server:\n  streams:\n    max: -1\n", "c.yaml:3: server.streams.max"},
+		{"server:\n  streams:\n    max: -2\n", "c.yaml:3: server.streams.max"},
+		{"server:\n  streams:\n    max_per_connection: -2\n", "c.yaml:3: server.streams.max_per_connection"},
+		{"server:\n  streams:\n    max_header_bytes: 512\n", "c.yaml:3: server.streams.max_header_bytes"},
+		{"server:\n  streams:\n    max_header_bytes: 16777217\n", "c.yaml:3: server.streams.max_header_bytes"},
+		{"server:\n  streams:\n    max_header_bytes: -1\n", "c.yaml:3: server.streams.max_header_bytes"},
 		{"server:\n  streams:\n    send_timeout: -1s\n", "c.yaml:3: server.streams.send_timeout"},
 		{"server:\n  streams:\n    burst: 1\n", "c.yaml:3: server.streams.burst"},
 	} {

@@ -144,12 +144,15 @@ func serve(ctx context.Context, cfg *discovery.Config, logger *slog.Logger, ppro
 		defer guard.Close()
 	}
 	ka := cfg.Server.KeepaliveSettings()
-	grpcServer := grpc.NewServer(append(append(destination.ServerOptions(),
+	opts := append(destination.ServerOptions(),
 		// Requests are tiny; a bound keeps a hostile one from costing more than this.
 		grpc.MaxRecvMsgSize(128<<10),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: time.Duration(ka.MinPingInterval), PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Duration(ka.Time), Timeout: time.Duration(ka.Timeout)}),
-	), guard.ServerOptions()...)...)
+	)
+	// Header list size and streams per connection (server.streams).
+	opts = append(opts, destination.ConnectionLimits(streams.MaxPerConnection, streams.MaxHeaderBytes)...)
+	grpcServer := grpc.NewServer(append(opts, guard.ServerOptions()...)...)
 	dest.Register(grpcServer)
 	healthSrv := health.NewServer()
 	healthSrv.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
