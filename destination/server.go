@@ -13,7 +13,6 @@ import (
 
 	"github.com/hashicorp/go-memdb"
 	pb "github.com/linkerd/linkerd2-proxy-api/go/destination"
-	"golang.org/x/time/rate"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -59,6 +58,11 @@ type Options struct {
 	// ResourceExhausted with a retry delay. 0 means DefaultMaxStreams; a
 	// negative value, no bound.
 	MaxStreams int
+
+	// now and jitter, when set, replace the clock and math/rand in
+	// admission (tests).
+	now    func() time.Time
+	jitter func(n int64) int64
 }
 
 // Admission and slow-client defaults.
@@ -91,7 +95,7 @@ type Server struct {
 	hub     *hub
 
 	sendTimeout time.Duration
-	admit       *rate.Limiter // nil: no limit
+	admit       *admission
 	maxStreams  int64
 	open        atomic.Int64
 	conns       connRegistry
@@ -122,16 +126,14 @@ func NewServer(opts Options) *Server {
 		s.sendTimeout = DefaultSendTimeout
 	}
 	s.stalls = stallWatch{timeout: s.sendTimeout, onStall: s.closeStalled}
-	if opts.NewStreamsPerSecond >= 0 {
-		r, b := opts.NewStreamsPerSecond, opts.NewStreamsBurst
-		if r == 0 {
-			r = DefaultNewStreamsPerSecond
-		}
-		if b <= 0 {
-			b = DefaultNewStreamsBurst
-		}
-		s.admit = rate.NewLimiter(rate.Limit(r), b)
+	r, b := opts.NewStreamsPerSecond, opts.NewStreamsBurst
+	if r == 0 {
+		r = DefaultNewStreamsPerSecond
 	}
+	if b <= 0 {
+		b = DefaultNewStreamsBurst
+	}
+	s.admit = newAdmission(r, b, opts.now, opts.jitter) // r < 0: no rate limit
 	s.drain, s.drainNow = context.WithCancel(context.Background())
 	if s.fed == nil {
 		s.fed, _ = discovery.NewFederation(nil, nil)
@@ -477,18 +479,14 @@ func (s *Server) clientZone(tok contextToken) string {
 	return zone
 }
 
-// admitStream takes a slot for a new stream or says when to retry.
+// admitStream takes a slot for a new stream or says when to retry (see
+// admission).
 func (s *Server) admitStream() error {
 	if n := s.open.Add(1); s.maxStreams > 0 && n > s.maxStreams {
 		s.open.Add(-1)
-		return retryLater(time.Second, "%d streams open, the configured maximum", s.maxStreams)
+		return retryLater(s.admit.fullDelay(), "%d streams open, the configured maximum", s.maxStreams)
 	}
-	if s.admit == nil {
-		return nil
-	}
-	r := s.admit.Reserve()
-	if d := r.Delay(); d > 0 {
-		r.Cancel()
+	if ok, d := s.admit.admit(); !ok {
 		s.open.Add(-1)
 		return retryLater(d, "too many new streams per second")
 	}
