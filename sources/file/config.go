@@ -17,6 +17,19 @@ import (
 // filesystem watch.
 const DefaultRefreshInterval = 5 * time.Minute
 
+// DefaultSettle is how long a changed file must stay the same (size,
+// modification time and content) before it is applied.
+const DefaultSettle = 250 * time.Millisecond
+
+// DefaultWithdrawConfirm is how long a file that withdraws all, or more
+// than WithdrawMax, of its endpoints must keep saying so before the
+// withdrawal is applied.
+const DefaultWithdrawConfirm = 5 * time.Second
+
+// DefaultWithdrawMax is the share of a file's endpoints one change may
+// withdraw without being held for confirmation.
+const DefaultWithdrawMax = 0.5
+
 // Config is a file source's own configuration.
 type Config struct {
 	// Paths are glob patterns (filepath.Match syntax) naming services
@@ -27,12 +40,27 @@ type Config struct {
 	// RefreshInterval is the period of the full re-read; 0 means
 	// DefaultRefreshInterval.
 	RefreshInterval time.Duration
+	// Settle is how long two reads of a changed file must be apart, and
+	// find the same size, modification time and content, before the
+	// change is applied. nil means DefaultSettle; 0 applies the first
+	// read after an event.
+	Settle *time.Duration
+	// WithdrawConfirm is how long a change that withdraws all of a file's
+	// endpoints, or more than WithdrawMax of them, is held before it is
+	// applied. nil means DefaultWithdrawConfirm; 0 applies at once.
+	WithdrawConfirm *time.Duration
+	// WithdrawMax is the share (0..1) of a file's endpoints one change
+	// may withdraw without being held. nil means DefaultWithdrawMax.
+	WithdrawMax *float64
 }
 
 // rawConfig is the YAML form of Config.
 type rawConfig struct {
 	Paths           []string            `yaml:"paths"`
 	RefreshInterval *discovery.Duration `yaml:"refresh_interval"`
+	Settle          *discovery.Duration `yaml:"settle"`
+	WithdrawConfirm *discovery.Duration `yaml:"withdraw_confirm"`
+	WithdrawMax     *discovery.Percent  `yaml:"withdraw_max"`
 }
 
 // newFromNode is the kind's constructor: it decodes the kind's keys
@@ -51,6 +79,18 @@ func newFromNode(node *yaml.Node, bc discovery.BuildContext) (discovery.Source, 
 		}
 		cfg.RefreshInterval = time.Duration(*raw.RefreshInterval)
 	}
+	if raw.Settle != nil {
+		d := time.Duration(*raw.Settle)
+		cfg.Settle = &d
+	}
+	if raw.WithdrawConfirm != nil {
+		d := time.Duration(*raw.WithdrawConfirm)
+		cfg.WithdrawConfirm = &d
+	}
+	if raw.WithdrawMax != nil {
+		v := float64(*raw.WithdrawMax)
+		cfg.WithdrawMax = &v
+	}
 	src, err := NewSource(cfg, bc)
 	if err != nil {
 		return nil, discovery.PlaceErrors(node, err)
@@ -58,11 +98,21 @@ func newFromNode(node *yaml.Node, bc discovery.BuildContext) (discovery.Source, 
 	return src, nil
 }
 
+// settings is a validated Config.
+type settings struct {
+	patterns    []string
+	interval    time.Duration
+	settle      time.Duration
+	confirm     time.Duration
+	maxWithdraw float64
+}
+
 // validate checks the settings and makes every pattern absolute. Its
 // errors are *discovery.ConfigError naming the key.
-func (c Config) validate(baseDir string) (patterns []string, interval time.Duration, err error) {
+func (c Config) validate(baseDir string) (settings, error) {
+	var v settings
 	if len(c.Paths) == 0 {
-		return nil, 0, &discovery.ConfigError{Key: "paths", Err: errors.New("required: at least one glob naming services files")}
+		return v, &discovery.ConfigError{Key: "paths", Err: errors.New("required: at least one glob naming services files")}
 	}
 	bad := func(i int, format string, args ...any) error {
 		return &discovery.ConfigError{Key: "paths[" + strconv.Itoa(i) + "]", Err: fmt.Errorf(format, args...)}
@@ -70,32 +120,48 @@ func (c Config) validate(baseDir string) (patterns []string, interval time.Durat
 	seen := make(map[string]bool, len(c.Paths))
 	for i, p := range c.Paths {
 		if strings.TrimSpace(p) == "" {
-			return nil, 0, bad(i, "empty pattern")
+			return v, bad(i, "empty pattern")
 		}
 		if !filepath.IsAbs(p) {
 			p = filepath.Join(baseDir, p)
 		}
 		abs, err := filepath.Abs(p)
 		if err != nil {
-			return nil, 0, bad(i, "%q: %v", c.Paths[i], err)
+			return v, bad(i, "%q: %v", c.Paths[i], err)
 		}
 		if _, err := filepath.Match(abs, ""); err != nil {
-			return nil, 0, bad(i, "%q: %v", c.Paths[i], err)
+			return v, bad(i, "%q: %v", c.Paths[i], err)
 		}
 		if filepath.Dir(abs) == abs {
-			return nil, 0, bad(i, "%q names no files", c.Paths[i])
+			return v, bad(i, "%q names no files", c.Paths[i])
 		}
 		if !seen[abs] {
 			seen[abs] = true
-			patterns = append(patterns, abs)
+			v.patterns = append(v.patterns, abs)
 		}
 	}
-	interval = c.RefreshInterval
+	v.interval = c.RefreshInterval
 	switch {
-	case interval == 0:
-		interval = DefaultRefreshInterval
-	case interval < 0:
-		return nil, 0, &discovery.ConfigError{Key: "refresh_interval", Err: fmt.Errorf("%v: must be positive", interval)}
+	case v.interval == 0:
+		v.interval = DefaultRefreshInterval
+	case v.interval < 0:
+		return v, &discovery.ConfigError{Key: "refresh_interval", Err: fmt.Errorf("%v: must be positive", v.interval)}
 	}
-	return patterns, interval, nil
+	v.settle, v.confirm, v.maxWithdraw = DefaultSettle, DefaultWithdrawConfirm, DefaultWithdrawMax
+	if c.Settle != nil {
+		if v.settle = *c.Settle; v.settle < 0 {
+			return v, &discovery.ConfigError{Key: "settle", Err: fmt.Errorf("%v: must not be negative", v.settle)}
+		}
+	}
+	if c.WithdrawConfirm != nil {
+		if v.confirm = *c.WithdrawConfirm; v.confirm < 0 {
+			return v, &discovery.ConfigError{Key: "withdraw_confirm", Err: fmt.Errorf("%v: must not be negative", v.confirm)}
+		}
+	}
+	if c.WithdrawMax != nil {
+		if v.maxWithdraw = *c.WithdrawMax; v.maxWithdraw < 0 || v.maxWithdraw > 1 {
+			return v, &discovery.ConfigError{Key: "withdraw_max", Err: fmt.Errorf("%v: must be from 0%% to 100%%", v.maxWithdraw*100)}
+		}
+	}
+	return v, nil
 }

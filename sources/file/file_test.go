@@ -39,6 +39,12 @@ func newFakeSink() *fakeSink { return &fakeSink{sinktest.New(1000)} }
 // wait bounds every wait for the source; tests never assert durations.
 const wait = 5 * time.Second
 
+// The settling wait and the withdrawal confirmation of the tests' sources.
+const (
+	testSettle  = 40 * time.Millisecond
+	testConfirm = 300 * time.Millisecond
+)
+
 // fixture is a running source over a temp dir.
 type fixture struct {
 	dir  string // the watched directory
@@ -52,13 +58,21 @@ type fixture struct {
 // refresh that only the test's tick triggers, so only the watch is tested.
 func start(t *testing.T, dir string, patterns ...string) *fixture {
 	t.Helper()
+	return startWith(t, dir, testSettle, testConfirm, patterns...)
+}
+
+// startWith is start with the settling wait and withdrawal confirmation
+// given.
+func startWith(t *testing.T, dir string, settle, confirm time.Duration, patterns ...string) *fixture {
+	t.Helper()
 	f := &fixture{dir: dir, sink: newFakeSink(), tick: make(chan time.Time), logs: &logBuffer{}}
 	logger := slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	src, err := NewSource(Config{Paths: patterns, RefreshInterval: time.Hour}, discovery.BuildContext{Name: "test", BaseDir: dir, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}
-	src.debounce = 20 * time.Millisecond
+	// Short waits, so the tests are quick; the rules are the same.
+	src.readDelay, src.settle, src.confirm = 5*time.Millisecond, settle, confirm
 	src.newTicker = func(d time.Duration) (<-chan time.Time, func()) {
 		if d != time.Hour {
 			t.Errorf("refresh interval %v, want 1h", d)
@@ -110,6 +124,18 @@ func (f *fixture) nextChange(t *testing.T) call {
 	t.Helper()
 	for {
 		if c := f.next(t); c.Op != "healthy" {
+			return c
+		}
+	}
+}
+
+// nextUpdate returns the next call that is neither Healthy nor Failed: a
+// broken file reports the source failed at every re-read until its fix has
+// settled and is applied.
+func (f *fixture) nextUpdate(t *testing.T) call {
+	t.Helper()
+	for {
+		if c := f.next(t); c.Op != "healthy" && c.Op != "failed" {
 			return c
 		}
 	}
@@ -428,7 +454,7 @@ func TestRunSyntaxErrorKeepsLastState(t *testing.T) {
 	}
 
 	writeAtomic(t, f.path("a.yaml"), svc("a.demo", 80, "10.0.0.5:80"))
-	expectGroups(t, f.nextChange(t), "update", map[string][]string{
+	expectGroups(t, f.nextUpdate(t), "update", map[string][]string{
 		f.path("a.yaml"): desc("a.demo", 80, "10.0.0.5:80"),
 	})
 	f.settle(t, "healthy")
@@ -467,7 +493,7 @@ func TestRunBrokenFileAtStartup(t *testing.T) {
 		t.Fatalf("got %v, want failed naming bad.yaml:3", c)
 	}
 	writeAtomic(t, f.path("bad.yaml"), svc("bad.demo", 80, "10.0.0.2:80"))
-	expectGroups(t, f.nextChange(t), "update", map[string][]string{
+	expectGroups(t, f.nextUpdate(t), "update", map[string][]string{
 		f.path("bad.yaml"): desc("bad.demo", 80, "10.0.0.2:80"),
 	})
 	f.settle(t, "healthy")
