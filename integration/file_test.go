@@ -62,7 +62,8 @@ func TestFileFirstMessagesAndLiveChanges(t *testing.T) {
 	os.Mkdir(svcDir, 0o755)
 	demo := filepath.Join(svcDir, "demo.yaml")
 	harness.WriteAtomic(t, demo, services("web.demo:8080=10.1.0.1:8080,10.1.0.2:8080", "empty.demo:80"))
-	s := harness.Start(t, dir, "sources:\n"+fileSource("local", "services/*.yaml", 0))
+	// withdraw_confirm: the emptied service below is held that long.
+	s := harness.Start(t, dir, "sources:\n"+fileSource("local", "services/*.yaml", 0)+"    withdraw_confirm: 1s\n")
 
 	web := s.Get("web.demo:8080")
 	if got := web.Next(); got != "add:10.1.0.1:8080,10.1.0.2:8080" {
@@ -98,11 +99,14 @@ func TestFileFirstMessagesAndLiveChanges(t *testing.T) {
 	if got := unknown.Next(); got != "none:false" {
 		t.Fatalf("after delete: %s", got)
 	}
-	// All endpoints gone but the service still declared.
+	// All endpoints gone but the service still declared: a sharp shrink,
+	// held for withdraw_confirm, then applied.
 	harness.WriteAtomic(t, demo, services("web.demo:8080", "empty.demo:80"))
 	if got := web.Next(); got != "none:true" {
 		t.Fatalf("emptied: %s", got)
 	}
+	s.WaitLog("services file shrinks sharply; holding its last state until the change is confirmed")
+	s.WaitLog("services file withdrew endpoints")
 }
 
 func TestFileBrokenFileKeepsLastGoodState(t *testing.T) {
