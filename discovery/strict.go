@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -171,8 +170,8 @@ func mapKeyPath(parent, key string) string {
 
 // DecodeStrict decodes node into out as node.Decode does, and also rejects
 // what node.Decode lets pass: mapping keys that name no field (through
-// nested structs, pointers, slices, arrays and maps, honouring the yaml tags
-// name, ",inline" and "-") and keys given twice. A type that implements
+// nested structs, pointers, slices and maps, honouring the yaml tags name,
+// ",inline" and "-") and keys given twice. A type that implements
 // yaml.Unmarshaler decodes its node itself and is not looked into; neither
 // are yaml.Node and interface values.
 //
@@ -182,6 +181,13 @@ func mapKeyPath(parent, key string) string {
 // type errors ("cannot unmarshal !!str `abc` into int") come back the same
 // way. Errors returned by a yaml.Unmarshaler keep their message; a
 // ConfigError tree it returns (a nested DecodeStrict) gets the path prefixed.
+//
+// It is two passes: a check of the node tree against the type — keys, the
+// shape of each value, and each leaf value decoded on its own so that its
+// error gets its key path — then node.Decode itself, for yaml.v3's exact
+// semantics (defaults kept, merges, partial results). yaml.v3 has no
+// unknown-key check for node.Decode (KnownFields is on Decoder, over bytes)
+// and its type errors carry a line but no key path.
 func DecodeStrict(node *yaml.Node, out any) error {
 	return joinConfigErrors(decodeStrict(node, out, ""))
 }
@@ -195,132 +201,195 @@ func decodeStrict(node *yaml.Node, out any, path string) []*ConfigError {
 	if node == nil || node.IsZero() {
 		return nil
 	}
-	w := &strictWalker{active: map[*yaml.Node]bool{}, budget: walkBudget}
-	w.walk(node, rv.Type().Elem(), path)
-	// The real decode, for yaml.v3's exact semantics (defaults kept, merges,
-	// partial results). Its errors are the ones the walk already reported with
-	// their paths; only when the walk saw nothing are they reported from here.
-	err := node.Decode(out)
-	if err != nil && len(w.errs) == 0 {
-		w.errs = appendDecodeErrors(w.errs, err, node, path)
+	c := &keyCheck{following: map[*yaml.Node]bool{}, budget: checkBudget}
+	c.value(node, rv.Type().Elem(), path)
+	// The check has reported every error node.Decode can return, with its
+	// path; only when it found none is an error reported from here.
+	if err := node.Decode(out); err != nil && len(c.errs) == 0 {
+		c.errs = appendDecodeErrors(c.errs, err, node, path)
 	}
-	return w.errs
+	return c.errs
 }
 
-// walkBudget bounds the nodes one walk visits, so an alias bomb cannot make
-// it run forever (yaml.v3's decode rejects it on its own).
-const walkBudget = 1 << 20
+// checkBudget bounds the nodes one check visits, so an alias bomb cannot
+// make it run forever (yaml.v3's decode rejects it on its own).
+const checkBudget = 1 << 20
 
-type strictWalker struct {
-	errs   []*ConfigError
-	active map[*yaml.Node]bool // alias nodes being followed, against cycles
-	budget int
+// keyCheck is the first pass of DecodeStrict.
+type keyCheck struct {
+	errs      []*ConfigError
+	following map[*yaml.Node]bool // alias nodes being followed, against cycles
+	budget    int
 }
 
-func (w *strictWalker) fail(line int, path string, err error) {
-	w.errs = append(w.errs, &ConfigError{Line: line, Key: path, Err: err})
+func (c *keyCheck) failf(line int, path, format string, args ...any) {
+	c.errs = append(c.errs, &ConfigError{Line: line, Key: path, Err: fmt.Errorf(format, args...)})
 }
 
-func (w *strictWalker) failf(line int, path, format string, args ...any) {
-	w.fail(line, path, fmt.Errorf(format, args...))
-}
-
-var (
-	nodeType            = reflect.TypeFor[yaml.Node]()
-	unmarshalerType     = reflect.TypeFor[yaml.Unmarshaler]()
-	obsoleteUnmarshaler = reflect.TypeFor[interface {
-		UnmarshalYAML(func(any) error) error
-	}]()
-	textUnmarshalerType = reflect.TypeFor[encoding.TextUnmarshaler]()
-)
+var textUnmarshalerType = reflect.TypeFor[encoding.TextUnmarshaler]()
 
 // decodesItself reports whether values of t take their node whole.
 func decodesItself(t reflect.Type) bool {
-	if t == nodeType || t.Kind() == reflect.Interface {
-		return true
-	}
-	p := reflect.PointerTo(t)
-	return p.Implements(unmarshalerType) || p.Implements(obsoleteUnmarshaler)
+	return t == reflect.TypeFor[yaml.Node]() || t.Kind() == reflect.Interface ||
+		reflect.PointerTo(t).Implements(reflect.TypeFor[yaml.Unmarshaler]())
 }
 
-func (w *strictWalker) walk(n *yaml.Node, t reflect.Type, path string) {
-	if w.budget--; w.budget < 0 {
-		if w.budget == -1 {
-			w.failf(n.Line, path, "document too complex (excessive aliasing)")
+// value checks node n against type t.
+func (c *keyCheck) value(n *yaml.Node, t reflect.Type, path string) {
+	if c.budget--; c.budget < 0 {
+		if c.budget == -1 {
+			c.failf(n.Line, path, "document too complex (excessive aliasing)")
 		}
 		return
 	}
-	switch n.Kind {
-	case yaml.DocumentNode:
+	switch {
+	case n.Kind == yaml.DocumentNode:
 		if len(n.Content) == 1 {
-			w.walk(n.Content[0], t, path)
+			c.value(n.Content[0], t, path)
 		}
 		return
-	case yaml.AliasNode:
-		if n.Alias == nil || w.active[n] {
-			return // the real decode reports the cycle
+	case n.Kind == yaml.AliasNode:
+		if n.Alias != nil && !c.following[n] { // a cycle is the real decode's to report
+			c.following[n] = true
+			c.value(n.Alias, t, path)
+			delete(c.following, n)
 		}
-		w.active[n] = true
-		w.walk(n.Alias, t, path)
-		delete(w.active, n)
 		return
-	}
-	if n.ShortTag() == "!!null" {
+	case n.ShortTag() == "!!null":
 		return
 	}
-	for t.Kind() == reflect.Pointer {
-		if decodesItself(t) {
-			w.leaf(n, t, path)
-			return
-		}
+	for t.Kind() == reflect.Pointer && !decodesItself(t) {
 		t = t.Elem()
 	}
-	if decodesItself(t) {
-		w.leaf(n, t, path)
+	want := ""
+	switch k := t.Kind(); {
+	case decodesItself(t):
+	case k == reflect.Struct || k == reflect.Map:
+		if n.Kind == yaml.MappingNode {
+			c.mapping(n, t, path, map[string]int{}, false)
+			return
+		}
+		want = "a mapping"
+	case k == reflect.Slice || k == reflect.Array:
+		if n.Kind == yaml.SequenceNode {
+			for i, item := range n.Content {
+				c.value(item, t.Elem(), path+"["+strconv.Itoa(i)+"]")
+			}
+			return
+		}
+		want = "a list"
+	}
+	// yaml.v3 may still take a node of another shape (a scalar for a
+	// TextUnmarshaler or []byte); if it does not, say what was expected
+	// rather than name a Go type.
+	if want != "" && !(n.Kind == yaml.ScalarNode && reflect.PointerTo(t).Implements(textUnmarshalerType)) {
+		if n.Decode(reflect.New(t).Interface()) != nil {
+			c.failf(n.Line, path, "want %s, got %s", want, describeNode(n))
+		}
 		return
 	}
-	switch t.Kind() {
-	case reflect.Struct:
-		if n.Kind != yaml.MappingNode {
-			w.mismatch(n, t, path, "a mapping")
-			return
-		}
-		w.structMapping(n, t, path)
-	case reflect.Map:
-		if n.Kind != yaml.MappingNode {
-			w.mismatch(n, t, path, "a mapping")
-			return
-		}
-		w.mapMapping(n, t, path)
-	case reflect.Slice, reflect.Array:
-		if n.Kind != yaml.SequenceNode {
-			w.mismatch(n, t, path, "a list")
-			return
-		}
-		if t.Kind() == reflect.Array && len(n.Content) != t.Len() {
-			w.failf(n.Line, path, "want a list of %d items, got %d", t.Len(), len(n.Content))
-			return
-		}
-		for i, c := range n.Content {
-			w.walk(c, t.Elem(), path+"["+strconv.Itoa(i)+"]")
-		}
-	default:
-		w.leaf(n, t, path)
+	c.decode(n, t, path)
+}
+
+// decode decodes n into a scratch value of type t, for its errors.
+func (c *keyCheck) decode(n *yaml.Node, t reflect.Type, path string) {
+	if err := n.Decode(reflect.New(t).Interface()); err != nil {
+		c.errs = appendDecodeErrors(c.errs, err, n, path)
 	}
 }
 
-// mismatch handles a node of the wrong kind for a composite type: yaml.v3
-// may still accept it (a scalar for a TextUnmarshaler or []byte); if not,
-// the error says what was expected rather than naming a Go type.
-func (w *strictWalker) mismatch(n *yaml.Node, t reflect.Type, path, want string) {
-	if n.Kind == yaml.ScalarNode && reflect.PointerTo(t).Implements(textUnmarshalerType) {
-		w.leaf(n, t, path)
+// mapping checks the keys of mapping n against t, a struct or a map, and
+// goes into their values. seen holds the keys met so far and their lines;
+// merged is true for a mapping pulled in by a merge key (<<), whose keys
+// the mapping that merges it may override.
+func (c *keyCheck) mapping(n *yaml.Node, t reflect.Type, path string, seen map[string]int, merged bool) {
+	var f *structFields
+	if t.Kind() == reflect.Struct {
+		if f = structFieldsOf(t); f.selfDecoding {
+			c.decode(n, t, path) // an inline field takes the whole mapping: any key may be its
+			return
+		}
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if isMergeKey(k) {
+			c.merge(v, t, path, seen, f != nil)
+			continue
+		}
+		if k.Kind == yaml.AliasNode && k.Alias != nil {
+			k = k.Alias
+		}
+		name, kpath, vt := k.Value, mapKeyPath(path, k.Value), reflect.Type(nil)
+		if k.Kind != yaml.ScalarNode {
+			if f != nil {
+				c.failf(n.Content[i].Line, path, "a key must be a string, got %s", describeNode(k))
+				continue
+			}
+			name = describeNode(k)
+			kpath = mapKeyPath(path, name)
+		}
+		if f != nil {
+			kpath = joinPath(path, name)
+		}
+		id := strconv.Itoa(int(k.Kind)) + "\x00" + name
+		if first, dup := seen[id]; dup {
+			if !merged {
+				c.failf(n.Content[i].Line, kpath, "duplicate key (first at line %d)", first)
+			}
+			continue
+		}
+		if !merged {
+			seen[id] = n.Content[i].Line
+		}
+		switch {
+		case f == nil:
+			if kt := t.Key(); kt.Kind() != reflect.String || k.Kind != yaml.ScalarNode {
+				before := len(c.errs)
+				if c.value(n.Content[i], kt, kpath); len(c.errs) > before {
+					continue
+				}
+			}
+			vt = t.Elem()
+		case f.types[name] != nil:
+			vt = f.types[name]
+		case f.inlineMap != nil:
+			vt, kpath = f.inlineMap, mapKeyPath(path, name)
+		case len(f.names) == 0:
+			c.failf(n.Content[i].Line, kpath, "unknown key (no keys are expected here)")
+			continue
+		default:
+			c.failf(n.Content[i].Line, kpath, "unknown key (valid keys: %s)", strings.Join(f.names, ", "))
+			continue
+		}
+		c.value(v, vt, kpath)
+	}
+}
+
+// merge checks the mapping(s) a merge key (<<) refers to. A struct takes
+// their keys as its own, under the keys already seen; a map checks each of
+// them as a mapping of its own.
+func (c *keyCheck) merge(v *yaml.Node, t reflect.Type, path string, seen map[string]int, isStruct bool) {
+	if !isStruct {
+		c.value(v, t, path)
 		return
 	}
-	if err := n.Decode(reflect.New(t).Interface()); err == nil {
-		return
+	if v.Kind == yaml.AliasNode && v.Alias != nil {
+		v = v.Alias
 	}
-	w.failf(n.Line, path, "want %s, got %s", want, describeNode(n))
+	items := []*yaml.Node{v}
+	if v.Kind == yaml.SequenceNode {
+		items = v.Content
+	}
+	for _, m := range items {
+		if m.Kind == yaml.AliasNode && m.Alias != nil {
+			m = m.Alias
+		}
+		if m.Kind != yaml.MappingNode {
+			c.failf(m.Line, path, "a merge (<<) needs a mapping or a list of mappings")
+		} else {
+			c.mapping(m, t, path, seen, true)
+		}
+	}
 }
 
 // describeNode names a node's kind and value the way yaml.v3's errors do.
@@ -336,13 +405,6 @@ func describeNode(n *yaml.Node) string {
 		v = v[:17] + "..."
 	}
 	return n.ShortTag() + " `" + v + "`"
-}
-
-// leaf decodes n into a scratch value of type t to find its errors.
-func (w *strictWalker) leaf(n *yaml.Node, t reflect.Type, path string) {
-	if err := n.Decode(reflect.New(t).Interface()); err != nil {
-		w.errs = appendDecodeErrors(w.errs, err, n, path)
-	}
 }
 
 // appendDecodeErrors turns an error of node.Decode into ConfigErrors under path.
@@ -405,179 +467,54 @@ func keyName(k *yaml.Node) (string, bool) {
 	return k.Value, k.Kind == yaml.ScalarNode
 }
 
-func (w *strictWalker) structMapping(n *yaml.Node, t reflect.Type, path string) {
-	info := structInfoOf(t)
-	if info.selfDecoding {
-		// An inline field decodes the whole mapping itself: any key may be its.
-		w.leaf(n, t, path)
-		return
-	}
-	seen := make(map[string]int, len(n.Content)/2)
-	w.structKeys(n, t, info, path, seen, false)
-}
-
-// structKeys checks the keys of mapping n against a struct. merged is true
-// for a mapping pulled in by a merge key (<<), whose keys may be overridden.
-func (w *strictWalker) structKeys(n *yaml.Node, t reflect.Type, info *structInfo, path string, seen map[string]int, merged bool) {
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		if isMergeKey(k) {
-			w.merge(v, t, info, path, seen)
-			continue
-		}
-		name, ok := keyName(k)
-		if !ok {
-			w.failf(k.Line, path, "a key must be a string, got %s", describeNode(k))
-			continue
-		}
-		kpath := joinPath(path, name)
-		if first, dup := seen[name]; dup {
-			if !merged {
-				w.failf(k.Line, kpath, "duplicate key (first at line %d)", first)
-			}
-			continue
-		}
-		if !merged {
-			seen[name] = k.Line
-		}
-		if ft, ok := info.fields[name]; ok {
-			w.walk(v, ft, kpath)
-		} else if info.inlineMap != nil {
-			w.walk(v, info.inlineMap, mapKeyPath(path, name))
-		} else if len(info.names) == 0 {
-			w.failf(k.Line, kpath, "unknown key (no keys are expected here)")
-		} else {
-			w.failf(k.Line, kpath, "unknown key (valid keys: %s)", strings.Join(info.names, ", "))
-		}
-	}
-}
-
-// merge walks the mapping(s) a merge key refers to.
-func (w *strictWalker) merge(v *yaml.Node, t reflect.Type, info *structInfo, path string, seen map[string]int) {
-	if v.Kind == yaml.AliasNode && v.Alias != nil {
-		v = v.Alias
-	}
-	switch v.Kind {
-	case yaml.MappingNode:
-		w.structKeys(v, t, info, path, seen, true)
-	case yaml.SequenceNode:
-		for _, m := range v.Content {
-			if m.Kind == yaml.AliasNode && m.Alias != nil {
-				m = m.Alias
-			}
-			if m.Kind == yaml.MappingNode {
-				w.structKeys(m, t, info, path, seen, true)
-			} else {
-				w.failf(m.Line, path, "a merge (<<) needs a mapping or a list of mappings")
-			}
-		}
-	default:
-		w.failf(v.Line, path, "a merge (<<) needs a mapping or a list of mappings")
-	}
-}
-
-func (w *strictWalker) mapMapping(n *yaml.Node, t reflect.Type, path string) {
-	seen := make(map[string]int, len(n.Content)/2)
-	kt, et := t.Key(), t.Elem()
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k, v := n.Content[i], n.Content[i+1]
-		if isMergeKey(k) {
-			w.walk(v, t, path) // yaml.v3 merges the referenced mapping(s) in
-			continue
-		}
-		rk := k
-		if rk.Kind == yaml.AliasNode && rk.Alias != nil {
-			rk = rk.Alias
-		}
-		name := rk.Value
-		if rk.Kind != yaml.ScalarNode {
-			name = describeNode(rk)
-		}
-		kpath := mapKeyPath(path, name)
-		id := strconv.Itoa(int(rk.Kind)) + "\x00" + name
-		if first, dup := seen[id]; dup {
-			w.failf(k.Line, kpath, "duplicate key (first at line %d)", first)
-			continue
-		}
-		seen[id] = k.Line
-		if kt.Kind() != reflect.String || rk.Kind != yaml.ScalarNode {
-			before := len(w.errs)
-			w.walk(k, kt, kpath)
-			if len(w.errs) > before {
-				continue
-			}
-		}
-		w.walk(v, et, kpath)
-	}
-}
-
-// structInfo is what DecodeStrict needs of a struct: the keys yaml.v3
-// decodes into it, mirroring yaml.v3's own field rules.
-type structInfo struct {
-	fields       map[string]reflect.Type
+// structFields is what DecodeStrict needs of a struct: the keys yaml.v3
+// decodes into it, by yaml.v3's own field rules.
+type structFields struct {
+	types        map[string]reflect.Type
 	names        []string     // in declaration order, for messages
 	inlineMap    reflect.Type // element type of an ",inline" map, if any
 	selfDecoding bool         // an ",inline" field decodes the mapping itself
 }
 
-var structInfos sync.Map // reflect.Type → *structInfo
-
-func structInfoOf(t reflect.Type) *structInfo {
-	if si, ok := structInfos.Load(t); ok {
-		return si.(*structInfo)
-	}
-	si := &structInfo{fields: map[string]reflect.Type{}}
-	si.add(t, 0)
-	structInfos.Store(t, si)
-	return si
+func structFieldsOf(t reflect.Type) *structFields {
+	f := &structFields{types: map[string]reflect.Type{}}
+	f.add(t)
+	return f
 }
 
-func (si *structInfo) add(t reflect.Type, depth int) {
-	if depth > 32 {
-		return // a recursive inline; yaml.v3 rejects the type anyway
-	}
+func (f *structFields) add(t reflect.Type) {
 	for i := range t.NumField() {
-		f := t.Field(i)
-		if f.PkgPath != "" && !f.Anonymous {
-			continue
-		}
-		tag := f.Tag.Get("yaml")
-		if tag == "" && !strings.Contains(string(f.Tag), ":") {
-			tag = string(f.Tag)
-		}
-		if tag == "-" {
-			continue
+		sf := t.Field(i)
+		tag := sf.Tag.Get("yaml")
+		if tag == "" && !strings.Contains(string(sf.Tag), ":") {
+			tag = string(sf.Tag)
 		}
 		name, flags, _ := strings.Cut(tag, ",")
-		inline := slices.Contains(strings.Split(flags, ","), "inline")
-		if inline {
-			ft := f.Type
-			switch ft.Kind() {
-			case reflect.Map:
-				si.inlineMap = ft.Elem()
-				continue
-			case reflect.Struct, reflect.Pointer:
-				for ft.Kind() == reflect.Pointer {
-					ft = ft.Elem()
-				}
-				if ft.Kind() == reflect.Struct {
-					if reflect.PointerTo(ft).Implements(unmarshalerType) {
-						si.selfDecoding = true
-					} else {
-						si.add(ft, depth+1)
-					}
-					continue
-				}
+		if sf.PkgPath != "" && !sf.Anonymous || tag == "-" {
+			continue
+		}
+		if !slices.Contains(strings.Split(flags, ","), "inline") {
+			if name == "" {
+				name = strings.ToLower(sf.Name)
 			}
-			continue // yaml.v3 rejects the type
+			if _, dup := f.types[name]; !dup {
+				f.names = append(f.names, name)
+			}
+			f.types[name] = sf.Type
+			continue
 		}
-		if name == "" {
-			name = strings.ToLower(f.Name)
+		ft := sf.Type
+		for ft.Kind() == reflect.Pointer {
+			ft = ft.Elem()
 		}
-		if _, dup := si.fields[name]; !dup {
-			si.names = append(si.names, name)
+		switch {
+		case sf.Type.Kind() == reflect.Map:
+			f.inlineMap = sf.Type.Elem()
+		case ft.Kind() == reflect.Struct && decodesItself(ft):
+			f.selfDecoding = true
+		case ft.Kind() == reflect.Struct:
+			f.add(ft) // yaml.v3 rejects other inline fields, and recursive ones
 		}
-		si.fields[name] = f.Type
 	}
 }
 
