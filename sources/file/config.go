@@ -21,13 +21,13 @@ const DefaultRefreshInterval = 5 * time.Minute
 // modification time and content) before it is applied.
 const DefaultSettle = 250 * time.Millisecond
 
-// DefaultWithdrawConfirm is how long a file that withdraws all, or more
-// than WithdrawMax, of its endpoints must keep saying so before the
-// withdrawal is applied.
+// DefaultWithdrawConfirm is how long a file that shrinks sharply (no
+// services or no endpoints left, or more than WithdrawMax of them gone)
+// must keep saying so before the change is applied.
 const DefaultWithdrawConfirm = 5 * time.Second
 
 // DefaultWithdrawMax is the share of a file's endpoints one change may
-// withdraw without being held for confirmation.
+// remove (net) without being held for confirmation.
 const DefaultWithdrawMax = 0.5
 
 // Config is a file source's own configuration.
@@ -45,12 +45,13 @@ type Config struct {
 	// change is applied. nil means DefaultSettle; 0 applies the first
 	// read after an event.
 	Settle *time.Duration
-	// WithdrawConfirm is how long a change that withdraws all of a file's
-	// endpoints, or more than WithdrawMax of them, is held before it is
-	// applied. nil means DefaultWithdrawConfirm; 0 applies at once.
+	// WithdrawConfirm is how long a change that leaves a file without
+	// services or endpoints, or cuts its endpoints by more than
+	// WithdrawMax, is held before it is applied. nil means
+	// DefaultWithdrawConfirm; 0 applies at once.
 	WithdrawConfirm *time.Duration
-	// WithdrawMax is the share (0..1) of a file's endpoints one change
-	// may withdraw without being held. nil means DefaultWithdrawMax.
+	// WithdrawMax is the share (0..1) by which one change may cut a
+	// file's endpoints without being held. nil means DefaultWithdrawMax.
 	WithdrawMax *float64
 }
 

@@ -6,13 +6,19 @@
 //	    kind: file
 //	    paths: ["services/*.yaml", "/etc/tributary/more/*.json"]  # globs
 //	    refresh_interval: 5m  # the full re-read besides the watch
+//	    settle: 250ms         # a change applies once the file is unchanged this long
+//	    withdraw_confirm: 5s  # a sharp shrink is held this long
+//	    withdraw_max: 50%     # the share of a file's endpoints that is not a sharp shrink
 //
 // Each file is one group keyed by its absolute path; Parse documents the
 // format. The source watches the directories of its globs, so atomic
 // renames and Kubernetes ConfigMap symlink swaps are seen, and re-reads
-// every file each refresh_interval as well. A file that cannot be read or
-// parsed keeps its last good state and marks the source stale until it is
-// fixed; a file that is gone or valid but empty withdraws its services.
+// every file each refresh_interval as well. A change is applied once the
+// file has settled, and a sharp shrink (empty, no endpoints, or more than
+// withdraw_max of them gone) only once confirmed (Run says how). A file
+// that cannot be read or parsed keeps its last good state and marks the
+// source stale until it is fixed; a file that is deleted or renamed away
+// withdraws its services at once.
 package file
 
 import (

@@ -626,6 +626,18 @@ func TestNewFromConfig(t *testing.T) {
 				t.Errorf("refresh %v", s.interval)
 			}
 		}},
+		{name: "settling defaults", yaml: "paths: [a.yaml]", check: func(t *testing.T, s *Source) {
+			if s.settle != DefaultSettle || s.confirm != DefaultWithdrawConfirm || s.maxWithdraw != DefaultWithdrawMax {
+				t.Errorf("settle %v, withdraw_confirm %v, withdraw_max %v", s.settle, s.confirm, s.maxWithdraw)
+			}
+		}},
+		{name: "settling keys", yaml: "paths: [a.yaml]\nsettle: 1s\nwithdraw_confirm: 0s\nwithdraw_max: 30%", check: func(t *testing.T, s *Source) {
+			if s.settle != time.Second || s.confirm != 0 || s.maxWithdraw != 0.3 {
+				t.Errorf("settle %v, withdraw_confirm %v, withdraw_max %v", s.settle, s.confirm, s.maxWithdraw)
+			}
+		}},
+		{name: "bad withdraw_max", yaml: "paths: [a.yaml]\nwithdraw_max: 150%", wantErr: "line 2: withdraw_max:"},
+		{name: "negative settle", yaml: "paths: [a.yaml]\nsettle: -1s", wantErr: "line 2: settle:"},
 		{name: "unknown key", yaml: "paths: [a.yaml]\nrefresh: 5m", wantErr: "line 2: refresh:"},
 		{name: "no paths", yaml: "refresh_interval: 5m", wantErr: "line 1: paths: required"},
 		{name: "empty paths", yaml: "refresh_interval: 5m\npaths: []", wantErr: "line 2: paths: required"},
