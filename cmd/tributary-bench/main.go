@@ -70,11 +70,11 @@ type flags struct {
 	services, endpoints, streams, conns, newStreams, slowStreams int
 	host                                                         string
 	seed                                                         uint64
-	rate                                                         float64
+	rate, newPerSecond                                           float64
 	duration, rampStep, rampLimit, syncTimeout                   time.Duration
 	settle                                                       time.Duration
 	rampRates, idleStreams, idleEndpoints                        string
-	idleMaxStreams                                               int
+	newBurst, idleMaxStreams                                     int
 }
 
 func newFlags(stderr io.Writer) *flags {
@@ -105,6 +105,8 @@ func newFlags(stderr io.Writer) *flags {
 	fs.Float64Var(&f.rate, "rate", 0, "R: endpoint changes per second")
 	fs.DurationVar(&f.duration, "duration", 0, "D: how long the churn runs")
 	fs.IntVar(&f.newStreams, "new-streams", 0, "extra streams opened one by one with W open, for the new-stream latency")
+	fs.Float64Var(&f.newPerSecond, "new-per-second", 0, "started server: its server.streams.new_per_second (storm: the admission limit and its retry hints at work)")
+	fs.IntVar(&f.newBurst, "new-burst", 0, "started server: its server.streams.new_burst")
 	fs.IntVar(&f.slowStreams, "slow-streams", 0, "steady: extra streams, on their own connections, that stop reading after their first message (slow clients)")
 	fs.StringVar(&f.rampRates, "ramp-rates", "", "ramp: comma-separated rates (default 200,500,1000,2000,3000,4000,5000)")
 	fs.DurationVar(&f.rampStep, "ramp-step", 0, "ramp: time per rate (default 10s)")
@@ -159,6 +161,10 @@ func (f *flags) options(workload string) (load.Options, error) {
 			o.NewStreams = f.newStreams
 		case "slow-streams":
 			o.SlowStreams = f.slowStreams
+		case "new-burst":
+			o.NewStreamsBurst = f.newBurst
+		case "new-per-second":
+			o.NewStreamsPerSecond = f.newPerSecond
 		case "ramp-rates":
 			o.RampRates = nil
 			for _, p := range strings.Split(f.rampRates, ",") {

@@ -57,8 +57,9 @@ type watcher struct {
 	// before one; ok tells which.
 	done    chan struct{}
 	ok      atomic.Bool
-	openNs  int64 // before the Get call
-	firstNs int64 // receipt of the first message; read after done
+	openNs  int64  // before the Get call
+	refused uint64 // refusals (ResourceExhausted) before the stream was admitted
+	firstNs int64  // receipt of the first message; read after done
 
 	mu      sync.Mutex
 	started bool
@@ -296,6 +297,23 @@ func (f *Fleet) example(format string, args ...any) {
 	}
 }
 
+// RefusedStreams counts the streams refused at least once and the most
+// refusals one stream had. Call it once the streams are done opening.
+func (f *Fleet) RefusedStreams() (streams, most uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, w := range f.watchers {
+		w.mu.Lock()
+		n := w.refused
+		w.mu.Unlock()
+		if n > 0 {
+			streams++
+			most = max(most, n)
+		}
+	}
+	return streams, most
+}
+
 // Examples returns the first errors seen, for the report.
 func (f *Fleet) Examples() []string {
 	f.exMu.Lock()
@@ -317,6 +335,9 @@ func (f *Fleet) receive(w *watcher, client pb.DestinationClient, stream grpc.Ser
 				return
 			}
 			f.refused.Add(1)
+			w.mu.Lock()
+			w.refused++
+			w.mu.Unlock()
 			delay := retryDelay(err)
 			select {
 			case <-f.ctx.Done():

@@ -58,6 +58,11 @@ type Options struct {
 	// clients. They are not part of the fleet's checks; the figures show
 	// whether they cost the readers anything.
 	SlowStreams int
+	// NewStreamsPerSecond, when not 0, sets the started server's
+	// server.streams.new_per_second: with storm, the admission limit and
+	// its RetryInfo hints at work.
+	NewStreamsPerSecond float64
+	NewStreamsBurst     int // the same for server.streams.new_burst
 
 	// Ramp: the rates tried, each for RampStep, stopping after the first
 	// whose p99 exceeds RampLimit.
@@ -195,6 +200,11 @@ func Run(ctx context.Context, o Options) *Result {
 		r.res.Set("contract_errors", r.contract)
 		r.res.Set("stream_errors", r.streamErrs)
 		r.res.Set("refusals_retried", r.refused)
+		if r.refusedStreams > 0 {
+			r.res.Set("streams_refused", r.refusedStreams)
+			r.res.Set("refusals_per_refused_stream", float64(r.refused)/float64(r.refusedStreams))
+			r.res.Set("refusals_max_per_stream", r.refusalsMax)
+		}
 	}
 	for _, kv := range env {
 		r.res.Set(kv.key, kv.value)
@@ -213,6 +223,7 @@ type runner struct {
 	checked                       bool
 	lost                          int
 	contract, streamErrs, refused uint64
+	refusedStreams, refusalsMax   uint64 // streams refused at least once; most refusals of one stream
 }
 
 type keyValue struct {
@@ -283,7 +294,8 @@ func (r *runner) startServer(ctx context.Context, services, endpoints int) error
 		r.res.Set("endpoints", st.Endpoints)
 		return nil
 	}
-	r.srv, err = StartServer(ctx, ServerSpec{Bin: r.o.Bin, Services: services, Endpoints: endpoints, Host: r.o.Host, Seed: r.o.Seed, Keep: r.o.Keep})
+	r.srv, err = StartServer(ctx, ServerSpec{Bin: r.o.Bin, Services: services, Endpoints: endpoints, Host: r.o.Host, Seed: r.o.Seed, Keep: r.o.Keep,
+		NewStreamsPerSecond: r.o.NewStreamsPerSecond, NewStreamsBurst: r.o.NewStreamsBurst})
 	if err != nil {
 		return err
 	}
@@ -322,6 +334,9 @@ func (r *runner) closeServer() {
 		r.contract += contract
 		r.streamErrs += failed
 		r.refused += r.fleet.refused.Load()
+		streams, most := r.fleet.RefusedStreams()
+		r.refusedStreams += streams
+		r.refusalsMax = max(r.refusalsMax, most)
 		r.fleet = nil
 	}
 	if r.srv != nil {

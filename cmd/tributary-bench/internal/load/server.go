@@ -42,6 +42,10 @@ type ServerSpec struct {
 	Endpoints int
 	Host      string
 	Seed      uint64
+	// NewStreamsPerSecond, when not 0, is the server's
+	// server.streams.new_per_second (the storm workload's admission rate).
+	NewStreamsPerSecond float64
+	NewStreamsBurst     int // server.streams.new_burst, when not 0
 	// Keep leaves the folder with the config and the server's log.
 	Keep bool
 }
@@ -85,6 +89,10 @@ sources:
     paused: true
     control: %s
 `, s.API, s.Admin, spec.Services, spec.Endpoints, spec.Host, spec.Seed, s.Control)
+	if spec.NewStreamsPerSecond != 0 || spec.NewStreamsBurst != 0 {
+		cfg = strings.Replace(cfg, "  log_level: info\n", fmt.Sprintf("  log_level: info\n  streams:\n    new_per_second: %g\n    new_burst: %d\n",
+			spec.NewStreamsPerSecond, spec.NewStreamsBurst), 1)
+	}
 	cfgPath := filepath.Join(dir, "tributary.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		os.RemoveAll(dir)
