@@ -836,68 +836,89 @@ func (p *configParser) rule(n *yaml.Node, i int, names map[string]int, seen map[
 	var raw rawRule
 	before := len(p.errs)
 	p.errs = append(p.errs, decodeStrict(n, &raw, path)...)
-	bad := len(p.errs) > before
 
 	r := FederationRule{Line: n.Line}
-	authNode := lookup(n, "authority")
-	if raw.Authority == "" {
-		p.fail(lineOf(authNode, n), path+".authority", "required")
-		bad = true
-	} else if a, err := ParseAuthority(raw.Authority, 0); err != nil {
-		p.fail(lineOf(authNode, n), path+".authority", "%v", err)
-		bad = true
-	} else if first, dup := seen[a]; dup {
-		p.fail(lineOf(authNode, n), path+".authority", "a second rule for %s (first at line %d)", a, first)
-		bad = true
-	} else {
-		seen[a] = n.Line
-		r.Authority = a
+	r.Authority = p.ruleAuthority(raw.Authority, n, path, seen)
+	r.Aliases = p.ruleAliases(raw.Aliases, r.Authority, n, path)
+	r.Failover = p.ruleTiers(raw.Failover, n, path, names)
+	if raw.PanicThreshold != nil {
+		v := float64(*raw.PanicThreshold)
+		r.PanicThreshold = &v
 	}
+	if len(p.errs) == before {
+		p.c.Federation = append(p.c.Federation, r)
+	}
+}
 
-	aliasNodes := seqItems(lookup(n, "aliases"))
-	aliasLine := map[Authority]int{}
-	for j, s := range raw.Aliases {
+// ruleAuthority parses a rule's authority, which no other rule may have.
+func (p *configParser) ruleAuthority(s string, n *yaml.Node, path string, seen map[Authority]int) Authority {
+	line := lineOf(lookup(n, "authority"), n)
+	if s == "" {
+		p.fail(line, path+".authority", "required")
+		return Authority{}
+	}
+	a, err := ParseAuthority(s, 0)
+	if err != nil {
+		p.fail(line, path+".authority", "%v", err)
+		return Authority{}
+	}
+	if first, dup := seen[a]; dup {
+		p.fail(line, path+".authority", "a second rule for %s (first at line %d)", a, first)
+		return Authority{}
+	}
+	seen[a] = n.Line
+	return a
+}
+
+// ruleAliases parses a rule's aliases and records them for crossCheckAliases.
+func (p *configParser) ruleAliases(list []string, own Authority, n *yaml.Node, path string) []Authority {
+	var out []Authority
+	nodes := seqItems(lookup(n, "aliases"))
+	lines := map[Authority]int{}
+	for j, s := range list {
 		key := path + ".aliases[" + strconv.Itoa(j) + "]"
 		line := n.Line
-		if j < len(aliasNodes) {
-			line = aliasNodes[j].Line
+		if j < len(nodes) {
+			line = nodes[j].Line
 		}
 		a, err := ParseAuthority(s, 0)
 		switch {
 		case err != nil:
 			p.fail(line, key, "%v", err)
-		case a == r.Authority:
+		case a == own:
 			p.fail(line, key, "%s is the rule's own authority", a)
-		case aliasLine[a] != 0:
-			p.fail(line, key, "alias %s listed twice (first at line %d)", a, aliasLine[a])
+		case lines[a] != 0:
+			p.fail(line, key, "alias %s listed twice (first at line %d)", a, lines[a])
 		default:
-			aliasLine[a] = line
-			r.Aliases = append(r.Aliases, a)
-			p.aliases = append(p.aliases, aliasRef{rule: r.Authority, alias: a, line: line, key: key})
-			continue
+			lines[a] = line
+			out = append(out, a)
+			p.aliases = append(p.aliases, aliasRef{rule: own, alias: a, line: line, key: key})
 		}
-		bad = true
 	}
+	return out
+}
 
-	tierNodes := seqItems(lookup(n, "failover"))
+// ruleTiers checks a rule's failover tiers: each has known sources, and a
+// source is in one tier only.
+func (p *configParser) ruleTiers(raw []rawTier, n *yaml.Node, path string, names map[string]int) []Tier {
+	var out []Tier
+	nodes := seqItems(lookup(n, "failover"))
 	tierOf := map[string]int{}
-	for t, rt := range raw.Failover {
+	for t, rt := range raw {
 		key := path + ".failover[" + strconv.Itoa(t) + "]"
 		tn := n
-		if t < len(tierNodes) {
-			tn = resolveAlias(tierNodes[t])
+		if t < len(nodes) {
+			tn = resolveAlias(nodes[t])
 		}
-		tier := Tier{MinHealthy: 1}
+		tier := Tier{MinHealthy: 1, Sources: append([]string(nil), rt.Sources...)}
 		if rt.MinHealthy != nil {
 			if *rt.MinHealthy < 1 {
 				p.fail(lineOf(lookup(tn, "min_healthy"), tn), key+".min_healthy", "must be at least 1, got %d", *rt.MinHealthy)
-				bad = true
 			}
 			tier.MinHealthy = *rt.MinHealthy
 		}
 		if len(rt.Sources) == 0 {
 			p.fail(lineOf(lookup(tn, "sources"), tn), key+".sources", "a tier needs at least one source")
-			bad = true
 		}
 		srcNodes := seqItems(lookup(tn, "sources"))
 		for k, s := range rt.Sources {
@@ -906,30 +927,21 @@ func (p *configParser) rule(n *yaml.Node, i int, names map[string]int, seen map[
 			if k < len(srcNodes) {
 				line = srcNodes[k].Line
 			}
-			if _, ok := names[s]; !ok {
+			prev, dup := tierOf[s]
+			switch _, known := names[s]; {
+			case !known:
 				p.fail(line, skey, "unknown source %q", s)
-				bad = true
-			} else if prev, dup := tierOf[s]; dup {
-				if prev == t {
-					p.fail(line, skey, "source %q listed twice in this tier", s)
-				} else {
-					p.fail(line, skey, "source %q is already in failover[%d]; a source belongs to one tier", s, prev)
-				}
-				bad = true
-			} else {
+			case dup && prev == t:
+				p.fail(line, skey, "source %q listed twice in this tier", s)
+			case dup:
+				p.fail(line, skey, "source %q is already in failover[%d]; a source belongs to one tier", s, prev)
+			default:
 				tierOf[s] = t
 			}
 		}
-		tier.Sources = append([]string(nil), rt.Sources...)
-		r.Failover = append(r.Failover, tier)
+		out = append(out, tier)
 	}
-	if raw.PanicThreshold != nil {
-		v := float64(*raw.PanicThreshold)
-		r.PanicThreshold = &v
-	}
-	if !bad {
-		p.c.Federation = append(p.c.Federation, r)
-	}
+	return out
 }
 
 // crossCheckAliases rejects an authority that is both an alias of one rule
@@ -1255,8 +1267,9 @@ func (p *configParser) healthCheck(raw *rawHealthCheckSettings, n *yaml.Node, pa
 // mergeHealthCheck writes the keys given in raw over hc and validates the
 // result; n is the block's node, for lines.
 func (p *configParser) mergeHealthCheck(hc *HealthCheck, raw *rawHealthCheck, n *yaml.Node, path string) {
-	line := func(key string) int { return lineOf(lookup(n, key), n) }
-	fail := func(key, format string, args ...any) { p.fail(line(key), path+"."+key, format, args...) }
+	fail := func(key, format string, args ...any) {
+		p.fail(lineOf(lookup(n, key), n), path+"."+key, format, args...)
+	}
 	if raw.Type != nil {
 		switch *raw.Type {
 		case CheckTCP, CheckHTTP, CheckGRPC, CheckNone:
@@ -1265,6 +1278,16 @@ func (p *configParser) mergeHealthCheck(hc *HealthCheck, raw *rawHealthCheck, n 
 			fail("type", "unknown check type %q (want tcp, http, grpc or none)", *raw.Type)
 		}
 	}
+	mergeCheckTiming(hc, raw, fail)
+	mergeCheckVerdicts(hc, raw, fail)
+	mergeCheckTarget(hc, raw, fail)
+}
+
+// checkFail reports a problem with one key of a health check block.
+type checkFail func(key, format string, args ...any)
+
+// mergeCheckTiming merges when checks run: interval, jitter and timeout.
+func mergeCheckTiming(hc *HealthCheck, raw *rawHealthCheck, fail checkFail) {
 	if raw.Interval != nil {
 		hc.Interval = time.Duration(*raw.Interval)
 		if hc.Interval < time.Millisecond {
@@ -1283,6 +1306,11 @@ func (p *configParser) mergeHealthCheck(hc *HealthCheck, raw *rawHealthCheck, n 
 			fail("timeout", "must be positive")
 		}
 	}
+}
+
+// mergeCheckVerdicts merges how results become health: the thresholds,
+// the initial health and the hold-down of flapping endpoints.
+func mergeCheckVerdicts(hc *HealthCheck, raw *rawHealthCheck, fail checkFail) {
 	threshold := func(key string, v *int, into *int) {
 		if v == nil {
 			return
@@ -1312,6 +1340,12 @@ func (p *configParser) mergeHealthCheck(hc *HealthCheck, raw *rawHealthCheck, n 
 	if hc.HoldDown > 0 && hc.MaxHoldDown < hc.HoldDown && (raw.HoldDown != nil || raw.MaxHoldDown != nil) {
 		fail("max_hold_down", "max_hold_down %s is shorter than hold_down %s", hc.MaxHoldDown, hc.HoldDown)
 	}
+}
+
+// mergeCheckTarget merges what a check asks: the port, and the keys of
+// one check type only (path, host and expected_status for http, service
+// for grpc). hc.Type must be merged already.
+func mergeCheckTarget(hc *HealthCheck, raw *rawHealthCheck, fail checkFail) {
 	if raw.Port != nil {
 		if *raw.Port < 0 || *raw.Port > 65535 {
 			fail("port", "must be from 1 to 65535 (or 0 for the endpoint's port), got %d", *raw.Port)
