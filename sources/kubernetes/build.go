@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -50,6 +49,9 @@ type builder struct {
 	idSelector       labels.Selector
 	serveTerminating bool
 	preferIPv6       bool
+	// defaultOpaque are the opaque ports of pods, ExternalWorkloads and
+	// Services without an opaque-ports annotation (Linkerd's default).
+	defaultOpaque map[uint16]bool
 }
 
 // podLookup finds a pod by namespace and name; nil when unknown.
@@ -70,23 +72,39 @@ type endpointInfo struct {
 	hostname string
 	zone     string
 	health   discovery.Health
-	identity discovery.Identity
 	labels   map[string]string
 	forZones []string
+	// The target, when known: identity and hints follow from it per port.
+	pod      *corev1.Pod
+	workload *externalWorkload
 }
 
-// build returns the services a Service asserts: one authority per TCP
+// build is buildWith for Services of pods only.
+func (b *builder) build(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, pods podLookup, bad problem) []discovery.Service {
+	return b.buildWith(svc, eps, lookups{pods: pods}, bad)
+}
+
+// buildWith returns the services a Service asserts: one authority per TCP
 // service port, and one per endpoint hostname and port (pod DNS names of
 // headless and StatefulSet services). An ExternalName service asserts
 // nothing: it is a DNS alias, not a set of endpoints. eps are the
-// Service's EndpointSlices; pods resolves target references.
-func (b *builder) build(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, pods podLookup, bad problem) []discovery.Service {
+// Service's EndpointSlices; lk resolves target references and, when no
+// slice comes from Linkerd's external-workload controller, lists the
+// ExternalWorkloads the Service selects, served as that controller would
+// publish them.
+func (b *builder) buildWith(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, lk lookups, bad problem) []discovery.Service {
 	if svc.Spec.Type == corev1.ServiceTypeExternalName {
 		return nil
 	}
 	ns, name := svc.Namespace, svc.Name
 	host := b.host(ns, name)
-	opaque := opaquePorts(svc, bad)
+	opaque := b.opaquePorts(svc, bad)
+	if lk.selected != nil && len(svc.Spec.Selector) > 0 && !usesWorkloadController(eps) {
+		if ws := lk.selected(ns, labels.SelectorFromSet(svc.Spec.Selector)); len(ws) > 0 {
+			sortWorkloads(ws)
+			eps = append(slices.Clip(eps), workloadSlices(svc, ws)...)
+		}
+	}
 
 	// One address family per Service: a dual-stack pod has an address in
 	// each, and the client can reach only one of them.
@@ -100,7 +118,7 @@ func (b *builder) build(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, p
 		if sl.AddressType != family {
 			continue
 		}
-		chosen = append(chosen, sliceEndpoints{slice: sl, infos: b.endpointInfos(svc, sl, pods, bad)})
+		chosen = append(chosen, sliceEndpoints{slice: sl, infos: b.endpointInfos(svc, sl, lk, bad)})
 	}
 
 	var out []discovery.Service
@@ -122,13 +140,22 @@ func (b *builder) build(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, p
 				continue
 			}
 			for _, in := range se.infos {
+				var t portTraits
+				switch {
+				case in.pod != nil:
+					t = b.podTraits(in.pod, target, bad)
+				case in.workload != nil:
+					t = b.workloadTraits(in.workload, target, bad)
+				}
 				e := discovery.Endpoint{
-					Addr:     netip.AddrPortFrom(in.addr, target),
-					Zone:     in.zone,
-					Health:   in.health,
-					Identity: in.identity,
-					Labels:   in.labels,
-					ForZones: in.forZones,
+					Addr:            netip.AddrPortFrom(in.addr, target),
+					Zone:            in.zone,
+					Health:          in.health,
+					Identity:        t.identity,
+					Protocol:        t.protocol,
+					OpaqueTransport: t.transport,
+					Labels:          in.labels,
+					ForZones:        in.forZones,
 				}
 				all = append(all, e)
 				if in.hostname != "" {
@@ -198,7 +225,7 @@ func slicePort(sl *discoveryv1.EndpointSlice, name string) (uint16, bool) {
 
 // endpointInfos reads the endpoints of one slice; malformed ones are
 // reported and skipped.
-func (b *builder) endpointInfos(svc *corev1.Service, sl *discoveryv1.EndpointSlice, pods podLookup, bad problem) []endpointInfo {
+func (b *builder) endpointInfos(svc *corev1.Service, sl *discoveryv1.EndpointSlice, lk lookups, bad problem) []endpointInfo {
 	infos := make([]endpointInfo, 0, len(sl.Endpoints))
 	for i := range sl.Endpoints {
 		ep := &sl.Endpoints[i]
@@ -229,29 +256,42 @@ func (b *builder) endpointInfos(svc *corev1.Service, sl *discoveryv1.EndpointSli
 			LabelNamespace: svc.Namespace,
 			LabelService:   svc.Name,
 		}
-		var pod *corev1.Pod
-		if ref := ep.TargetRef; ref != nil && ref.Kind == "Pod" && ref.Name != "" {
-			l[LabelPod] = ref.Name
-			podNS := ref.Namespace
-			if podNS == "" {
-				podNS = sl.Namespace
+		if ref := ep.TargetRef; ref != nil && ref.Name != "" {
+			refNS := ref.Namespace
+			if refNS == "" {
+				refNS = sl.Namespace
 			}
-			if pods != nil {
-				pod = pods(podNS, ref.Name)
-			}
-			if pod != nil && ref.UID != "" && pod.UID != "" && pod.UID != ref.UID {
-				pod = nil // a namesake of the pod the slice means: unknown
+			switch ref.Kind {
+			case kindPod:
+				l[LabelPod] = ref.Name
+				if lk.pods != nil {
+					in.pod = lk.pods(refNS, ref.Name)
+				}
+				if in.pod != nil && ref.UID != "" && in.pod.UID != "" && in.pod.UID != ref.UID {
+					in.pod = nil // a namesake of the pod the slice means: unknown
+				}
+			case kindExternalWorkload:
+				l[LabelExternalWorkload] = ref.Name
+				if lk.workloads != nil {
+					in.workload = lk.workloads(refNS, ref.Name)
+				}
+				if in.workload != nil && ref.UID != "" && in.workload.UID != "" && in.workload.UID != ref.UID {
+					in.workload = nil
+				}
 			}
 		}
-		if pod != nil {
-			if sa := pod.Spec.ServiceAccountName; sa != "" {
-				l[LabelServiceAccount] = sa
-			}
+		if pod := in.pod; pod != nil {
+			podLabels(l, pod)
 			if kind, name := ownerOf(pod); kind != "" {
 				l[LabelOwnerKind], l[LabelOwnerName] = kind, name
 			}
 		}
-		in.identity = b.identity(pod)
+		if w := in.workload; w != nil {
+			workloadLabels(l, w)
+			for _, p := range w.problems {
+				bad(objName("externalworkload", w.Namespace, w.Name), p)
+			}
+		}
 		in.forZones = hintZones(ep.Hints)
 		in.labels = l
 		infos = append(infos, in)
@@ -368,11 +408,25 @@ func healthRank(h discovery.Health) int {
 	return 0
 }
 
-// opaquePorts reads the Service's opaque-ports annotation: port numbers and
-// ranges, comma-separated. Malformed parts are reported and ignored.
-func opaquePorts(svc *corev1.Service, bad problem) map[uint16]bool {
+// opaquePorts reads the Service's opaque-ports annotation: port numbers,
+// ranges and Service port names, comma-separated. Malformed parts are
+// reported and ignored. Without the annotation, the default opaque ports
+// apply, as with Linkerd; an empty annotation means none.
+func (b *builder) opaquePorts(svc *corev1.Service, bad problem) map[uint16]bool {
 	v, ok := svc.Annotations[OpaquePortsAnnotation]
-	if !ok || strings.TrimSpace(v) == "" {
+	if !ok {
+		var out map[uint16]bool
+		for _, sp := range svc.Spec.Ports {
+			if sp.Port > 0 && sp.Port <= 65535 && b.defaultOpaque[uint16(sp.Port)] {
+				if out == nil {
+					out = map[uint16]bool{}
+				}
+				out[uint16(sp.Port)] = true
+			}
+		}
+		return out
+	}
+	if strings.TrimSpace(v) == "" {
 		return nil
 	}
 	out := map[uint16]bool{}
@@ -381,18 +435,22 @@ func opaquePorts(svc *corev1.Service, bad problem) map[uint16]bool {
 		if part == "" {
 			continue
 		}
-		lo, hi, isRange := strings.Cut(part, "-")
-		from, err1 := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
-		to, err2 := from, error(nil)
-		if isRange {
-			to, err2 = strconv.ParseUint(strings.TrimSpace(hi), 10, 16)
+		named := false
+		for _, sp := range svc.Spec.Ports {
+			if sp.Name != "" && sp.Name == part && sp.Port > 0 && sp.Port <= 65535 {
+				out[uint16(sp.Port)], named = true, true
+			}
 		}
-		if err1 != nil || err2 != nil || from == 0 || to < from {
-			bad(objName("service", svc.Namespace, svc.Name), fmt.Sprintf("annotation %s: %q is not a port or a range of ports", OpaquePortsAnnotation, part))
+		if named {
+			continue
+		}
+		from, to, ok := portRange(part)
+		if !ok {
+			bad(objName("service", svc.Namespace, svc.Name), fmt.Sprintf("annotation %s: %q is not a port, a range of ports or a port name", OpaquePortsAnnotation, part))
 			continue
 		}
 		for _, sp := range svc.Spec.Ports {
-			if p := uint64(sp.Port); p >= from && p <= to {
+			if p := sp.Port; p >= int32(from) && p <= int32(to) {
 				out[uint16(p)] = true
 			}
 		}

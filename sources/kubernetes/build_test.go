@@ -382,12 +382,19 @@ func TestBuildIdentityAndLabels(t *testing.T) {
 			return m
 		}
 		want := map[string]map[string]string{
-			"10.0.0.1": with(LabelPod, "web-7d9f8-a", LabelServiceAccount, "web", LabelOwnerKind, "Deployment", LabelOwnerName, "web"),
-			"10.0.0.2": with(LabelPod, "plain-b", LabelServiceAccount, "web", LabelOwnerKind, "StatefulSet", LabelOwnerName, "plain"),
-			"10.0.0.3": with(LabelPod, "nosa-c"),
+			// Linkerd's names (the owner under its kind, control_plane_ns,
+			// pod_template_hash), with Tributary's owner_kind/owner_name.
+			"10.0.0.1": with(LabelPod, "web-7d9f8-a", LabelServiceAccount, "web", LabelOwnerKind, "Deployment", LabelOwnerName, "web",
+				"deployment", "web", LabelControlPlaneNS, "linkerd", LabelPodTemplateHash, "7d9f8"),
+			"10.0.0.2": with(LabelPod, "plain-b", LabelServiceAccount, "web", LabelOwnerKind, "StatefulSet", LabelOwnerName, "plain",
+				"statefulset", "plain"),
+			// No owner: the pod is its own (Linkerd's "pod" label); no
+			// service account reads as "default", as Linkerd reports it.
+			"10.0.0.3": with(LabelPod, "nosa-c", LabelServiceAccount, "default", LabelControlPlaneNS, "linkerd", LabelPodTemplateHash, "7d9f8"),
 			"10.0.0.4": with(LabelPod, "gone-e"),
 			"10.0.0.5": with(LabelPod, "web-7d9f8-a"),
-			"10.0.0.6": with(LabelPod, "rs-d", LabelServiceAccount, "web", LabelOwnerKind, "ReplicaSet", LabelOwnerName, "web-7d9f8"),
+			"10.0.0.6": with(LabelPod, "rs-d", LabelServiceAccount, "web", LabelOwnerKind, "ReplicaSet", LabelOwnerName, "web-7d9f8",
+				"replicaset", "web-7d9f8", LabelControlPlaneNS, "linkerd", LabelPodTemplateHash, "other"),
 			"10.0.0.7": with(),
 		}
 		for ip, w := range want {

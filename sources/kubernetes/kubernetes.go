@@ -29,6 +29,7 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -72,8 +73,10 @@ type Source struct {
 	log  *slog.Logger
 
 	// Injected by tests.
-	inCluster func() (*rest.Config, error)
-	newClient func(*rest.Config) (listWatchFunc, error)
+	inCluster    func() (*rest.Config, error)
+	newClient    func(*rest.Config) (listWatchFunc, error)
+	newWorkloads func(*rest.Config) (workloadAPI, error) // nil: no ExternalWorkloads
+	crdRecheck   time.Duration                           // 0: DefaultCRDRecheck
 
 	nodes    atomic.Pointer[cache.SharedIndexInformer] // set while Run runs with node_zones
 	rejected atomic.Uint64
@@ -93,11 +96,12 @@ func NewSource(cfg Config, bc discovery.BuildContext) (*Source, error) {
 	}
 	log := bc.Log()
 	return &Source{
-		set:       set,
-		name:      bc.Name,
-		log:       log,
-		inCluster: rest.InClusterConfig,
-		newClient: restListWatch,
+		set:          set,
+		name:         bc.Name,
+		log:          log,
+		inCluster:    rest.InClusterConfig,
+		newClient:    restListWatch,
+		newWorkloads: restWorkloads,
 	}, nil
 }
 
@@ -135,17 +139,19 @@ func nodeZone(n *corev1.Node) (string, bool) {
 
 // Run implements discovery.Source.
 func (s *Source) Run(ctx context.Context, sink discovery.Sink) {
-	client, reach := s.connect(ctx, sink)
+	client, workloads, reach := s.connect(ctx, sink)
 	if client == nil {
 		return
 	}
-	s.newRun(client, sink, reach).run(ctx)
+	r := s.newRun(client, sink, reach)
+	r.setupWorkloads(workloads)
+	r.run(ctx)
 }
 
 // connect builds the API client, with every request observed for
 // reachability; in-cluster configuration that is not there yet (or a
 // client that cannot be built) is retried with backoff.
-func (s *Source) connect(ctx context.Context, sink discovery.Sink) (listWatchFunc, *reachability) {
+func (s *Source) connect(ctx context.Context, sink discovery.Sink) (listWatchFunc, workloadAPI, *reachability) {
 	for attempt := 0; ; attempt++ {
 		rc := s.set.restConfig
 		var err error
@@ -165,18 +171,28 @@ func (s *Source) connect(ctx context.Context, sink discovery.Sink) (listWatchFun
 			if rc.QPS == 0 {
 				rc.QPS, rc.Burst = 50, 100
 			}
+			// ExternalWorkloads are optional: their requests are not
+			// observed for reachability (workloadWatchError).
+			plain := rest.CopyConfig(rc)
 			reach := newReachability(sink, rc.Host)
 			rc.Wrap(reach.wrap)
 			var client listWatchFunc
 			client, err = s.newClient(rc)
 			if err == nil {
-				return client, reach
+				var workloads workloadAPI
+				if s.newWorkloads != nil {
+					var werr error
+					if workloads, werr = s.newWorkloads(plain); werr != nil {
+						s.log.Warn("serving pods without ExternalWorkloads", "error", werr)
+					}
+				}
+				return client, workloads, reach
 			}
 			err = fmt.Errorf("kubernetes client: %w", err)
 		}
 		sink.Failed(err)
 		if !sleepCtx(ctx, backoff(attempt)) {
-			return nil, nil
+			return nil, nil, nil
 		}
 	}
 }
@@ -203,9 +219,10 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 
 // nsInformers are the informers of one watched namespace ("" for all).
 type nsInformers struct {
-	services cache.SharedIndexInformer
-	slices   cache.SharedIndexInformer
-	pods     cache.SharedIndexInformer
+	services  cache.SharedIndexInformer
+	slices    cache.SharedIndexInformer
+	pods      cache.SharedIndexInformer
+	workloads cache.SharedIndexInformer // nil without a workloadAPI
 }
 
 // run is one Run call's state.
@@ -219,6 +236,9 @@ type run struct {
 	allNS     bool
 	nodeInf   cache.SharedIndexInformer
 	queue     *workqueue.Typed[string]
+
+	workloadAPI      workloadAPI
+	workloadsRefused atomic.Bool // an ExternalWorkload list was forbidden or not found
 
 	// Owned by the worker (Run's goroutine).
 	seed   maphash.Seed
@@ -249,9 +269,10 @@ func (s *Source) newRun(lw listWatchFunc, sink discovery.Sink, reach *reachabili
 			where = "namespace " + ns
 		}
 		set := &nsInformers{
-			services: newInformer(lw(resServices, ns, selector), &corev1.Service{}, "services in "+where, nil),
+			services: newInformer(lw(resServices, ns, selector), &corev1.Service{}, "services in "+where,
+				cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc}),
 			slices: newInformer(lw(resEndpointSlices, ns, ""), &discoveryv1.EndpointSlice{}, "endpointslices in "+where,
-				cache.Indexers{byService: sliceServiceIndex, byPod: slicePodIndex}),
+				cache.Indexers{byService: sliceServiceIndex, byPod: slicePodIndex, byWorkload: sliceWorkloadIndex}),
 			pods: newInformer(lw(resPods, ns, ""), &corev1.Pod{}, "pods in "+where, nil),
 		}
 		r.sets[ns] = set
@@ -320,6 +341,10 @@ func (r *run) run(ctx context.Context) {
 	}
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return // cancelled before the caches synced
+	}
+	r.startWorkloads(ctx, logCtx, &wg)
+	if ctx.Err() != nil {
+		return
 	}
 
 	// Everything, once. Events that arrived since the caches synced are
@@ -393,7 +418,7 @@ func (r *run) group(key string) (discovery.Group, bool) {
 	if set := r.setFor(ns); set != nil {
 		if obj, ok, _ := set.services.GetIndexer().GetByKey(key); ok {
 			if svc, isSvc := obj.(*corev1.Service); isSvc {
-				services = r.set.builder.build(svc, r.slicesOf(set, key), r.pod, r.problem)
+				services = r.set.builder.buildWith(svc, r.slicesOf(set, key), r.lookups(), r.problem)
 			}
 		}
 	}
@@ -536,7 +561,9 @@ func podChanged(oldObj, newObj any) bool {
 		return true
 	}
 	return o.UID != n.UID || o.Spec.ServiceAccountName != n.Spec.ServiceAccountName ||
-		!maps.Equal(o.Labels, n.Labels) || !slices.EqualFunc(o.OwnerReferences, n.OwnerReferences, ownerRefEqual)
+		!maps.Equal(o.Labels, n.Labels) || !slices.EqualFunc(o.OwnerReferences, n.OwnerReferences, ownerRefEqual) ||
+		!maps.Equal(o.Annotations, n.Annotations) ||
+		!reflect.DeepEqual(o.Spec.Containers, n.Spec.Containers) || !reflect.DeepEqual(o.Spec.InitContainers, n.Spec.InitContainers)
 }
 
 func ownerRefEqual(a, b metav1.OwnerReference) bool {
@@ -584,8 +611,20 @@ func slim(obj any) (any, error) {
 	switch o := obj.(type) {
 	case *corev1.Pod:
 		o.ManagedFields = nil
-		o.Annotations = nil
-		o.Spec = corev1.PodSpec{ServiceAccountName: o.Spec.ServiceAccountName, NodeName: o.Spec.NodeName, Hostname: o.Spec.Hostname}
+		var keep map[string]string
+		for _, k := range []string{OpaquePortsAnnotation, SkipInboundPortsAnnotation} {
+			if v, ok := o.Annotations[k]; ok {
+				if keep == nil {
+					keep = map[string]string{}
+				}
+				keep[k] = v
+			}
+		}
+		o.Annotations = keep
+		o.Spec = corev1.PodSpec{
+			ServiceAccountName: o.Spec.ServiceAccountName, NodeName: o.Spec.NodeName, Hostname: o.Spec.Hostname,
+			InitContainers: slimContainers(o.Spec.InitContainers), Containers: slimContainers(o.Spec.Containers),
+		}
 		o.Status = corev1.PodStatus{}
 	case *corev1.Service:
 		o.ManagedFields = nil
@@ -655,6 +694,7 @@ func hashServices(seed maphash.Seed, services []discovery.Service) uint64 {
 			str(e.Identity.Name)
 			str(e.Identity.ServerName)
 			h.WriteByte(byte(e.Protocol))
+			num(uint64(e.OpaqueTransport))
 			keys = keys[:0]
 			for k := range e.Labels {
 				keys = append(keys, k)

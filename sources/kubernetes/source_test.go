@@ -132,6 +132,7 @@ func runWith(t *testing.T, cfg Config, cs *fake.Clientset) *running {
 	}
 	src.inCluster = func() (*rest.Config, error) { return &rest.Config{Host: "https://k8s.invalid"}, nil }
 	src.newClient = func(*rest.Config) (listWatchFunc, error) { return fakeListWatch(cs), nil }
+	src.newWorkloads = nil
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{t: t, src: src, cs: cs, sink: newFakeSink(), cancel: cancel, done: make(chan struct{})}
 	go func() {
@@ -252,6 +253,7 @@ func TestRunMalformedObjectsAreSkippedAndCounted(t *testing.T) {
 		t.Fatal(err)
 	}
 	src.newClient = func(*rest.Config) (listWatchFunc, error) { return fakeListWatch(cs), nil }
+	src.newWorkloads = nil
 	src.inCluster = func() (*rest.Config, error) { return &rest.Config{Host: "https://k8s.invalid"}, nil }
 	sink := newFakeSink()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -338,6 +340,7 @@ func TestRunInClusterConfigRetried(t *testing.T) {
 		mu.Unlock()
 		return fakeListWatch(cs), nil
 	}
+	src.newWorkloads = nil
 	sink := newFakeSink()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
