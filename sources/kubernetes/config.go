@@ -76,6 +76,11 @@ type Config struct {
 	// NodeZones, when true (the default, nil), watches Nodes so that a
 	// client naming its node in the context token gets zone_locality.
 	NodeZones *bool
+	// DefaultOpaquePorts are the opaque ports of pods, ExternalWorkloads and
+	// Services without a config.linkerd.io/opaque-ports annotation, as
+	// Linkerd's controller flag of that name ("3306,5432,8000-8100"). Nil
+	// means Linkerd's default, DefaultOpaquePorts; "" means none.
+	DefaultOpaquePorts *string
 }
 
 // rawConfig is the YAML form of Config.
@@ -93,6 +98,7 @@ type rawConfig struct {
 	ServeTerminating      bool     `yaml:"serve_terminating"`
 	PreferIPv6            bool     `yaml:"prefer_ipv6"`
 	NodeZones             *bool    `yaml:"node_zones"`
+	DefaultOpaquePorts    *string  `yaml:"default_opaque_ports"`
 }
 
 // settings is a validated Config with its defaults applied.
@@ -126,6 +132,7 @@ func newFromNode(node *yaml.Node, bc discovery.BuildContext) (discovery.Source, 
 		ServeTerminating:      raw.ServeTerminating,
 		PreferIPv6:            raw.PreferIPv6,
 		NodeZones:             raw.NodeZones,
+		DefaultOpaquePorts:    raw.DefaultOpaquePorts,
 	}
 	src, err := NewSource(cfg, bc)
 	if err != nil {
@@ -226,6 +233,19 @@ func (c Config) validate(bc discovery.BuildContext) (*settings, error) {
 	if b.mode == IdentityNone && c.IdentityPodSelector != nil {
 		bad("identity_pod_selector", "has no effect with identity: none")
 	}
+	opaque := DefaultOpaquePorts
+	if c.DefaultOpaquePorts != nil {
+		opaque = *c.DefaultOpaquePorts
+	}
+	for _, part := range strings.Split(opaque, ",") {
+		if part = strings.TrimSpace(part); part == "" {
+			continue
+		}
+		if _, _, ok := portRange(part); !ok {
+			bad("default_opaque_ports", "%q is not a port or a range of ports", part)
+		}
+	}
+	b.defaultOpaque = portSet(opaque, nil)
 	s.builder = b
 
 	if c.Context != "" && c.Kubeconfig == "" {

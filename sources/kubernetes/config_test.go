@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -166,5 +167,39 @@ func TestConfigReportsEveryProblem(t *testing.T) {
 	}
 	if got := strings.Join(lines, " "); got != "namespaces[0]@2 identity@1 trust_domain@3" {
 		t.Errorf("got %s", got)
+	}
+}
+
+func TestConfigDefaultOpaquePorts(t *testing.T) {
+	bc := discovery.BuildContext{Name: "east"}
+	for _, c := range []struct {
+		name  string
+		value *string
+		want  []uint16
+		err   bool
+	}{
+		{name: "Linkerd's default", want: []uint16{25, 587, 3306, 4444, 5432, 6379, 9300, 11211}},
+		{name: "none", value: ptr(""), want: nil},
+		{name: "own list", value: ptr("8080, 9000-9002"), want: []uint16{8080, 9000, 9001, 9002}},
+		{name: "not a port", value: ptr("http"), err: true},
+	} {
+		s, err := Config{DefaultOpaquePorts: c.value}.validate(bc)
+		if c.err {
+			if err == nil || !strings.Contains(err.Error(), "default_opaque_ports") {
+				t.Errorf("%s: error %v, want one naming default_opaque_ports", c.name, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		var got []uint16
+		for p := range s.builder.defaultOpaque {
+			got = append(got, p)
+		}
+		slices.Sort(got)
+		if !slices.Equal(got, c.want) {
+			t.Errorf("%s: %v, want %v", c.name, got, c.want)
+		}
 	}
 }
