@@ -67,10 +67,11 @@ func New() *Store {
 // are stored canonical: lower case, without a trailing dot.
 //
 // Input that is not well-formed is rejected as a whole with an error
-// wrapping ErrInvalid, and nothing changes: an empty provider or group key,
-// a NUL byte in either, an empty host or one ParseAuthority would reject,
-// an endpoint address that is not valid, has port 0, or has a zone with a
-// NUL byte.
+// wrapping ErrInvalid, and nothing changes: an empty provider, or one with
+// a NUL byte, or a group discovery.ValidateGroup rejects (an empty group
+// key or one with a NUL byte, a host ParseAuthority would reject, an
+// endpoint address that is not valid, has port 0, or has a zone with a NUL
+// byte).
 func (s *Store) Apply(provider string, groups []discovery.Group) (changed bool, err error) {
 	return s.ApplyAt(provider, groups, time.Now())
 }
@@ -331,51 +332,32 @@ func uniqueEndpoints(s []epWant) []epWant {
 	return out
 }
 
-// Validation.
+// Validation: the rules are discovery's (discovery.ValidateGroup lists
+// them); the store checks them element by element as it plans, and wraps
+// every error in ErrInvalid.
 
 func checkName(what, s string) error {
-	switch {
-	case s == "":
-		return fmt.Errorf("%w: empty %s", ErrInvalid, what)
-	case strings.IndexByte(s, 0) >= 0:
-		return fmt.Errorf("%w: %s %q contains a NUL byte", ErrInvalid, what, s)
+	if err := discovery.ValidateName(what, s); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return nil
 }
 
-// canonicalHost returns h as ParseAuthority would: lower case, without one
-// trailing dot. It rejects what ParseAuthority rejects, since no client could
-// ask for it. It allocates only when h has upper-case letters.
+// canonicalHost is discovery.CanonicalHost: the host lower case, without one
+// trailing dot, and an error for exactly the hosts ParseAuthority rejects,
+// since no client could ask for them. It allocates only when h has
+// upper-case letters.
 func canonicalHost(h string) (string, error) {
-	h = strings.TrimSuffix(h, ".")
-	if h == "" {
-		return "", fmt.Errorf("%w: empty host", ErrInvalid)
+	c, err := discovery.CanonicalHost(h)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	if len(h) > discovery.MaxHostLen {
-		return "", fmt.Errorf("%w: host longer than %d bytes", ErrInvalid, discovery.MaxHostLen)
-	}
-	upper := false
-	for i := 0; i < len(h); i++ {
-		c := h[i]
-		if c <= ' ' || c >= 0x7f || c == '/' || c == '\\' {
-			return "", fmt.Errorf("%w: host %q: must be printable ASCII without spaces or slashes", ErrInvalid, h)
-		}
-		upper = upper || ('A' <= c && c <= 'Z')
-	}
-	if upper {
-		h = strings.ToLower(h)
-	}
-	return h, nil
+	return c, nil
 }
 
 func checkAddr(a netip.AddrPort) error {
-	switch {
-	case !a.IsValid():
-		return fmt.Errorf("%w: invalid address", ErrInvalid)
-	case a.Port() == 0:
-		return fmt.Errorf("%w: address %s has no port", ErrInvalid, a)
-	case strings.IndexByte(a.Addr().Zone(), 0) >= 0:
-		return fmt.Errorf("%w: address %q has a NUL byte in its zone", ErrInvalid, a)
+	if err := discovery.ValidateAddr(a); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return nil
 }

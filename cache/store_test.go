@@ -1034,3 +1034,22 @@ func TestAgainstModel(t *testing.T) {
 		}
 	}
 }
+
+// The store applies discovery's rules and no others: it rejects a group
+// exactly when discovery.ValidateGroup does, and then with ErrInvalid.
+func TestApplyRejectsWhatValidateGroupRejects(t *testing.T) {
+	hosts := []string{"web.demo", "Web.Demo.", "[::1]", "[fe80::1%eth0]", "", ".", "a..b", ".a", "a:b", "[10.0.0.1]", "a b", "a/b", "\u212aeb", strings.Repeat("a", discovery.MaxHostLen+1)}
+	addrs := []netip.AddrPort{{}, netip.MustParseAddrPort("10.0.0.1:80"), netip.MustParseAddrPort("10.0.0.1:0"), netip.MustParseAddrPort("[fe80::1%eth0]:80"), netip.MustParseAddrPort("[fe80::1%a\x00]:80")}
+	for _, key := range []string{"k", "", "k\x00"} {
+		for _, h := range hosts {
+			for _, a := range addrs {
+				g := discovery.Group{Key: key, Services: []discovery.Service{{Authority: discovery.Authority{Host: h, Port: 80}, Endpoints: []discovery.Endpoint{{Addr: a}}}}}
+				verr := discovery.ValidateGroup(&g)
+				_, err := New().Apply("p", []discovery.Group{g})
+				if (err == nil) != (verr == nil) || (err != nil && !errors.Is(err, ErrInvalid)) {
+					t.Errorf("key %q host %q addr %v: Apply: %v; ValidateGroup: %v", key, h, a, err, verr)
+				}
+			}
+		}
+	}
+}

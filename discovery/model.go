@@ -77,29 +77,116 @@ func ParseAuthority(s string, defaultPort uint16) (Authority, error) {
 		}
 		host, port = s[:i], uint16(p)
 	}
-	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	host = strings.TrimSuffix(host, ".")
+	switch p := hostProblem(host); p {
+	case "":
+		host = strings.ToLower(host)
+	case problemTooLong:
+		return Authority{}, fmt.Errorf("%w: %s", ErrInvalidAuthority, p)
+	default:
+		return Authority{}, fmt.Errorf("%w: %q: %s", ErrInvalidAuthority, s, p)
+	}
+	return Authority{Host: host, Port: port}, nil
+}
+
+// problemTooLong is hostProblem's answer for a host longer than MaxHostLen;
+// the error does not quote such a host.
+var problemTooLong = "host longer than " + strconv.Itoa(MaxHostLen) + " bytes"
+
+// hostProblem says what is wrong with a host stripped of one trailing dot,
+// or "" when nothing is. It is the one list of rules for hosts:
+// ParseAuthority and CanonicalHost both apply it, before lower-casing, so
+// that no non-ASCII letter can lower-case into an ASCII one (U+212A, the
+// Kelvin sign, into "k") and pass.
+func hostProblem(host string) string {
 	if host == "" {
-		return Authority{}, fmt.Errorf("%w: %q: empty host", ErrInvalidAuthority, s)
+		return "empty host"
 	}
 	if strings.HasPrefix(host, ".") || strings.HasSuffix(host, ".") || strings.Contains(host, "..") {
-		return Authority{}, fmt.Errorf("%w: %q: the host has an empty label", ErrInvalidAuthority, s)
+		return "the host has an empty label"
 	}
 	if strings.ContainsAny(host, ":[]") {
 		inner, ok := strings.CutPrefix(host, "[")
 		inner, ok2 := strings.CutSuffix(inner, "]")
 		if ip, err := netip.ParseAddr(inner); !ok || !ok2 || err != nil || !ip.Is6() {
-			return Authority{}, fmt.Errorf("%w: %q: a host with ':' must be an IPv6 address in brackets", ErrInvalidAuthority, s)
+			return "a host with ':' must be an IPv6 address in brackets"
 		}
 	}
 	if len(host) > MaxHostLen {
-		return Authority{}, fmt.Errorf("%w: host longer than %d bytes", ErrInvalidAuthority, MaxHostLen)
+		return problemTooLong
 	}
 	for i := 0; i < len(host); i++ {
 		if c := host[i]; c <= ' ' || c >= 0x7f || c == '/' || c == '\\' {
-			return Authority{}, fmt.Errorf("%w: %q: host must be printable ASCII without spaces or slashes (use punycode for international names)", ErrInvalidAuthority, s)
+			return "host must be printable ASCII without spaces or slashes (use punycode for international names)"
 		}
 	}
-	return Authority{Host: host, Port: port}, nil
+	return ""
+}
+
+// CanonicalHost returns host as ParseAuthority returns the host of
+// host+":1" — lower case, without one trailing dot — and rejects exactly
+// the hosts ParseAuthority would reject there, with an error wrapping
+// ErrInvalidAuthority. A host it rejects is one no client could ask for.
+// It allocates only when host has upper-case letters.
+func CanonicalHost(host string) (string, error) {
+	h := strings.TrimSuffix(host, ".")
+	switch p := hostProblem(h); p {
+	case "":
+		return strings.ToLower(h), nil
+	case problemTooLong:
+		return "", fmt.Errorf("%w: %s", ErrInvalidAuthority, p)
+	default:
+		return "", fmt.Errorf("%w: host %q: %s", ErrInvalidAuthority, host, p)
+	}
+}
+
+// ValidateName checks a group key or a source name: not empty, and without
+// a NUL byte. what names it in the error.
+func ValidateName(what, s string) error {
+	switch {
+	case s == "":
+		return errors.New("empty " + what)
+	case strings.IndexByte(s, 0) >= 0:
+		return fmt.Errorf("%s %q contains a NUL byte", what, s)
+	}
+	return nil
+}
+
+// ValidateAddr checks an endpoint's address: valid, with a port, and no
+// NUL byte in an IPv6 zone.
+func ValidateAddr(a netip.AddrPort) error {
+	switch {
+	case !a.IsValid():
+		return errors.New("invalid address")
+	case a.Port() == 0:
+		return fmt.Errorf("address %s has no port", a)
+	case strings.IndexByte(a.Addr().Zone(), 0) >= 0:
+		return fmt.Errorf("address %q has a NUL byte in its zone", a)
+	}
+	return nil
+}
+
+// ValidateGroup checks a group by the rules the registry applies to what a
+// source hands over (cache.Store.Apply rejects exactly these groups): a key
+// ValidateName accepts, hosts CanonicalHost accepts, endpoint addresses
+// ValidateAddr accepts. Hosts need not be canonical: the registry makes
+// them so.
+func ValidateGroup(g *Group) error {
+	if err := ValidateName("group key", g.Key); err != nil {
+		return err
+	}
+	for si := range g.Services {
+		svc := &g.Services[si]
+		if _, err := CanonicalHost(svc.Authority.Host); err != nil {
+			return fmt.Errorf("group %q: service %q: %w", g.Key, svc.Authority, err)
+		}
+		for ei := range svc.Endpoints {
+			if err := ValidateAddr(svc.Endpoints[ei].Addr); err != nil {
+				return fmt.Errorf("group %q: service %q: endpoint %d: %w", g.Key, svc.Authority, ei, err)
+			}
+		}
+	}
+	return nil
 }
 
 // Health is the state of an endpoint as its source or the active checker sees it.
