@@ -17,6 +17,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -27,7 +28,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tributary-mesh/tributary/destination"
-	"github.com/tributary-mesh/tributary/discovery/sinktest"
 )
 
 // WaitFor bounds every wait: a guard against hangs, never a latency claim.
@@ -128,9 +128,24 @@ func WriteAtomic(t *testing.T, path, content string) {
 	}
 }
 
-// SyncBuffer collects a process's output safely for concurrent reads: the
-// sources' tests' log buffer.
-type SyncBuffer = sinktest.LogBuffer
+// SyncBuffer collects a process's output, written from another goroutine,
+// while the test reads it.
+type SyncBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *SyncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *SyncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
 
 // Server is one running tributary process.
 type Server struct {
