@@ -113,8 +113,12 @@ func refusalStats(refusals []int) (total, refused, most int) {
 // with at most 2 refusals per refused stream on average. The old hint (the
 // one-token deficit of the moment) fails the same check: see
 // TestStormOldHintFails.
+//
+// Burst 0 is the config, new_per_second: 1000 alone: the burst
+// defaults to one second's worth of the rate, so the storm is refused and
+// spread (with a fixed large default burst nothing would be refused).
 func TestStormRetryHintsSpreadClients(t *testing.T) {
-	for _, burst := range []int{1000, 100, 1} {
+	for _, burst := range []int{0, 1000, 100, 1} {
 		clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
 		rng := rand.New(rand.NewPCG(1, uint64(burst)))
 		s := NewServer(Options{Store: cache.New(), NewStreamsPerSecond: 1000, NewStreamsBurst: burst,

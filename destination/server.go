@@ -6,6 +6,7 @@ package destination
 import (
 	"context"
 	"log/slog"
+	"math"
 	"net/netip"
 	"slices"
 	"sync/atomic"
@@ -50,8 +51,10 @@ type Options struct {
 	SendTimeout time.Duration
 	// NewStreamsPerSecond and NewStreamsBurst rate-limit stream admission:
 	// beyond them a new stream gets ResourceExhausted with a retry delay, so
-	// a reconnect storm is spread out instead of exhausting memory. 0 means
-	// the defaults; a negative rate disables the limit.
+	// a reconnect storm is spread out instead of exhausting memory. A rate
+	// of 0 means DefaultNewStreamsPerSecond, a negative rate disables the
+	// limit; a burst of 0 is one second's worth of the rate, so that a rate
+	// set alone limits a storm from its first second.
 	NewStreamsPerSecond float64
 	NewStreamsBurst     int
 	// MaxStreams bounds open streams; beyond it new streams get
@@ -69,7 +72,6 @@ type Options struct {
 const (
 	DefaultSendTimeout         = 30 * time.Second
 	DefaultNewStreamsPerSecond = 20000
-	DefaultNewStreamsBurst     = 20000
 	// DefaultMaxStreams bounds open streams: 1.5 times the 100,000 streams
 	// of the scale target. An idle stream costs 8.3–9.5 KiB of RSS
 	// (docs/performance.md), so this bounds the streams' share at about
@@ -131,7 +133,7 @@ func NewServer(opts Options) *Server {
 		r = DefaultNewStreamsPerSecond
 	}
 	if b <= 0 {
-		b = DefaultNewStreamsBurst
+		b = max(1, int(min(r, math.MaxInt32)))
 	}
 	s.admit = newAdmission(r, b, opts.now, opts.jitter) // r < 0: no rate limit
 	s.drain, s.drainNow = context.WithCancel(context.Background())
