@@ -212,9 +212,9 @@ func TestLinkerdParity(t *testing.T) {
 				LabelOwnerKind, "StatefulSet", LabelOwnerName, "other"),
 		},
 		{
-			row:    "unmeshed pod: no hint, no identity, even on a default opaque port",
-			pod:    pod("prod", "plain-0", "plain", nil, &metav1.OwnerReference{Kind: "Job", Name: "batch-1"}),
-			port:   5432,
+			row:  "unmeshed pod: no hint, no identity, even on a default opaque port",
+			pod:  pod("prod", "plain-0", "plain", nil, &metav1.OwnerReference{Kind: "Job", Name: "batch-1"}),
+			port: 5432,
 			// Linkerd names the only owner even when it is not marked as
 			// the controller; owner_kind/owner_name are controllers only.
 			labels: podL("plain-0", "k8s_job", "batch-1", LabelServiceAccount, "plain"),
