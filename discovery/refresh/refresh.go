@@ -6,8 +6,8 @@
 // keeps what it last handed over per key and hands over only the groups that
 // changed, calls Healthy when nothing did, and Failed when the poll reports
 // an error, after handing over what it could read. A poll that failed as a
-// whole is retried with a jittered exponential backoff. Every wait is a
-// select on the context: cancellation ends Run at once and is not an error.
+// whole is retried with a jittered exponential backoff (retry.Backoff).
+// Every wait is retry's: cancellation ends Run at once and is not an error.
 package refresh
 
 import (
@@ -15,12 +15,12 @@ import (
 	"errors"
 	"log/slog"
 	"maps"
-	"math/rand/v2"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/tributary-mesh/tributary/discovery"
+	"github.com/tributary-mesh/tributary/discovery/retry"
 )
 
 // Result is what one poll found.
@@ -52,7 +52,7 @@ type Options struct {
 	// MinBackoff and MaxBackoff bound the wait after polls that failed as a
 	// whole: it starts at MinBackoff (default Interval/10, at least 100ms)
 	// and doubles up to MaxBackoff (default Interval), each wait moved by
-	// up to ±20% at random.
+	// up to ±20% at random (retry.Backoff).
 	MinBackoff time.Duration
 	MaxBackoff time.Duration
 	// Logger, optional.
@@ -100,6 +100,7 @@ func (s *Source) Run(ctx context.Context, sink discovery.Sink) {
 	last := map[string]discovery.Group{}
 	first := true
 	failures := 0
+	bo := retry.Backoff{Min: s.opts.MinBackoff, Max: s.opts.MaxBackoff}
 	for ctx.Err() == nil {
 		res := s.poll(ctx)
 		if ctx.Err() != nil {
@@ -125,40 +126,22 @@ func (s *Source) Run(ctx context.Context, sink discovery.Sink) {
 		wait := res.Next
 		if contact {
 			failures = 0
+			bo.Reset()
 			if wait <= 0 {
 				wait = s.opts.Interval
 			}
 		} else {
 			failures++
-			if wait <= 0 {
-				wait = s.backoff(failures)
+			if d := bo.Next(); wait <= 0 { // every failure doubles the step, used or not
+				wait = d
 			}
 			s.log.Debug("poll failed; retrying after a backoff", "err", res.Err, "failures", failures, "wait", wait)
 		}
 		c, stop := s.after(wait)
-		select {
-		case <-ctx.Done():
-			stop()
+		if retry.WaitOn(ctx, c, stop) != nil {
 			return
-		case <-c:
 		}
 	}
-}
-
-// backoff is the jittered wait after the n-th failed poll in a row.
-func (s *Source) backoff(n int) time.Duration {
-	return Backoff(n, s.opts.MinBackoff, s.opts.MaxBackoff)
-}
-
-// Backoff is the wait after the n-th failure in a row (n >= 1): lo doubled
-// per failure up to hi, with ±20 % jitter so that many waiters spread out.
-func Backoff(n int, lo, hi time.Duration) time.Duration {
-	d := lo
-	for i := 1; i < n && d < hi; i++ {
-		d *= 2
-	}
-	d = min(d, hi)
-	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
 }
 
 // diff updates last with a poll's result and returns the groups to hand

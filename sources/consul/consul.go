@@ -50,6 +50,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/tributary-mesh/tributary/discovery"
+	"github.com/tributary-mesh/tributary/discovery/retry"
 )
 
 // KindName is the value of `kind:` for this source.
@@ -145,37 +146,10 @@ func (src *Source) Run(ctx context.Context, sink discovery.Sink) {
 	r.loop(ctx)
 }
 
-// backoff is a jittered exponential delay.
-type backoff struct {
-	initial, max, cur time.Duration
-	jitter            func() float64
-}
-
-func (b *backoff) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.initial
-	} else {
-		b.cur = min(2*b.cur, b.max)
-	}
-	return time.Duration(float64(b.cur) * (0.5 + 0.5*b.jitter()))
-}
-
-func (b *backoff) reset() { b.cur = 0 }
-
-func (src *Source) newBackoff() *backoff {
-	return &backoff{initial: src.s.backoffInitial, max: src.s.backoffMax, jitter: src.jitter}
-}
-
-// sleep waits d or until ctx is done; false when ctx is done.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
+// newBackoff returns the retry delays of one retrying loop: backoff.initial
+// doubling to backoff.max, jittered (retry.Backoff).
+func (src *Source) newBackoff() *retry.Backoff {
+	return &retry.Backoff{Min: src.s.backoffInitial, Max: src.s.backoffMax, Rand: src.jitter}
 }
 
 // query builds the options of one request. A blocking query (index > 0)
@@ -351,7 +325,7 @@ func (r *run) bootstrap(ctx context.Context) bool {
 		}
 		r.log.Debug("cannot reach Consul yet", "err", err)
 		r.sink.Failed(err)
-		if !sleep(ctx, bo.next()) {
+		if retry.Wait(ctx, bo.Next()) != nil {
 			return false
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/tributary-mesh/tributary/discovery"
+	"github.com/tributary-mesh/tributary/discovery/retry"
 )
 
 // nonPassingFilter selects the checks whose changes the overflow follows.
@@ -105,7 +106,7 @@ type loopState struct {
 	sweepArmed  bool
 	retryTimer  *time.Timer
 	retryArmed  bool
-	retryBo     *backoff
+	retryBo     *retry.Backoff
 }
 
 func (r *run) loop(ctx context.Context) {
@@ -486,7 +487,7 @@ func (r *run) onHealth(ev healthEvent) {
 		return
 	}
 	if ev.overflow {
-		r.retryBo.reset()
+		r.retryBo.Reset()
 	}
 	st.err = nil
 	r.ok(component)
@@ -518,7 +519,7 @@ func (r *run) armRetry() {
 		return
 	}
 	r.retryArmed = true
-	r.retryTimer.Reset(r.retryBo.next())
+	r.retryTimer.Reset(r.retryBo.Next())
 }
 
 // requestSweep asks for a read of every overflow service of these
@@ -634,12 +635,12 @@ func (r *run) block(ctx context.Context, idx uint64,
 				return
 			}
 			idx, consistent = 0, true // read from scratch, consistently, once it answers again
-			if !sleep(ctx, bo.next()) {
+			if retry.Wait(ctx, bo.Next()) != nil {
 				return
 			}
 			continue
 		}
-		bo.reset()
+		bo.Reset()
 		consistent = false
 		if idx != 0 && meta.LastIndex == idx {
 			continue

@@ -41,6 +41,7 @@ import (
 
 	"github.com/tributary-mesh/tributary/discovery"
 	"github.com/tributary-mesh/tributary/discovery/refresh"
+	"github.com/tributary-mesh/tributary/discovery/retry"
 )
 
 // KindName is the value of `kind:` for this source.
@@ -101,6 +102,7 @@ type nameState struct {
 	known    bool            // last has services
 	empties  int             // authoritative empty answers in a row
 	failures int             // failed lookups in a row
+	bo       retry.Backoff   // the wait after each of them
 	err      error           // the last lookup's error while failing
 }
 
@@ -155,7 +157,7 @@ func (r *run) poll(ctx context.Context) refresh.Result {
 			silent = silent || !errors.As(o.err, &rc)
 			n.failures++
 			n.err = o.err
-			n.next = now.Add(r.backoff(n.failures))
+			n.next = now.Add(r.backoff(n))
 			level := slog.LevelWarn // the first failure of a run; the retries at debug
 			if n.failures > 1 {
 				level = slog.LevelDebug
@@ -163,6 +165,7 @@ func (r *run) poll(ctx context.Context) refresh.Result {
 			r.log.Log(ctx, level, "SRV lookup failed; keeping the name's last state", "name", n.Key(), "err", o.err, "failures", n.failures, "retry_in", n.next.Sub(now))
 		case o.empty:
 			n.failures, n.err = 0, nil
+			n.bo.Reset()
 			n.empties++
 			if n.known && n.empties < 2 {
 				// Once could be a glitch: keep the state, ask again soon.
@@ -180,6 +183,7 @@ func (r *run) poll(ctx context.Context) refresh.Result {
 			n.next = now.Add(r.clamp(o.ttl))
 		default:
 			n.failures, n.err, n.empties = 0, nil, 0
+			n.bo.Reset()
 			n.known, n.last = true, o.group
 			res.Groups = append(res.Groups, o.group)
 			n.next = now.Add(r.clamp(o.ttl))
@@ -217,9 +221,11 @@ func (r *run) clamp(ttl uint32) time.Duration {
 	return min(max(d, r.cfg.MinRefresh), r.cfg.MaxRefresh)
 }
 
-// backoff is the jittered wait after the n-th failed lookup of a name.
-func (r *run) backoff(n int) time.Duration {
-	return refresh.Backoff(n, r.cfg.MinRefresh, r.cfg.MaxRefresh)
+// backoff is the jittered wait after one more failed lookup of name n:
+// refresh.min doubling up to refresh.max, ±20% (retry.Backoff).
+func (r *run) backoff(n *nameState) time.Duration {
+	n.bo.Min, n.bo.Max = r.cfg.MinRefresh, r.cfg.MaxRefresh
+	return n.bo.Next()
 }
 
 func countEndpoints(g discovery.Group) int {
