@@ -59,6 +59,8 @@ func TestKubernetes(t *testing.T) {
 		{"SpecialServices", testSpecialServices},
 		{"NotReadyUntilSynced", testNotReadyUntilSynced},
 		{"DeployManifests", testDeployManifests},
+		{"MeshExpansion", testMeshExpansion},
+		{"WithoutWorkloadCRD", testWithoutWorkloadCRD},
 		{"Outage", testOutage},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.run(t, &e) })
