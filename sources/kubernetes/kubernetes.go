@@ -28,7 +28,6 @@ import (
 	"io"
 	"log/slog"
 	"maps"
-	"math/rand/v2"
 	"reflect"
 	"slices"
 	"sort"
@@ -48,6 +47,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/tributary-mesh/tributary/discovery"
+	"github.com/tributary-mesh/tributary/discovery/retry"
 )
 
 // KindName is the value of `kind:` for this source.
@@ -150,9 +150,11 @@ func (s *Source) Run(ctx context.Context, sink discovery.Sink) {
 
 // connect builds the API client, with every request observed for
 // reachability; in-cluster configuration that is not there yet (or a
-// client that cannot be built) is retried with backoff.
+// client that cannot be built) is retried with backoff: 1s doubling to
+// 30s, jittered (retry.Backoff).
 func (s *Source) connect(ctx context.Context, sink discovery.Sink) (listWatchFunc, workloadAPI, *reachability) {
-	for attempt := 0; ; attempt++ {
+	bo := retry.Backoff{Min: time.Second, Max: 30 * time.Second}
+	for {
 		rc := s.set.restConfig
 		var err error
 		if rc == nil {
@@ -191,29 +193,9 @@ func (s *Source) connect(ctx context.Context, sink discovery.Sink) (listWatchFun
 			err = fmt.Errorf("kubernetes client: %w", err)
 		}
 		sink.Failed(err)
-		if !sleepCtx(ctx, backoff(attempt)) {
+		if retry.Wait(ctx, bo.Next()) != nil {
 			return nil, nil, nil
 		}
-	}
-}
-
-// backoff is 1s doubling to 30s, with ±50% jitter.
-func backoff(attempt int) time.Duration {
-	d := 30 * time.Second
-	if attempt < 5 {
-		d = time.Second << attempt
-	}
-	return d/2 + rand.N(d)
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
 
