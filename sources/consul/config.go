@@ -206,12 +206,32 @@ func newFromNode(node *yaml.Node, bc discovery.BuildContext) (discovery.Source, 
 
 // validate checks cfg and applies defaults. Relative file paths resolve
 // against baseDir. Every problem is reported, each a *discovery.ConfigError
-// naming its key.
+// naming its key. The steps: how to reach the agent (address, TLS, token),
+// what to read (datacenters, services, tags, health, identities), how to
+// name it (naming), and how much to hold open (wait, watches, overflow,
+// backoff).
 func (cfg Config) validate(baseDir string) (*settings, error) {
 	var errs []error
 	fail := func(key, format string, args ...any) {
 		errs = append(errs, &discovery.ConfigError{Key: key, Err: fmt.Errorf(format, args...)})
 	}
+	s := &settings{}
+	s.connection(cfg, baseDir, fail)
+	s.selection(cfg, fail)
+	s.naming(cfg, fail)
+	s.budget(cfg, fail)
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// failFunc records a problem with a key of the config.
+type failFunc = func(key, format string, args ...any)
+
+// connection sets how the source reaches the agent: address and scheme,
+// TLS, the ACL token, namespace and partition.
+func (s *settings) connection(cfg Config, baseDir string, fail failFunc) {
 	resolve := func(p string) string {
 		if p == "" || filepath.IsAbs(p) {
 			return p
@@ -223,14 +243,14 @@ func (cfg Config) validate(baseDir string) (*settings, error) {
 	// (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN, CONSUL_CACERT, …); what the
 	// file says wins over them.
 	def := api.DefaultNonPooledConfig()
-	s := &settings{api: api.Config{
+	s.api = api.Config{
 		Address:   def.Address,
 		Scheme:    def.Scheme,
 		Token:     def.Token,
 		TLSConfig: def.TLSConfig,
 		Namespace: def.Namespace,
 		Partition: def.Partition,
-	}}
+	}
 	if os.Getenv(api.HTTPAddrEnvName) == "" {
 		s.api.Address = DefaultAddress // not consul/api's localhost, which may resolve to ::1 first
 	}
@@ -256,29 +276,7 @@ func (cfg Config) validate(baseDir string) (*settings, error) {
 		s.api.Scheme = "https"
 	}
 	if cfg.TLS != nil {
-		t := cfg.TLS
-		if (t.CertFile == "") != (t.KeyFile == "") {
-			fail("tls", "cert_file and key_file go together (a client certificate needs its key)")
-		}
-		for key, p := range map[string]string{"tls.ca_file": t.CAFile, "tls.cert_file": t.CertFile, "tls.key_file": t.KeyFile, "tls.ca_path": t.CAPath} {
-			if p == "" {
-				continue
-			}
-			if _, err := os.Stat(resolve(p)); err != nil {
-				fail(key, "%v", err)
-			}
-		}
-		s.api.TLSConfig = api.TLSConfig{
-			CAFile:             resolve(t.CAFile),
-			CAPath:             resolve(t.CAPath),
-			CertFile:           resolve(t.CertFile),
-			KeyFile:            resolve(t.KeyFile),
-			Address:            t.ServerName,
-			InsecureSkipVerify: t.InsecureSkipVerify,
-		}
-		if _, err := api.SetupTLSConfig(&s.api.TLSConfig); err != nil {
-			fail("tls", "%v", err)
-		}
+		s.api.TLSConfig = tlsConfig(cfg.TLS, resolve, fail)
 	}
 
 	switch {
@@ -303,7 +301,39 @@ func (cfg Config) validate(baseDir string) (*settings, error) {
 	if cfg.Partition != "" {
 		s.api.Partition = cfg.Partition
 	}
+}
 
+// tlsConfig checks the tls keys (the files must exist and load) and
+// returns them for consul/api, paths resolved.
+func tlsConfig(t *TLSConfig, resolve func(string) string, fail failFunc) api.TLSConfig {
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		fail("tls", "cert_file and key_file go together (a client certificate needs its key)")
+	}
+	for key, p := range map[string]string{"tls.ca_file": t.CAFile, "tls.cert_file": t.CertFile, "tls.key_file": t.KeyFile, "tls.ca_path": t.CAPath} {
+		if p == "" {
+			continue
+		}
+		if _, err := os.Stat(resolve(p)); err != nil {
+			fail(key, "%v", err)
+		}
+	}
+	c := api.TLSConfig{
+		CAFile:             resolve(t.CAFile),
+		CAPath:             resolve(t.CAPath),
+		CertFile:           resolve(t.CertFile),
+		KeyFile:            resolve(t.KeyFile),
+		Address:            t.ServerName,
+		InsecureSkipVerify: t.InsecureSkipVerify,
+	}
+	if _, err := api.SetupTLSConfig(&c); err != nil {
+		fail("tls", "%v", err)
+	}
+	return c
+}
+
+// selection sets what the source reads: datacenters, services, tags and
+// filters, the health policy, Connect identities and zones.
+func (s *settings) selection(cfg Config, fail failFunc) {
 	seenDC := map[string]bool{}
 	for i, dc := range cfg.Datacenters {
 		key := "datacenters[" + strconv.Itoa(i) + "]"
@@ -355,7 +385,12 @@ func (cfg Config) validate(baseDir string) (*settings, error) {
 		}
 	}
 	s.zoneNode, s.zoneService = cfg.Zone.NodeMeta, cfg.Zone.ServiceMeta
+}
 
+// naming sets the templates that name services and tag subsets, checked on
+// sample services so that a template that cannot tell services apart fails
+// here rather than merging them.
+func (s *settings) naming(cfg Config, fail failFunc) {
 	s.authority = parseNaming(cfg.Naming.Authority, DefaultAuthority, "naming.authority", false, fail)
 	if s.authority != nil {
 		a, errA := render(s.authority, sample("web", "", 8080))
@@ -403,7 +438,12 @@ func (cfg Config) validate(baseDir string) (*settings, error) {
 	if !s.allTags && len(s.subsetTags) == 0 {
 		s.tagAuthority = nil
 	}
+}
 
+// budget sets how much the source holds open and how often it asks: the
+// blocking wait, the watches and the overflow that refreshes the rest, and
+// the retry backoff.
+func (s *settings) budget(cfg Config, fail failFunc) {
 	s.wait = DefaultWait
 	if cfg.Wait != nil {
 		s.wait = time.Duration(*cfg.Wait)
@@ -442,10 +482,6 @@ func (cfg Config) validate(baseDir string) (*settings, error) {
 	if s.backoffMax < s.backoffInitial {
 		fail("backoff.max", "%s is less than backoff.initial %s", s.backoffMax, s.backoffInitial)
 	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
-	return s, nil
 }
 
 var (
