@@ -1,0 +1,167 @@
+package tools
+
+// The import rules of docs/architecture.md ("Import rules"), checked on the
+// real graph: `go list` over every package of the module, with the
+// integration tests' files, their tests' imports included. A wrong-way
+// import fails here, and so does a new package that no rule covers: add
+// its rule to the table below and to docs/architecture.md together.
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/tributary-mesh/tributary"
+
+// importRule says what a package may import of ours. Patterns are module
+// paths: "x" is the package x, "x/..." is x and every package under it,
+// "..." is any.
+type importRule struct {
+	pkg     string   // which packages the rule is for; the first rule that matches applies
+	imports []string // what the package may import
+	tests   []string // what its tests may import besides
+}
+
+// importRules is docs/architecture.md's table.
+var importRules = []importRule{
+	{pkg: "cmd/...", imports: []string{"..."}},
+	{pkg: "discovery"},
+	{pkg: "discovery/...", imports: []string{"discovery", "discovery/..."}},
+	{pkg: "sources/all", imports: []string{"sources/..."}},
+	{pkg: "sources/...", imports: []string{"discovery", "discovery/..."}},
+	{pkg: "cache", imports: []string{"discovery"}},
+	{pkg: "destination/...", imports: []string{"cache", "discovery", "destination/..."}},
+	{pkg: "integration/harness", imports: []string{"destination/..."}},
+	{pkg: "integration/...", tests: []string{"integration/harness", "destination/..."}},
+	{pkg: "tools"},
+}
+
+// testOnly are helpers for tests: only test files may import them.
+var testOnly = []string{"discovery/sinktest", "destination/tlsauth/tlstest", "integration/harness"}
+
+func matches(pattern, pkg string) bool {
+	if pattern == "..." {
+		return true
+	}
+	if base, ok := strings.CutSuffix(pattern, "/..."); ok {
+		return pkg == base || strings.HasPrefix(pkg, base+"/")
+	}
+	return pkg == pattern
+}
+
+func matchesAny(patterns []string, pkg string) bool {
+	return slices.ContainsFunc(patterns, func(p string) bool { return matches(p, pkg) })
+}
+
+// listedPackage is one package of `go list`, paths relative to the module.
+type listedPackage struct {
+	path        string
+	imports     []string
+	testImports []string // of its _test.go files, in the package or not
+}
+
+// checkImports returns every import that breaks a rule.
+func checkImports(pkgs []listedPackage) []string {
+	var bad []string
+	for _, p := range pkgs {
+		i := slices.IndexFunc(importRules, func(r importRule) bool { return matches(r.pkg, p.path) })
+		if i < 0 {
+			bad = append(bad, fmt.Sprintf("%s: no import rule covers this package (add one to docs/architecture.md and tools/imports_test.go)", p.path))
+			continue
+		}
+		r := importRules[i]
+		for _, imp := range p.imports {
+			switch {
+			case imp == p.path:
+			case matchesAny(testOnly, imp):
+				bad = append(bad, fmt.Sprintf("%s imports %s, which only tests may import", p.path, imp))
+			case !matchesAny(r.imports, imp):
+				bad = append(bad, fmt.Sprintf("%s imports %s (rule %q allows %v)", p.path, imp, r.pkg, r.imports))
+			}
+		}
+		for _, imp := range p.testImports {
+			if imp != p.path && !matchesAny(r.imports, imp) && !matchesAny(r.tests, imp) {
+				bad = append(bad, fmt.Sprintf("%s's tests import %s (rule %q allows %v, and in tests %v)", p.path, imp, r.pkg, r.imports, r.tests))
+			}
+		}
+	}
+	return bad
+}
+
+// goList lists the module's packages, integration tests included.
+func goList(t *testing.T) []listedPackage {
+	t.Helper()
+	cmd := exec.Command("go", "list", "-tags", "integration", "-f",
+		"{{.ImportPath}}\t{{join .Imports \" \"}}\t{{join .TestImports \" \"}} {{join .XTestImports \" \"}}", module+"/...")
+	cmd.Dir = ".."
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, stderr.String())
+	}
+	ours := func(list string) []string {
+		var r []string
+		for _, imp := range strings.Fields(list) {
+			if rel, ok := strings.CutPrefix(imp, module+"/"); ok {
+				r = append(r, rel)
+			}
+		}
+		return r
+	}
+	var pkgs []listedPackage
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		f := strings.Split(sc.Text(), "\t")
+		if len(f) != 3 {
+			t.Fatalf("go list: unexpected line %q", sc.Text())
+		}
+		path, ok := strings.CutPrefix(f[0], module+"/")
+		if !ok {
+			t.Fatalf("go list: %q is not in %s", f[0], module)
+		}
+		pkgs = append(pkgs, listedPackage{path: path, imports: ours(f[1]), testImports: ours(f[2])})
+	}
+	if len(pkgs) < 10 {
+		t.Fatalf("go list found only %d packages:\n%s", len(pkgs), out)
+	}
+	return pkgs
+}
+
+func TestImportRules(t *testing.T) {
+	for _, b := range checkImports(goList(t)) {
+		t.Error(b)
+	}
+}
+
+// The rules catch what they are for, on a made-up graph.
+func TestImportRulesRejectWrongWayImports(t *testing.T) {
+	for _, tc := range []struct {
+		pkg      listedPackage
+		wantFail bool
+	}{
+		{listedPackage{path: "sources/consul", imports: []string{"discovery", "discovery/retry"}, testImports: []string{"discovery/sinktest"}}, false},
+		{listedPackage{path: "cmd/tributary", imports: []string{"cache", "destination", "sources/all"}}, false},
+		{listedPackage{path: "discovery", imports: []string{"cache"}}, true},
+		{listedPackage{path: "discovery/sinktest", imports: []string{"cache"}}, true},
+		{listedPackage{path: "discovery/refresh", imports: []string{"sources/dnssrv"}}, true},
+		{listedPackage{path: "sources/consul", imports: []string{"cache"}}, true},
+		{listedPackage{path: "sources/consul", imports: []string{"discovery/sinktest"}}, true},
+		{listedPackage{path: "sources/consul", imports: []string{"sources/file"}}, true},
+		{listedPackage{path: "cache", imports: []string{"destination"}}, true},
+		{listedPackage{path: "destination", imports: []string{"sources/file"}}, true},
+		{listedPackage{path: "destination", imports: []string{"cmd/tributary"}}, true},
+		{listedPackage{path: "integration/harness", imports: []string{"discovery/sinktest"}}, true},
+		{listedPackage{path: "integration/consul", testImports: []string{"cache"}}, true},
+		{listedPackage{path: "newpkg"}, true},
+	} {
+		if bad := checkImports([]listedPackage{tc.pkg}); (len(bad) > 0) != tc.wantFail {
+			t.Errorf("%+v: %v, want failing = %v", tc.pkg, bad, tc.wantFail)
+		}
+	}
+}
