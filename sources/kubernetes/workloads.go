@@ -401,12 +401,13 @@ func (d dynamicWorkloads) installed(ctx context.Context) (bool, error) {
 
 func (d dynamicWorkloads) listWatch(namespace string) cache.ListerWatcher {
 	r := d.c.Resource(ExternalWorkloadGVR).Namespace(namespace)
-	return &cache.ListWatch{
+	// The client says whether it supports streaming lists.
+	return cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
 			return r.List(ctx, o)
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
 			return r.Watch(ctx, o)
 		},
-	}
+	}, d.c)
 }
