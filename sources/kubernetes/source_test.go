@@ -297,7 +297,8 @@ func TestRunLabelSelectorScopesServices(t *testing.T) {
 	if _, err := r.cs.CoreV1().Services("prod").Update(r.ctx(), db, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	r.expect("update", "prod/db db.prod.svc.cluster.local:5432 = 10.0.0.9:5432(passing)")
+	// 5432 is among Linkerd's default opaque ports.
+	r.expect("update", "prod/db db.prod.svc.cluster.local:5432[opaque] = 10.0.0.9:5432(passing)")
 }
 
 func TestRunListFailureIsReportedAndRetried(t *testing.T) {
