@@ -490,6 +490,7 @@ func TestHashCoversEveryField(t *testing.T) {
 		"id name":     func(s []discovery.Service) { s[0].Endpoints[0].Identity.Name = "b" },
 		"server name": func(s []discovery.Service) { s[0].Endpoints[0].Identity.ServerName = "b" },
 		"protocol":    func(s []discovery.Service) { s[0].Endpoints[0].Protocol = discovery.ProtocolOpaque },
+		"transport":   func(s []discovery.Service) { s[0].Endpoints[0].OpaqueTransport = 4143 },
 		"label value": func(s []discovery.Service) {
 			s[0].Endpoints[0].Labels = map[string]string{"pod": "p2", "service": "web"}
 		},
