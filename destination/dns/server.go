@@ -1,0 +1,309 @@
+// Package dns is Tributary's DNS interface: an authoritative DNS server for
+// configured zones that answers from the registry, so that applications
+// without a proxy (and stock proxies that discover by the IP the
+// application dialled) reach every federated service.
+//
+// # Names
+//
+// A zone maps its names to registry hosts (ZoneConfig.Hosts): by default a
+// name is the host itself (web.demo. in zone demo. is the host web.demo);
+// with hosts: "." the zone is cut off (web.demo.mesh. is web.demo); with
+// hosts: service.dc1.consul the zone's part is replaced
+// (web.service.consul. is web.service.dc1.consul). A name exists when a
+// source declares its host, with any port, or a federation rule names it.
+//
+//   - A / AAAA <name>: the addresses of the endpoints Get would serve, for
+//     every port of the host (failover tiers, health eviction and the panic
+//     threshold applied per authority exactly as for Get), each address once,
+//     zone-local first when the client's zone is known, shuffled. With
+//     virtual IPs, the host's virtual IP instead.
+//   - SRV <name>: one record per served endpoint (every port), target
+//     <hex address>.addr.<zone> with its A/AAAA in the additional section.
+//     SRV _<port>._tcp.<name> (RFC 2782 with the port number as service
+//     label): the authority <host>:<port> only. Priority 0 is what Get
+//     serves; later failover tiers' serving endpoints follow at priority
+//     1, 2, … so a client that fails over itself has them. Weights are the
+//     endpoints' (scaled into 16 bits). With virtual IPs: one record per
+//     port, target the name itself (its A is the virtual IP).
+//   - A / AAAA <hex>.addr.<zone>: the address spelt in hex (8 digits for
+//     IPv4, 32 for IPv6), as Consul's SRV targets.
+//   - Anything else on an existing name is NODATA; a name that does not
+//     exist is NXDOMAIN, unless a longer existing name ends with it (an
+//     empty non-terminal, RFC 8020), which is NODATA. Both carry the zone's
+//     SOA, whose minimum is negative_ttl. Names outside every zone are
+//     REFUSED.
+//
+// # Consistency
+//
+// Each answer reads one registry snapshot (a go-memdb read transaction), so
+// it never mixes two states of a change, and resolves it with the same
+// federation rules as Get. The list of every name (for empty non-terminals
+// and virtual IPs) is an index rebuilt from the registry whenever a service
+// is added or removed; it lags the registry by one rebuild.
+package dns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-memdb"
+	mdns "github.com/miekg/dns"
+
+	"github.com/tributary-mesh/tributary/cache"
+	"github.com/tributary-mesh/tributary/destination/vip"
+	"github.com/tributary-mesh/tributary/discovery"
+)
+
+// Options configures a Server.
+type Options struct {
+	Store *cache.Store
+	// Federation is the same rules the destination server applies; nil
+	// means none.
+	Federation *discovery.Federation
+	// Authorities exist by configuration (the federation rules'
+	// authorities): a name whose host is among them exists even when no
+	// source declares it, and is answered through its rule's aliases.
+	Authorities []discovery.Authority
+	Settings    *Settings
+	// Synced is closed when every source has synced; until then, and for
+	// at most StartupTimeout, queries get SERVFAIL rather than an answer
+	// that a resolver would cache from a half-built registry. nil: synced.
+	Synced         <-chan struct{}
+	StartupTimeout time.Duration
+	Logger         *slog.Logger
+}
+
+// Server answers DNS queries from the registry. Create it with New, start
+// it with Start (or use it as a miekg/dns Handler), stop it with Shutdown.
+type Server struct {
+	store    *cache.Store
+	fed      *discovery.Federation
+	set      *Settings
+	log      *slog.Logger
+	extra    map[string][]uint16 // host → ports of configured authorities
+	synced   <-chan struct{}
+	deadline time.Time // answer anyway after this, synced or not
+	ready    atomic.Bool
+
+	idx    atomic.Pointer[index]
+	stop   context.CancelFunc
+	wg     sync.WaitGroup
+	udp    *mdns.Server
+	tcp    *mdns.Server
+	addr   net.Addr
+	closed bool
+}
+
+// New returns a server; nothing runs until Start.
+func New(opts Options) (*Server, error) {
+	if opts.Store == nil || opts.Settings == nil {
+		return nil, errors.New("dns: Store and Settings are required")
+	}
+	s := &Server{store: opts.Store, fed: opts.Federation, set: opts.Settings, log: opts.Logger,
+		extra: map[string][]uint16{}, synced: opts.Synced}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.fed == nil { // as the destination server: no rules, the default panic threshold
+		s.fed, _ = discovery.NewFederation(nil, nil)
+	}
+	for _, a := range opts.Authorities {
+		s.extra[a.Host] = append(s.extra[a.Host], a.Port)
+	}
+	if opts.StartupTimeout <= 0 {
+		opts.StartupTimeout = 2 * time.Second
+	}
+	s.deadline = time.Now().Add(opts.StartupTimeout)
+	if s.synced == nil {
+		s.ready.Store(true)
+	}
+	s.idx.Store(s.buildIndex(context.Background(), nil, nil))
+	return s, nil
+}
+
+// Start builds the name index, starts following the registry, and listens
+// on Settings.Listen over UDP and TCP (the same port; port 0 picks one,
+// see Addr). It returns once both listeners are open.
+func (s *Server) Start() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stop = cancel
+	s.refresh(ctx) // the first index before the first answer
+	s.wg.Go(func() { s.follow(ctx) })
+
+	pc, err := net.ListenPacket("udp", s.set.Listen)
+	if err != nil {
+		cancel()
+		s.wg.Wait()
+		return fmt.Errorf("dns: %w", err)
+	}
+	// TCP on the port UDP got (they differ only when asked for port 0).
+	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	if err != nil {
+		pc.Close()
+		cancel()
+		s.wg.Wait()
+		return fmt.Errorf("dns: %w", err)
+	}
+	s.addr = pc.LocalAddr()
+	// UDPSize is the read buffer: a query of any size is read whole, so
+	// that an oversized one gets FORMERR rather than a cut-off parse.
+	s.udp = &mdns.Server{PacketConn: pc, Handler: s, UDPSize: mdns.MaxMsgSize}
+	s.tcp = &mdns.Server{Listener: ln, Handler: s, ReadTimeout: 2 * time.Second, WriteTimeout: 2 * time.Second,
+		IdleTimeout: func() time.Duration { return 8 * time.Second }}
+	started := make(chan struct{}, 2)
+	s.udp.NotifyStartedFunc = func() { started <- struct{}{} }
+	s.tcp.NotifyStartedFunc = func() { started <- struct{}{} }
+	for _, srv := range []*mdns.Server{s.udp, s.tcp} {
+		s.wg.Go(func() {
+			if err := srv.ActivateAndServe(); err != nil {
+				s.log.Error("dns: server stopped", "error", err)
+			}
+		})
+	}
+	<-started
+	<-started
+	s.log.Info("dns interface listening", "addr", s.addr.String(), "zones", len(s.set.Zones))
+	return nil
+}
+
+// Addr is the address the server listens on (UDP and TCP), once started.
+func (s *Server) Addr() string {
+	if s.addr == nil {
+		return ""
+	}
+	return s.addr.String()
+}
+
+// Shutdown stops the listeners and the registry follower, and waits for them.
+func (s *Server) Shutdown(ctx context.Context) error {
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	var errs []error
+	for _, srv := range []*mdns.Server{s.udp, s.tcp} {
+		if srv != nil {
+			errs = append(errs, srv.ShutdownContext(ctx))
+		}
+	}
+	if s.stop != nil {
+		s.stop()
+	}
+	s.wg.Wait()
+	return errors.Join(errs...)
+}
+
+// follow rebuilds the name index whenever a service is added to or removed
+// from the registry, at most once per rebuildEvery, until ctx ends.
+func (s *Server) follow(ctx context.Context) {
+	const rebuildEvery = 50 * time.Millisecond
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		ws := s.idx.Load().watch
+		if ws.WatchCtx(ctx) != nil {
+			return
+		}
+		t.Reset(rebuildEvery) // a burst of changes is one rebuild
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.refresh(ctx)
+	}
+}
+
+// refresh builds the index from the registry as it is now and publishes
+// it, closing the previous index's changed channel.
+func (s *Server) refresh(ctx context.Context) {
+	ws := memdb.NewWatchSet()
+	hosts := s.store.Snapshot().Hosts(ws)
+	next := s.buildIndex(ctx, hosts, ws)
+	if old := s.idx.Swap(next); old != nil {
+		close(old.changed)
+	}
+	if c := next.vips.Collisions(); len(c) > 0 {
+		s.log.Warn("dns: hosts without a virtual IP: another host has the same one (pin one of them in dns.virtual_ips.pins, or widen the range)",
+			"collisions", len(c), "first", fmt.Sprint(c[0].Hosts), "addr", c[0].Addr.String())
+	}
+}
+
+// index is what the server knows of every name, rebuilt from the registry.
+type index struct {
+	// names holds every name some host makes exist in a zone, and every
+	// name between it and its zone (empty non-terminals), as lower-case
+	// FQDNs.
+	names map[string]struct{}
+	// vipHosts is every host of a zone with virtual IPs; vips their table.
+	vipHosts map[string]struct{}
+	vips     *vip.Table
+	watch    memdb.WatchSet
+	changed  chan struct{} // closed when a newer index replaces this one
+}
+
+func (s *Server) buildIndex(ctx context.Context, hosts []string, ws memdb.WatchSet) *index {
+	idx := &index{names: map[string]struct{}{}, vipHosts: map[string]struct{}{}, watch: ws, changed: make(chan struct{})}
+	add := func(host string) {
+		for i := range s.set.Zones {
+			z := &s.set.Zones[i]
+			name, ok := z.name(host)
+			if !ok {
+				continue
+			}
+			for n := name; n != z.Name; {
+				if _, seen := idx.names[n]; seen {
+					break
+				}
+				idx.names[n] = struct{}{}
+				_, rest, _ := cutLabel(n)
+				n = rest
+			}
+			if z.VirtualIPs {
+				idx.vipHosts[host] = struct{}{}
+			}
+		}
+	}
+	for _, h := range hosts {
+		add(h)
+	}
+	for h := range s.extra {
+		add(h)
+	}
+	if s.set.Allocator != nil {
+		list := make([]string, 0, len(idx.vipHosts))
+		for h := range idx.vipHosts {
+			list = append(list, h)
+		}
+		t, err := s.set.Allocator.Allocate(ctx, sortedUnique(list))
+		switch {
+		case err == nil:
+			idx.vips = t
+		case s.idx.Load() != nil:
+			s.log.Warn("dns: virtual IP allocation failed; keeping the previous one", "error", err)
+			idx.vips = s.idx.Load().vips
+		}
+	}
+	return idx
+}
+
+// LookupVIP returns the host a virtual IP stands for, and a channel that
+// closes when the answer may change (the destination server's GetProfile
+// watches it). ok is false for an address that is no virtual IP of a host.
+func (s *Server) LookupVIP(ip netip.Addr) (host string, changed <-chan struct{}, ok bool) {
+	idx := s.idx.Load()
+	host, ok = idx.vips.Host(ip)
+	return host, idx.changed, ok
+}
+
+// VIP returns the virtual IP of a registry host, if it has one.
+func (s *Server) VIP(host string) (netip.Addr, bool) {
+	return s.idx.Load().vips.Lookup(host)
+}
