@@ -63,10 +63,12 @@ func (r *run) startWorkloads(ctx, logCtx context.Context, wg *sync.WaitGroup) {
 	if r.workloadAPI == nil {
 		return
 	}
-	ok, err := r.workloadAPI.installed(ctx)
+	ok, err := r.installed(ctx)
 	if ok {
 		r.runWorkloadInformers(logCtx, wg)
-		r.waitWorkloads(ctx)
+		if !r.waitWorkloads(ctx) {
+			wg.Go(func() { r.rebuildWhenSynced(ctx) })
+		}
 		return
 	}
 	every := r.crdRecheck
@@ -89,19 +91,40 @@ func (r *run) startWorkloads(ctx, logCtx context.Context, wg *sync.WaitGroup) {
 				return
 			case <-t.C:
 			}
-			if ok, _ := r.workloadAPI.installed(ctx); !ok {
+			if ok, _ := r.installed(ctx); !ok {
 				continue
 			}
 			r.log.Info("the ExternalWorkload CRD is installed now; reading ExternalWorkloads", "resource", ExternalWorkloadGVR.String())
 			r.runWorkloadInformers(logCtx, wg)
-			if r.waitWorkloads(ctx) {
-				for _, key := range r.serviceKeys() {
-					r.queue.Add(key)
-				}
-			}
+			r.rebuildWhenSynced(ctx)
 			return
 		}
 	})
+}
+
+// installed asks whether the CRD is installed, within a bound: the API
+// server answered the other lists a moment ago.
+func (r *run) installed(ctx context.Context) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return r.workloadAPI.installed(ctx)
+}
+
+// rebuildWhenSynced waits until the ExternalWorkload caches have synced
+// (after a late start, or once a refused list is allowed) and then queues
+// every Service: their first list's workloads raise no events.
+func (r *run) rebuildWhenSynced(ctx context.Context) {
+	synced := make([]cache.InformerSynced, 0, len(r.sets))
+	for _, set := range r.sets {
+		synced = append(synced, set.workloads.HasSynced)
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		return
+	}
+	r.log.Info("reading ExternalWorkloads", "resource", ExternalWorkloadGVR.String())
+	for _, key := range r.serviceKeys() {
+		r.queue.Add(key)
+	}
 }
 
 func (r *run) runWorkloadInformers(logCtx context.Context, wg *sync.WaitGroup) {

@@ -28,7 +28,7 @@ import (
 type fakeWorkloads struct {
 	dc        *dynamicfake.FakeDynamicClient
 	present   atomic.Bool
-	forbidden bool
+	forbidden atomic.Bool
 	checks    atomic.Int32
 }
 
@@ -48,13 +48,13 @@ func (f *fakeWorkloads) listWatch(ns string) cache.ListerWatcher {
 	forbidden := apierrors.NewForbidden(ExternalWorkloadGVR.GroupResource(), "", nil)
 	return cache.ToListWatcherWithWatchListSemantics(&cache.ListWatch{
 		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			if f.forbidden {
+			if f.forbidden.Load() {
 				return nil, forbidden
 			}
 			return r.List(ctx, o)
 		},
 		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			if f.forbidden {
+			if f.forbidden.Load() {
 				return nil, forbidden
 			}
 			return r.Watch(ctx, o)
@@ -163,11 +163,13 @@ func TestRunCRDInstalledLater(t *testing.T) {
 }
 
 // A cluster that forbids listing ExternalWorkloads still has its pods
-// served, and the source is not marked failed for it.
+// served, and the source is not marked failed for it; once the list is
+// allowed, the workloads are served.
 func TestRunWorkloadsForbidden(t *testing.T) {
 	wl := newFakeWorkloads()
 	wl.present.Store(true)
-	wl.forbidden = true
+	wl.forbidden.Store(true)
+	wl.create(t, "prod", "vm-1", map[string]string{"app": "web"}, "192.0.2.1", true)
 	r := runWithWorkloads(t, wl, selectingService(), podSlice())
 	c := r.sink.next(t, false)
 	for c.Op == "healthy" {
@@ -179,4 +181,6 @@ func TestRunWorkloadsForbidden(t *testing.T) {
 	if got := show(c); got != `replace(prod/web=["web.prod.svc.cluster.local:80 = 10.0.0.1:8080(passing)"])` {
 		t.Errorf("got %s", got)
 	}
+	wl.forbidden.Store(false) // the RBAC rule is granted
+	r.expect("update", "prod/web web.prod.svc.cluster.local:80 = 10.0.0.1:8080(passing) 192.0.2.1:8080(passing)")
 }
