@@ -72,16 +72,9 @@ func TestParseConfigFull(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ParseConfig: %v", err)
 	}
-	wantServer := ServerConfig{
-		Listen: "0.0.0.0:8086", Admin: "127.0.0.1:9990",
-		StartupTimeout: Duration(1500 * time.Millisecond), ShutdownTimeout: Duration(10 * time.Second),
-		LogLevel: "debug", LogFormat: "json",
-	}
-	if c.Server != wantServer {
-		t.Errorf("server = %+v, want %+v", c.Server, wantServer)
-	}
-	if c.Server.SlogLevel() != slog.LevelDebug {
-		t.Errorf("SlogLevel = %v", c.Server.SlogLevel())
+	// The server section is kept for its owner (cmd/tributary), at its place.
+	if c.Server.Path != "server" || c.Server.File != "conf/tributary.yaml" || c.Server.Line() != 3 || c.Server.Node == nil {
+		t.Errorf("server section = %+v", c.Server)
 	}
 	if c.File != "conf/tributary.yaml" || c.BaseDir != "conf" {
 		t.Errorf("File %q BaseDir %q", c.File, c.BaseDir)
@@ -149,19 +142,9 @@ func TestParseConfigDefaults(t *testing.T) {
 			t.Errorf("%q: %v", src, err)
 			continue
 		}
-		if c.Server != DefaultServerConfig() || len(c.Sources) != 0 || len(c.Federation) != 0 || c.BaseDir != "" {
+		if c.Server.Node != nil || c.Health.Node != nil || c.PanicThreshold != DefaultPanicThreshold || len(c.Sources) != 0 || len(c.Federation) != 0 || c.BaseDir != "" {
 			t.Errorf("%q: %+v", src, c)
 		}
-	}
-	d := DefaultServerConfig()
-	if d.Listen != "127.0.0.1:8086" || d.Admin != "127.0.0.1:9996" || time.Duration(d.StartupTimeout) != 2*time.Second ||
-		time.Duration(d.ShutdownTimeout) != 10*time.Second || d.LogLevel != "info" || d.LogFormat != "text" {
-		t.Errorf("defaults = %+v", d)
-	}
-	// A partial server section keeps the other defaults.
-	c, err := ParseConfig([]byte("server:\n  log_level: warn\n"), "")
-	if err != nil || c.Server.LogLevel != "warn" || c.Server.Listen != d.Listen || c.Server.SlogLevel() != slog.LevelWarn {
-		t.Errorf("partial server: %+v %v", c, err)
 	}
 }
 
@@ -174,16 +157,6 @@ func TestParseConfigErrors(t *testing.T) {
 		want [][]string
 	}{
 		{"unknown top-level key", "server: {}\nsorces: []\n", [][]string{{"c.yaml:2: sorces: unknown key (valid keys: server, sources, federation, health)"}}},
-		{"unknown server key", "server:\n  listen: :1\n  lissen: :2\n", [][]string{{"c.yaml:3: server.lissen: unknown key"}}},
-		{"duplicate server key", "server:\n  listen: :1\n  listen: :2\n", [][]string{{"c.yaml:3: server.listen: duplicate key (first at line 2)"}}},
-		{"listen not host:port", "server:\n  listen: localhost\n", [][]string{{"c.yaml:2: server.listen:", "must be host:port"}}},
-		{"admin port not numeric", "server:\n  admin: localhost:http\n", [][]string{{"c.yaml:2: server.admin:", "not a number"}}},
-		{"listen equals admin", "server:\n  listen: :9000\n  admin: :9000\n", [][]string{{"c.yaml:3: server.admin:", "also server.listen"}}},
-		{"startup timeout 3s", "server:\n  startup_timeout: 3s\n", [][]string{{"c.yaml:2: server.startup_timeout:", "less than 3s"}}},
-		{"bad duration", "server:\n  shutdown_timeout: ten\n", [][]string{{"c.yaml:2: server.shutdown_timeout:", `invalid duration "ten"`}}},
-		{"negative duration", "server:\n  shutdown_timeout: -1s\n", [][]string{{"c.yaml:2: server.shutdown_timeout:", "negative"}}},
-		{"bad log level", "server:\n  log_level: loud\n", [][]string{{"c.yaml:2: server.log_level:", `"loud"`}}},
-		{"bad log format", "server:\n  log_format: xml\n", [][]string{{"c.yaml:2: server.log_format:", `"xml"`}}},
 		{"sources not a list", "sources: {a: 1}\n", [][]string{{"c.yaml:1: sources: want a list"}}},
 		{"source not a mapping", "sources:\n  - east\n", [][]string{{"c.yaml:2: sources[0]: a source must be a mapping"}}},
 		{"missing name", "sources:\n  - kind: test-kind-x\n", [][]string{{"c.yaml:2: sources[0].name: required"}}},
@@ -208,36 +181,11 @@ func TestParseConfigErrors(t *testing.T) {
 		{"empty tier", src("federation:\n  - authority: web:80\n    failover:\n      - min_healthy: 2\n"), [][]string{{"c.yaml:8: federation[0].failover[0].sources:", "at least one source"}}},
 		{"bad panic threshold", "health:\n  panic_threshold: 0.5\n", [][]string{{"c.yaml:2: health.panic_threshold:", "followed by %"}}},
 		{"panic threshold over 100%", src("federation:\n  - authority: web:80\n    panic_threshold: 120%\n"), [][]string{{"c.yaml:7: federation[0].panic_threshold:", "from 0% to 100%"}}},
-		{"max_concurrent_checks 0", "health:\n  max_concurrent_checks: 0\n", [][]string{{"c.yaml:2: health.max_concurrent_checks:", "from 1 to 100000"}}},
 		{"unknown guard key", src("    deletion_guard: {share: 10%}\n"), [][]string{{"c.yaml:5: sources[0].deletion_guard.share: unknown key"}}},
 		{"negative min_endpoints", src("    deletion_guard:\n      min_endpoints: -1\n"), [][]string{{"c.yaml:6: sources[0].deletion_guard.min_endpoints:", "negative"}}},
-		{"unknown check type", src("    health_check:\n      type: icmp\n"), [][]string{{"c.yaml:6: sources[0].health_check.type:", `unknown check type "icmp"`}}},
-		{"unknown check key", src("    health_check:\n      interval: 1s\n      fall: 3\n"), [][]string{{"c.yaml:7: sources[0].health_check.fall: unknown key"}}},
-		{"timeout 0", src("    health_check:\n      interval: 1s\n      timeout: 0s\n"), [][]string{{"c.yaml:7: sources[0].health_check.timeout:", "must be positive"}}},
-		{"threshold 0", src("    health_check:\n      healthy_threshold: 0\n"), [][]string{{"c.yaml:6: sources[0].health_check.healthy_threshold:", "from 1 to 100"}}},
-		{"path on tcp", src("    health_check:\n      path: /x\n"), [][]string{{"c.yaml:6: sources[0].health_check.path:", "applies to http checks only"}}},
-		{"bad path", src("    health_check:\n      type: http\n      path: healthz\n"), [][]string{{"c.yaml:7: sources[0].health_check.path:", "must start with /"}}},
-		{"bad status", src("    health_check:\n      type: http\n      expected_status: 200-abc\n"), [][]string{{"c.yaml:7: sources[0].health_check.expected_status:", "status codes"}}},
-		{"bad initial", src("    health_check:\n      initial_health: warning\n"), [][]string{{"c.yaml:6: sources[0].health_check.initial_health:", `"warning"`}}},
-		{"hold-down order", src("    health_check:\n      hold_down: 1m\n      max_hold_down: 30s\n"), [][]string{{"c.yaml:7: sources[0].health_check.max_hold_down:", "shorter than hold_down"}}},
-		{"bad override authority", src("    health_check:\n      services:\n        'web:0': {type: tcp}\n"), [][]string{{"c.yaml:7: sources[0].health_check.services[\"web:0\"]:", "invalid authority"}}},
-		{"duplicate override", src("    health_check:\n      services:\n        web:80: {type: tcp}\n        WEB:80: {type: none}\n"), [][]string{{"c.yaml:8: sources[0].health_check.services[\"WEB:80\"]:", "a second override for web:80"}}},
-		{"override key checked", src("    health_check:\n      services:\n        web:80: {type: grpc, path: /x}\n"), [][]string{{"c.yaml:7: sources[0].health_check.services[\"web:80\"].path:", "applies to http checks only"}}},
-		{"unknown override key", src("    health_check:\n      services:\n        web:80: {tipe: grpc}\n"), [][]string{{"c.yaml:7: sources[0].health_check.services[\"web:80\"].tipe: unknown key"}}},
 		{"yaml syntax", "server:\n  listen: [\n", [][]string{{"c.yaml:", "did not find expected"}}},
 		{"two documents", "server: {}\n---\nsources: []\n", [][]string{{"c.yaml:2:", "more than one YAML document"}}},
 		{"not a mapping", "- a\n", [][]string{{"c.yaml:1: a config must be a mapping"}}},
-		{
-			"several together",
-			"server:\n  startup_timeout: 5s\n  log_level: x\nsources:\n  - name: a\n    kind: nope\n  - name: a\n    kind: test-kind-x\nbogus: 1\n",
-			[][]string{
-				{"c.yaml:2: server.startup_timeout:"},
-				{"c.yaml:3: server.log_level:"},
-				{"c.yaml:6: sources[0].kind:", "unknown kind"},
-				{"c.yaml:7: sources[1].name:", "duplicate"},
-				{"c.yaml:9: bogus: unknown key"},
-			},
-		},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -315,11 +263,11 @@ federation:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Health != (HealthConfig{PanicThreshold: 0.25, MaxConcurrentChecks: 64}) {
-		t.Errorf("health = %+v", c.Health)
+	if c.PanicThreshold != 0.25 || c.Health.Path != "health" || c.Health.Line() != 2 {
+		t.Errorf("health = %v %+v", c.PanicThreshold, c.Health)
 	}
 	plain, checked := c.Sources[0], c.Sources[1]
-	if plain.HealthCheck != nil || plain.DeletionGuard != DefaultDeletionGuard() {
+	if plain.HealthCheck.Node != nil || plain.DeletionGuard != DefaultDeletionGuard() {
 		t.Errorf("plain source = %+v", plain)
 	}
 	if g := checked.DeletionGuard; g != (DeletionGuard{MaxWithdraw: 0.8, ConfirmFor: 5 * time.Second, MinEndpoints: 2}) || !g.Enabled() {
@@ -329,35 +277,9 @@ federation:
 	if err := checked.Node.Decode(&own); err != nil || !reflect.DeepEqual(own, map[string]any{"paths": []any{"b"}}) {
 		t.Errorf("kind keys = %v %v", own, err)
 	}
-	hc := checked.HealthCheck
-	want := HealthCheck{
-		Type: CheckHTTP, Interval: 5 * time.Second, Timeout: time.Second, Jitter: 0.2,
-		HealthyThreshold: 1, UnhealthyThreshold: 4, InitialHealth: HealthCritical,
-		HoldDown: 10 * time.Second, MaxHoldDown: time.Minute, Port: 8081,
-		Path: "/healthz?full=1", Host: "web.internal", ExpectedStatus: []StatusRange{{200, 299}, {418, 418}},
-	}
-	if !reflect.DeepEqual(*hc.Default, want) {
-		t.Errorf("default check = %+v\nwant %+v", *hc.Default, want)
-	}
-	db := want
-	db.Type, db.Port = CheckTCP, 0
-	grpcCheck := want
-	grpcCheck.Type, grpcCheck.Service, grpcCheck.Interval = CheckGRPC, "demo.Echo", 2*time.Second
-	off := want
-	off.Type = CheckNone
-	for a, w := range map[Authority]HealthCheck{
-		{"db.demo", 5432}: db, {"grpc.demo", 9000}: grpcCheck, {"grpc.demo", 0}: grpcCheck,
-		{"off.demo", 80}: off, {"off.demo", 81}: want, {"web.demo", 80}: want,
-	} {
-		if got := hc.For(a); !reflect.DeepEqual(*got, w) {
-			t.Errorf("For(%s) = %+v\nwant %+v", a, *got, w)
-		}
-	}
-	if hc.For(Authority{"x", 1}) != hc.Default {
-		t.Error("For of an authority without override is not the default check itself")
-	}
-	if !hc.Default.StatusOK(204) || !hc.Default.StatusOK(418) || hc.Default.StatusOK(301) {
-		t.Error("StatusOK")
+	// The health_check block is discovery/health's, kept with its place.
+	if hc := checked.HealthCheck; hc.Path != "sources[1].health_check" || hc.Line() != 17 || hc.Node == nil {
+		t.Errorf("health_check section = %+v", hc)
 	}
 	if p := c.Federation[0].PanicThreshold; p == nil || *p != 0 {
 		t.Errorf("rule panic threshold = %v", p)
@@ -373,19 +295,16 @@ federation:
 		t.Error("federation panic thresholds")
 	}
 
-	// An empty health_check block is every default; no health section is the default one.
+	// No health section is the default panic threshold.
 	c, err = ParseConfig([]byte("sources:\n  - name: a\n    kind: test-kind-x\n    health_check: {}\n    deletion_guard: {confirm_for: 0s}\n"), "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if hc := c.Sources[0].HealthCheck; hc == nil || !reflect.DeepEqual(*hc.Default, DefaultHealthCheck()) || hc.Services != nil {
-		t.Errorf("empty health_check = %+v", hc)
-	}
 	if c.Sources[0].DeletionGuard.Enabled() {
 		t.Error("confirm_for: 0s should turn the guard off")
 	}
-	if c.Health != DefaultHealthConfig() {
-		t.Errorf("default health = %+v", c.Health)
+	if c.PanicThreshold != DefaultPanicThreshold || c.Health.Node != nil {
+		t.Errorf("default health = %v %+v", c.PanicThreshold, c.Health)
 	}
 }
 
@@ -480,7 +399,14 @@ func TestLoadConfig(t *testing.T) {
 	if err := os.WriteFile(path, []byte("server:\n  nope: 1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadConfig(path); err == nil || !strings.HasPrefix(err.Error(), path+":2: server.nope:") {
+	// The server section's owner decodes it; its errors name the file too.
+	strictServer := func(c *Config) error {
+		var s struct {
+			Listen string `yaml:"listen"`
+		}
+		return c.Server.Decode(&s)
+	}
+	if _, err := LoadConfig(path, strictServer); err == nil || !strings.HasPrefix(err.Error(), path+":2: server.nope:") {
 		t.Errorf("error = %v", err)
 	}
 }

@@ -10,7 +10,6 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/tributary-mesh/tributary/discovery"
 	"github.com/tributary-mesh/tributary/sources/file"
 )
 
@@ -49,7 +48,7 @@ func check(path string) error {
 		_, err := file.Parse(path, data)
 		return err
 	}
-	cfg, err := discovery.LoadConfig(path)
+	cfg, err := loadConfig(path)
 	if err != nil {
 		return err
 	}

@@ -46,7 +46,7 @@ func serveCmd(args []string) int {
 		fmt.Fprintln(os.Stderr, "tributary serve: --config is required (try examples/tributary.yaml)")
 		return 2
 	}
-	cfg, err := discovery.LoadConfig(*configPath)
+	cfg, err := loadConfig(*configPath)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "tributary serve: invalid config:\n%v\n", err)
 		return 1
@@ -94,7 +94,7 @@ func newLogger(level, format string) (*slog.Logger, error) {
 // serve wires the registry, the sources, the gRPC API and the admin HTTP
 // server, and runs them until ctx ends; then it drains: not ready, no new
 // streams, open streams end, exit — bounded by server.shutdown_timeout.
-func serve(ctx context.Context, cfg *discovery.Config, logger *slog.Logger, pprofOn bool) error {
+func serve(ctx context.Context, cfg *config, logger *slog.Logger, pprofOn bool) error {
 	instances, err := cfg.BuildSources(logger)
 	if err != nil {
 		return err
@@ -108,7 +108,7 @@ func serve(ctx context.Context, cfg *discovery.Config, logger *slog.Logger, ppro
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	store := cache.New()
 	// Active health checks sit between the sources that ask for them and the manager.
-	checker := activehealth.New(activehealth.Options{Workers: cfg.Health.MaxConcurrentChecks, Logger: logger, Registerer: reg})
+	checker := activehealth.New(activehealth.Options{Workers: cfg.Checks.MaxConcurrentChecks, Sources: cfg.Checks.Sources, Logger: logger, Registerer: reg})
 	mgr := discovery.NewManager(store, instances, discovery.ManagerOptions{Logger: logger, WrapSink: checker.WrapSink})
 	reg.MustRegister(admin.NewSourceCollector(mgr.Status, store))
 
@@ -118,7 +118,7 @@ func serve(ctx context.Context, cfg *discovery.Config, logger *slog.Logger, ppro
 			zoners = append(zoners, z)
 		}
 	}
-	var streams discovery.StreamsConfig
+	var streams StreamsConfig
 	if cfg.Server.Streams != nil {
 		streams = *cfg.Server.Streams
 	}
@@ -137,8 +137,8 @@ func serve(ctx context.Context, cfg *discovery.Config, logger *slog.Logger, ppro
 	})
 	// server.tls: mTLS and per-API authorization (nil guard: plaintext).
 	var guard *tlsauth.Guard
-	if cfg.Server.TLS != nil {
-		if guard, err = tlsauth.New(ctx, tlsauth.Options{Config: cfg.Server.TLS, BaseDir: cfg.BaseDir, Logger: logger, Registerer: reg}); err != nil {
+	if cfg.TLS != nil {
+		if guard, err = tlsauth.New(ctx, tlsauth.Options{Config: cfg.TLS, BaseDir: cfg.BaseDir, Logger: logger, Registerer: reg}); err != nil {
 			return fmt.Errorf("server.tls: %w", err)
 		}
 		defer guard.Close()

@@ -44,8 +44,6 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
-
-	"github.com/tributary-mesh/tributary/discovery"
 )
 
 // DefaultWorkloadAPITimeout bounds the wait for the first SVID at start.
@@ -57,7 +55,7 @@ const HandshakeTimeout = 10 * time.Second
 // Options configures a Guard.
 type Options struct {
 	// Config is the validated server.tls section; required.
-	Config *discovery.TLSConfig
+	Config *Config
 	// BaseDir resolves relative file paths (the config file's folder).
 	BaseDir string
 	Logger  *slog.Logger
@@ -133,7 +131,7 @@ func New(ctx context.Context, opts Options) (*Guard, error) {
 		g.src = fs
 		interval := time.Duration(c.ReloadInterval)
 		if interval <= 0 {
-			interval = discovery.DefaultTLSReloadInterval
+			interval = DefaultReloadInterval
 		}
 		g.wg.Go(func() { fs.run(runCtx, interval) })
 	}

@@ -56,11 +56,11 @@ type env struct {
 	logs  *bytes.Buffer
 }
 
-func newEnv(t *testing.T, tweak func(*discovery.TLSConfig)) *env {
+func newEnv(t *testing.T, tweak func(*Config)) *env {
 	t.Helper()
 	e := &env{t: t, dir: t.TempDir(), ca: tlstest.NewCA(t, "prod CA")}
 	cert, key, ca := tlstest.WriteFiles(t, e.dir, e.ca.Issue(t, tlstest.LeafOptions{ID: serverID, DNS: []string{serverDNS}}), e.ca.PEM)
-	cfg := &discovery.TLSConfig{CertFile: cert, KeyFile: key, CAFile: ca, ReloadInterval: discovery.Duration(time.Hour)}
+	cfg := &Config{CertFile: cert, KeyFile: key, CAFile: ca, ReloadInterval: discovery.Duration(time.Hour)}
 	if tweak != nil {
 		tweak(cfg)
 	}
@@ -69,7 +69,7 @@ func newEnv(t *testing.T, tweak func(*discovery.TLSConfig)) *env {
 }
 
 // start runs the destination server behind a Guard made from cfg.
-func (e *env) start(cfg *discovery.TLSConfig) {
+func (e *env) start(cfg *Config) {
 	t := e.t
 	t.Helper()
 	e.store, e.reg, e.logs = cache.New(), prometheus.NewRegistry(), &bytes.Buffer{}
@@ -317,7 +317,7 @@ func TestMTLSAuthentication(t *testing.T) {
 }
 
 func TestIDNotAllowedIsPermissionDenied(t *testing.T) {
-	e := newEnv(t, func(c *discovery.TLSConfig) {
+	e := newEnv(t, func(c *Config) {
 		c.Authorize.Destination.IDs = []string{"spiffe://prod.test/ns/*/sa/proxy"}
 	})
 	creds := func(id string) credentials.TransportCredentials {
@@ -433,7 +433,7 @@ func TestServerIdentityStartupChecks(t *testing.T) {
 	// No SPIFFE ID on the server certificate: no own trust domain to
 	// admit by default, so the config must list one.
 	cert, key, caf := tlstest.WriteFiles(t, dir, ca.Issue(t, tlstest.LeafOptions{DNS: []string{serverDNS}}), ca.PEM)
-	cfg := &discovery.TLSConfig{CertFile: cert, KeyFile: key, CAFile: caf}
+	cfg := &Config{CertFile: cert, KeyFile: key, CAFile: caf}
 	if _, err := New(context.Background(), Options{Config: cfg}); err == nil || !strings.Contains(err.Error(), "trust_domains") {
 		t.Fatalf("no SPIFFE ID, no trust_domains: %v", err)
 	}
@@ -446,14 +446,14 @@ func TestServerIdentityStartupChecks(t *testing.T) {
 
 	// An expired server certificate is refused at start, with the date.
 	cert, key, caf = tlstest.WriteFiles(t, dir, ca.Issue(t, tlstest.LeafOptions{ID: serverID, NotBefore: time.Now().Add(-2 * time.Hour), NotAfter: time.Now().Add(-time.Hour)}), ca.PEM)
-	if _, err := New(context.Background(), Options{Config: &discovery.TLSConfig{CertFile: cert, KeyFile: key, CAFile: caf}}); err == nil || !strings.Contains(err.Error(), "expired") {
+	if _, err := New(context.Background(), Options{Config: &Config{CertFile: cert, KeyFile: key, CAFile: caf}}); err == nil || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("expired server certificate: %v", err)
 	}
 	// A key that does not match, an empty CA file, a missing file.
 	other := ca.Issue(t, tlstest.LeafOptions{ID: serverID})
 	tlstest.WriteFiles(t, dir, ca.Issue(t, tlstest.LeafOptions{ID: serverID}), ca.PEM)
 	tlstest.WriteAtomic(t, key, other.KeyPEM)
-	for name, c := range map[string]*discovery.TLSConfig{
+	for name, c := range map[string]*Config{
 		"mismatched key": {CertFile: cert, KeyFile: key, CAFile: caf},
 		"missing file":   {CertFile: cert, KeyFile: key, CAFile: caf + ".missing"},
 	} {
@@ -465,7 +465,7 @@ func TestServerIdentityStartupChecks(t *testing.T) {
 		t.Fatal(err)
 	}
 	tlstest.WriteFiles(t, dir, other, nil)
-	if _, err := New(context.Background(), Options{Config: &discovery.TLSConfig{CertFile: cert, KeyFile: key, CAFile: caf}}); err == nil || !strings.Contains(err.Error(), "ca_file") {
+	if _, err := New(context.Background(), Options{Config: &Config{CertFile: cert, KeyFile: key, CAFile: caf}}); err == nil || !strings.Contains(err.Error(), "ca_file") {
 		t.Errorf("empty CA file: %v", err)
 	}
 }

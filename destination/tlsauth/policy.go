@@ -5,8 +5,6 @@ import (
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-
-	"github.com/tributary-mesh/tributary/discovery"
 )
 
 // The APIs a peer is authorized for. Every gRPC method and admin path maps
@@ -46,7 +44,7 @@ func MethodAPI(fullMethod string) (api string, ok bool) {
 	return "", false
 }
 
-// idPattern is a compiled SPIFFE ID pattern (discovery.CheckSPIFFEIDPattern
+// idPattern is a compiled SPIFFE ID pattern (CheckSPIFFEIDPattern
 // has the syntax): a literal trust domain and path segments, where "*"
 // matches exactly one segment and a final "**" one or more.
 type idPattern struct {
@@ -56,7 +54,7 @@ type idPattern struct {
 }
 
 func parsePattern(s string) (idPattern, error) {
-	if err := discovery.CheckSPIFFEIDPattern(s); err != nil {
+	if err := CheckSPIFFEIDPattern(s); err != nil {
 		return idPattern{}, err
 	}
 	td, path, _ := strings.Cut(strings.TrimPrefix(s, "spiffe://"), "/")
@@ -94,13 +92,13 @@ type policy struct {
 	apis     map[string]access
 }
 
-func newPolicy(c *discovery.TLSConfig) (policy, error) {
+func newPolicy(c *Config) (policy, error) {
 	p := policy{apis: map[string]access{}}
 	var err error
 	if p.defaults, err = trustDomains(c.TrustDomains); err != nil {
 		return p, fmt.Errorf("trust_domains: %w", err)
 	}
-	for api, a := range map[string]discovery.APIAccess{
+	for api, a := range map[string]APIAccess{
 		APIDestination:  c.Authorize.Destination,
 		APIAdmin:        c.Authorize.Admin,
 		APIRegistration: c.Authorize.Registration,

@@ -5,8 +5,6 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.uber.org/goleak"
-
-	"github.com/tributary-mesh/tributary/discovery"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -83,10 +81,10 @@ func TestMethodAPI(t *testing.T) {
 func TestPolicy(t *testing.T) {
 	own := spiffeid.RequireTrustDomainFromString("prod.test")
 	id := spiffeid.RequireFromString
-	cfg := &discovery.TLSConfig{
-		Authorize: discovery.TLSAuthorize{
-			Destination: discovery.APIAccess{TrustDomains: []string{"partner.test"}, IDs: []string{"spiffe://prod.test/ns/*/sa/proxy"}},
-			Admin:       discovery.APIAccess{IDs: []string{"spiffe://prod.test/ops/**"}},
+	cfg := &Config{
+		Authorize: Authorize{
+			Destination: APIAccess{TrustDomains: []string{"partner.test"}, IDs: []string{"spiffe://prod.test/ns/*/sa/proxy"}},
+			Admin:       APIAccess{IDs: []string{"spiffe://prod.test/ops/**"}},
 		},
 	}
 	p, err := newPolicy(cfg)
@@ -127,7 +125,7 @@ func TestPolicy(t *testing.T) {
 		t.Error("with trust_domains the own trust domain is not needed")
 	}
 	// A server without a SPIFFE ID admits nobody by default.
-	if p, _ := newPolicy(&discovery.TLSConfig{}); p.allowed(APIDestination, id("spiffe://prod.test/x"), spiffeid.TrustDomain{}) {
+	if p, _ := newPolicy(&Config{}); p.allowed(APIDestination, id("spiffe://prod.test/x"), spiffeid.TrustDomain{}) {
 		t.Error("no own trust domain, no list: nobody")
 	}
 }

@@ -14,7 +14,6 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/tributary-mesh/tributary/destination/tlsauth/tlstest"
-	"github.com/tributary-mesh/tributary/discovery"
 )
 
 // servedSerial is the serial of the certificate a new connection sees.
@@ -139,7 +138,7 @@ func TestPeriodicReload(t *testing.T) {
 }
 
 func TestAdminMTLS(t *testing.T) {
-	e := newEnv(t, func(c *discovery.TLSConfig) {
+	e := newEnv(t, func(c *Config) {
 		c.Admin = true
 		c.Authorize.Admin.IDs = []string{"spiffe://prod.test/ops/**"}
 	})

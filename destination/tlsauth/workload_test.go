@@ -14,7 +14,6 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/tributary-mesh/tributary/destination/tlsauth/tlstest"
-	"github.com/tributary-mesh/tributary/discovery"
 )
 
 // fakeAgent is a SPIFFE Workload API server holding one X509SVIDResponse,
@@ -87,9 +86,9 @@ func TestWorkloadAPI(t *testing.T) {
 	t.Cleanup(func() { gs.Stop(); <-served }) // after the guard's cleanup: cleanups run last-in first-out
 
 	e := &env{t: t, dir: t.TempDir(), ca: prodCA}
-	e.start(&discovery.TLSConfig{
+	e.start(&Config{
 		WorkloadAPI: "unix://" + sock,
-		Authorize:   discovery.TLSAuthorize{Destination: discovery.APIAccess{TrustDomains: []string{"prod.test", "partner.test"}}},
+		Authorize:   Authorize{Destination: APIAccess{TrustDomains: []string{"prod.test", "partner.test"}}},
 	})
 	if got := e.servedSerial(); got.Cmp(leaf.Cert.SerialNumber) != 0 {
 		t.Fatalf("serving %v, want the SVID %v", got, leaf.Cert.SerialNumber)
@@ -128,7 +127,7 @@ func TestWorkloadAPI(t *testing.T) {
 func TestWorkloadAPIUnreachable(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel() // the start-up wait is bounded by ctx: it is over at once
-	_, err := New(ctx, Options{Config: &discovery.TLSConfig{WorkloadAPI: "unix://" + filepath.Join(t.TempDir(), "none.sock")}})
+	_, err := New(ctx, Options{Config: &Config{WorkloadAPI: "unix://" + filepath.Join(t.TempDir(), "none.sock")}})
 	if err == nil {
 		t.Fatal("no agent, no error")
 	}

@@ -33,12 +33,15 @@ import (
 
 // ProbeFunc runs one check of addr. It returns nil when the check passes.
 // ctx carries the check's timeout.
-type ProbeFunc func(ctx context.Context, hc *discovery.HealthCheck, addr netip.AddrPort) error
+type ProbeFunc func(ctx context.Context, hc *Check, addr netip.AddrPort) error
 
 // Options configures a Checker. Zero values are fine.
 type Options struct {
-	// Workers bounds the checks in flight (discovery.DefaultMaxConcurrentChecks when 0).
+	// Workers bounds the checks in flight (DefaultMaxConcurrentChecks when 0).
 	Workers int
+	// Sources holds the checks of each source, by name (Config.Sources):
+	// WrapSink puts a checking sink in front of these sources.
+	Sources map[string]*Checks
 	Logger  *slog.Logger
 	// Registerer, when set, gets the checker's metrics.
 	Registerer prometheus.Registerer
@@ -55,6 +58,7 @@ type Checker struct {
 	probe   ProbeFunc
 	now     func() time.Time
 	workers int
+	sources map[string]*Checks
 	metrics *metrics
 	http    *http.Client
 
@@ -73,6 +77,7 @@ func New(opts Options) *Checker {
 		probe:   opts.Probe,
 		now:     opts.Now,
 		workers: opts.Workers,
+		sources: opts.Sources,
 		wake:    make(chan struct{}, 1),
 		dirty:   make(chan struct{}, 1),
 	}
@@ -83,7 +88,7 @@ func New(opts Options) *Checker {
 		c.now = time.Now
 	}
 	if c.workers <= 0 {
-		c.workers = discovery.DefaultMaxConcurrentChecks
+		c.workers = DefaultMaxConcurrentChecks
 	}
 	c.http = newHTTPClient()
 	if c.probe == nil {
@@ -96,19 +101,20 @@ func New(opts Options) *Checker {
 	return c
 }
 
-// WrapSink is a discovery.ManagerOptions.WrapSink: a source with a
-// health_check block gets a checking sink in front of the manager's; any
+// WrapSink is a discovery.ManagerOptions.WrapSink: a source with checks
+// in Options.Sources gets a checking sink in front of the manager's; any
 // other source keeps the manager's.
 func (c *Checker) WrapSink(cfg discovery.SourceConfig, next discovery.Sink) discovery.Sink {
-	if cfg.HealthCheck == nil {
+	checks := c.sources[cfg.Name]
+	if checks == nil {
 		return next
 	}
-	return c.Wrap(cfg.Name, cfg.HealthCheck, next)
+	return c.Wrap(cfg.Name, checks, next)
 }
 
 // Wrap returns a sink that checks the endpoints handed to it as cfg says
 // and hands them on to next with their health set. Call it before Run.
-func (c *Checker) Wrap(source string, cfg *discovery.HealthCheckConfig, next discovery.Sink) discovery.Sink {
+func (c *Checker) Wrap(source string, cfg *Checks, next discovery.Sink) discovery.Sink {
 	s := &sourceSink{
 		c:       c,
 		name:    source,
@@ -138,7 +144,7 @@ func (c *Checker) Run(ctx context.Context) {
 // belong to its sink's lock; due, index and gone to the checker's.
 type target struct {
 	sink *sourceSink
-	hc   *discovery.HealthCheck
+	hc   *Check
 	addr netip.AddrPort // the address probed (the check's port, if it sets one)
 
 	st   state
@@ -207,7 +213,7 @@ func signal(ch chan struct{}) {
 }
 
 // jittered is interval moved by up to ±jitter of it.
-func jittered(hc *discovery.HealthCheck) time.Duration {
+func jittered(hc *Check) time.Duration {
 	if hc.Jitter <= 0 {
 		return hc.Interval
 	}

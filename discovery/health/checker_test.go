@@ -102,7 +102,7 @@ func newFakeProbes() *fakeProbes {
 	return &fakeProbes{down: map[netip.AddrPort]bool{}, flip: map[netip.AddrPort]bool{}, count: map[netip.AddrPort]int{}}
 }
 
-func (f *fakeProbes) probe(ctx context.Context, hc *discovery.HealthCheck, addr netip.AddrPort) error {
+func (f *fakeProbes) probe(ctx context.Context, hc *Check, addr netip.AddrPort) error {
 	n := f.inFlight.Add(1)
 	defer f.inFlight.Add(-1)
 	for {
@@ -153,8 +153,8 @@ func (f *fakeProbes) waitProbes(t *testing.T, addr string, n int) {
 	}
 }
 
-func fast(mod func(*discovery.HealthCheck)) *discovery.HealthCheck {
-	hc := discovery.DefaultHealthCheck()
+func fast(mod func(*Check)) *Check {
+	hc := DefaultCheck()
 	hc.Interval, hc.Timeout, hc.Jitter = 2*time.Millisecond, time.Second, 0
 	hc.HealthyThreshold, hc.UnhealthyThreshold = 2, 2
 	hc.HoldDown = 0
@@ -182,11 +182,11 @@ type fixture struct {
 	start  func()
 }
 
-func newFixture(t *testing.T, cfg *discovery.HealthCheckConfig, workers int) *fixture {
+func newFixture(t *testing.T, cfg *Checks, workers int) *fixture {
 	t.Helper()
 	f := &fixture{rec: newRecSink(), probes: newFakeProbes(), reg: prometheus.NewRegistry()}
-	f.c = New(Options{Workers: workers, Probe: f.probes.probe, Registerer: f.reg})
-	f.sink = f.c.WrapSink(discovery.SourceConfig{Name: "src", HealthCheck: cfg}, f.rec)
+	f.c = New(Options{Workers: workers, Sources: map[string]*Checks{"src": cfg}, Probe: f.probes.probe, Registerer: f.reg})
+	f.sink = f.c.WrapSink(discovery.SourceConfig{Name: "src"}, f.rec)
 	var once sync.Once
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -200,7 +200,7 @@ func newFixture(t *testing.T, cfg *discovery.HealthCheckConfig, workers int) *fi
 }
 
 func TestUpdatesPassAtOnceAndVerdictsFollow(t *testing.T) {
-	f := newFixture(t, &discovery.HealthCheckConfig{Default: fast(nil)}, 8)
+	f := newFixture(t, &Checks{Default: fast(nil)}, 8)
 	// Before the checker even runs, the update is handed on, unknown.
 	f.sink.Replace([]discovery.Group{grp("k", "web", 80, "10.0.0.1:80", "10.0.0.2:80")})
 	if got := f.rec.health("k"); got != "10.0.0.1:80=unknown 10.0.0.2:80=unknown" {
@@ -266,7 +266,7 @@ func metric(t *testing.T, reg *prometheus.Registry, name, label, value string) f
 }
 
 func TestAlternatingTargetNeverFlaps(t *testing.T) {
-	f := newFixture(t, &discovery.HealthCheckConfig{Default: fast(func(hc *discovery.HealthCheck) { hc.InitialHealth = discovery.HealthPassing })}, 8)
+	f := newFixture(t, &Checks{Default: fast(func(hc *Check) { hc.InitialHealth = discovery.HealthPassing })}, 8)
 	f.probes.flip[netip.MustParseAddrPort("10.0.0.1:80")] = true
 	f.sink.Replace([]discovery.Group{grp("k", "web", 80, "10.0.0.1:80")})
 	f.start()
@@ -280,7 +280,7 @@ func TestAlternatingTargetNeverFlaps(t *testing.T) {
 }
 
 func TestSharedAddressProbedOnceAndGroupsFollow(t *testing.T) {
-	f := newFixture(t, &discovery.HealthCheckConfig{Default: fast(nil)}, 8)
+	f := newFixture(t, &Checks{Default: fast(nil)}, 8)
 	f.sink.Replace([]discovery.Group{
 		grp("a", "web", 80, "10.0.0.1:80"),
 		grp("b", "web-alias", 80, "10.0.0.1:80", "10.0.0.2:80"),
@@ -325,9 +325,9 @@ func TestSharedAddressProbedOnceAndGroupsFollow(t *testing.T) {
 
 func TestOverridesAndSourceHealth(t *testing.T) {
 	def := fast(nil)
-	none := fast(func(hc *discovery.HealthCheck) { hc.Type = discovery.CheckNone })
-	port := fast(func(hc *discovery.HealthCheck) { hc.Port = 9901 })
-	cfg := &discovery.HealthCheckConfig{Default: def, Services: map[discovery.Authority]*discovery.HealthCheck{
+	none := fast(func(hc *Check) { hc.Type = CheckNone })
+	port := fast(func(hc *Check) { hc.Port = 9901 })
+	cfg := &Checks{Default: def, Services: map[discovery.Authority]*Check{
 		{Host: "off"}: none, {Host: "admin", Port: 80}: port,
 	}}
 	f := newFixture(t, cfg, 8)
@@ -361,7 +361,7 @@ func TestOverridesAndSourceHealth(t *testing.T) {
 
 func TestBoundedConcurrencyAtScale(t *testing.T) {
 	const n = 10000
-	f := newFixture(t, &discovery.HealthCheckConfig{Default: fast(func(hc *discovery.HealthCheck) { hc.Interval = 50 * time.Millisecond })}, 16)
+	f := newFixture(t, &Checks{Default: fast(func(hc *Check) { hc.Interval = 50 * time.Millisecond })}, 16)
 	f.probes.delay = 100 * time.Microsecond
 	var groups []discovery.Group
 	for i := 0; i < n/100; i++ {
@@ -409,7 +409,7 @@ func TestFlipsAreHealthUpdates(t *testing.T) {
 	rec := newRecSink()
 	probes := newFakeProbes()
 	c := New(Options{Probe: probes.probe})
-	sink := c.Wrap("src", &discovery.HealthCheckConfig{Default: fast(nil)}, healthSink{rec})
+	sink := c.Wrap("src", &Checks{Default: fast(nil)}, healthSink{rec})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); c.Run(ctx) }()
@@ -425,7 +425,7 @@ func TestFlipsAreHealthUpdates(t *testing.T) {
 }
 
 func TestFlipWithoutEffectIsNotHandedOver(t *testing.T) {
-	f := newFixture(t, &discovery.HealthCheckConfig{Default: fast(nil)}, 8)
+	f := newFixture(t, &Checks{Default: fast(nil)}, 8)
 	g := grp("k", "web", 80, "10.0.0.1:80")
 	g.Services[0].Endpoints[0].Health = discovery.HealthCritical // the source's word: critical whatever the check says
 	f.sink.Replace([]discovery.Group{g})

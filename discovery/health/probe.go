@@ -13,8 +13,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-
-	"github.com/tributary-mesh/tributary/discovery"
 )
 
 // userAgent identifies the checks to the endpoints' servers.
@@ -41,13 +39,13 @@ func newHTTPClient() *http.Client {
 }
 
 // realProbe runs hc against addr.
-func (c *Checker) realProbe(ctx context.Context, hc *discovery.HealthCheck, addr netip.AddrPort) error {
+func (c *Checker) realProbe(ctx context.Context, hc *Check, addr netip.AddrPort) error {
 	switch hc.Type {
-	case discovery.CheckTCP:
+	case CheckTCP:
 		return probeTCP(ctx, addr)
-	case discovery.CheckHTTP:
+	case CheckHTTP:
 		return c.probeHTTP(ctx, hc, addr)
-	case discovery.CheckGRPC:
+	case CheckGRPC:
 		return probeGRPC(ctx, hc, addr)
 	}
 	return fmt.Errorf("unknown check type %q", hc.Type)
@@ -62,7 +60,7 @@ func probeTCP(ctx context.Context, addr netip.AddrPort) error {
 	return conn.Close()
 }
 
-func (c *Checker) probeHTTP(ctx context.Context, hc *discovery.HealthCheck, addr netip.AddrPort) error {
+func (c *Checker) probeHTTP(ctx context.Context, hc *Check, addr netip.AddrPort) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr.String()+hc.Path, nil)
 	if err != nil {
 		return err
@@ -83,7 +81,7 @@ func (c *Checker) probeHTTP(ctx context.Context, hc *discovery.HealthCheck, addr
 	return nil
 }
 
-func probeGRPC(ctx context.Context, hc *discovery.HealthCheck, addr netip.AddrPort) error {
+func probeGRPC(ctx context.Context, hc *Check, addr netip.AddrPort) error {
 	conn, err := grpc.NewClient("passthrough:///"+addr.String(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithUserAgent(userAgent),

@@ -13,11 +13,9 @@ import (
 	"google.golang.org/grpc"
 	grpchealth "google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-
-	"github.com/tributary-mesh/tributary/discovery"
 )
 
-func probeOnce(t *testing.T, hc *discovery.HealthCheck, addr netip.AddrPort) error {
+func probeOnce(t *testing.T, hc *Check, addr netip.AddrPort) error {
 	t.Helper()
 	c := New(Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -73,16 +71,16 @@ func TestProbeHTTP(t *testing.T) {
 	}))
 	defer srv.Close()
 	addr := addrOf(t, srv.Listener.Addr())
-	hcHTTP := func(path, host, expect string) *discovery.HealthCheck {
-		return check(func(hc *discovery.HealthCheck) {
-			hc.Type, hc.Path, hc.Host = discovery.CheckHTTP, path, host
+	hcHTTP := func(path, host, expect string) *Check {
+		return check(func(hc *Check) {
+			hc.Type, hc.Path, hc.Host = CheckHTTP, path, host
 			if expect != "" {
-				hc.ExpectedStatus = []discovery.StatusRange{{Min: 418, Max: 418}}
+				hc.ExpectedStatus = []StatusRange{{Min: 418, Max: 418}}
 			}
 		})
 	}
 	for _, tc := range []struct {
-		hc   *discovery.HealthCheck
+		hc   *Check
 		pass bool
 	}{
 		{hcHTTP("/ok", "", ""), true},
@@ -117,8 +115,8 @@ func TestProbeGRPC(t *testing.T) {
 	hs.SetServingStatus("demo.Echo", healthpb.HealthCheckResponse_SERVING)
 	go srv.Serve(ln)
 	defer srv.Stop()
-	g := func(service string) *discovery.HealthCheck {
-		return check(func(hc *discovery.HealthCheck) { hc.Type, hc.Service = discovery.CheckGRPC, service })
+	g := func(service string) *Check {
+		return check(func(hc *Check) { hc.Type, hc.Service = CheckGRPC, service })
 	}
 	if err := probeOnce(t, g(""), addr); err != nil {
 		t.Fatalf("overall: %v", err)

@@ -13,7 +13,7 @@ import (
 
 // targetKey names a target within a sink: one check of one address.
 type targetKey struct {
-	hc   *discovery.HealthCheck
+	hc   *Check
 	addr netip.AddrPort
 }
 
@@ -30,7 +30,7 @@ type groupState struct {
 type sourceSink struct {
 	c    *Checker
 	name string
-	cfg  *discovery.HealthCheckConfig
+	cfg  *Checks
 	next discovery.Sink
 
 	mu      sync.Mutex
@@ -83,7 +83,7 @@ func (s *sourceSink) set(g discovery.Group) discovery.Group {
 		for _, svc := range g.Services {
 			hc := s.cfg.For(svc.Authority)
 			for _, e := range svc.Endpoints {
-				if hc.Type == discovery.CheckNone || !e.Addr.IsValid() {
+				if hc.Type == CheckNone || !e.Addr.IsValid() {
 					targets = append(targets, nil)
 					continue
 				}
@@ -110,7 +110,7 @@ func (s *sourceSink) set(g discovery.Group) discovery.Group {
 }
 
 // acquire finds or makes the target of one endpoint; the caller holds mu.
-func (s *sourceSink) acquire(hc *discovery.HealthCheck, addr netip.AddrPort, key string) *target {
+func (s *sourceSink) acquire(hc *Check, addr netip.AddrPort, key string) *target {
 	if hc.Port != 0 {
 		addr = netip.AddrPortFrom(addr.Addr(), hc.Port)
 	}

@@ -24,7 +24,7 @@ type state struct {
 	holdUntil time.Time
 }
 
-func newState(hc *discovery.HealthCheck) state {
+func newState(hc *Check) state {
 	return state{health: hc.InitialHealth}
 }
 
@@ -38,7 +38,7 @@ func newState(hc *discovery.HealthCheck) state {
 //     most MaxHoldDown, counted from the fall.
 //   - Critical: HealthyThreshold successes in a row readmit it, once any
 //     hold-down is over.
-func (s *state) observe(success bool, now time.Time, hc *discovery.HealthCheck) bool {
+func (s *state) observe(success bool, now time.Time, hc *Check) bool {
 	if success {
 		s.ok++
 		s.fail = 0
@@ -83,7 +83,7 @@ func (s *state) heldDown(now time.Time) bool {
 }
 
 // holdFor is the hold-down after the n-th flap in a row.
-func holdFor(n int, hc *discovery.HealthCheck) time.Duration {
+func holdFor(n int, hc *Check) time.Duration {
 	d := hc.HoldDown
 	for i := 1; i < n && d < hc.MaxHoldDown; i++ {
 		d *= 2

@@ -8,8 +8,8 @@ import (
 	"github.com/tributary-mesh/tributary/discovery"
 )
 
-func check(mod func(*discovery.HealthCheck)) *discovery.HealthCheck {
-	hc := discovery.DefaultHealthCheck()
+func check(mod func(*Check)) *Check {
+	hc := DefaultCheck()
 	hc.HealthyThreshold, hc.UnhealthyThreshold = 2, 3
 	hc.HoldDown, hc.MaxHoldDown = 10*time.Second, 40*time.Second
 	if mod != nil {
@@ -21,7 +21,7 @@ func check(mod func(*discovery.HealthCheck)) *discovery.HealthCheck {
 // run feeds results ("+" pass, "-" fail, one per second from t0) and
 // renders the verdict after each: u(nknown), p(assing), c(ritical), h(eld
 // down).
-func runResults(s *state, hc *discovery.HealthCheck, t0 time.Time, results string) string {
+func runResults(s *state, hc *Check, t0 time.Time, results string) string {
 	var b strings.Builder
 	for i, r := range results {
 		now := t0.Add(time.Duration(i) * time.Second)
@@ -54,7 +54,7 @@ func TestStateThresholdsAndHysteresis(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			hc := check(func(hc *discovery.HealthCheck) { hc.InitialHealth = tc.initial })
+			hc := check(func(hc *Check) { hc.InitialHealth = tc.initial })
 			s := newState(hc)
 			if got := runResults(&s, hc, t0, tc.results); got != tc.want {
 				t.Fatalf("verdicts %s, want %s", got, tc.want)
@@ -64,7 +64,7 @@ func TestStateThresholdsAndHysteresis(t *testing.T) {
 }
 
 func TestStateHoldDownGrowsAndIsForgiven(t *testing.T) {
-	hc := check(func(hc *discovery.HealthCheck) {
+	hc := check(func(hc *Check) {
 		hc.InitialHealth = discovery.HealthCritical
 		hc.HealthyThreshold, hc.UnhealthyThreshold = 1, 1
 	})
@@ -116,7 +116,7 @@ func TestStateHoldDownGrowsAndIsForgiven(t *testing.T) {
 	}
 
 	// hold_down 0: no dampening at all.
-	off := check(func(hc *discovery.HealthCheck) {
+	off := check(func(hc *Check) {
 		hc.HealthyThreshold, hc.UnhealthyThreshold, hc.HoldDown = 1, 1, 0
 		hc.InitialHealth = discovery.HealthPassing
 	})

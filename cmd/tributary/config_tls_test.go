@@ -1,10 +1,13 @@
-package discovery
+package main
 
 import (
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tributary-mesh/tributary/destination/tlsauth"
+	"github.com/tributary-mesh/tributary/discovery"
 )
 
 const tlsConfig = `server:
@@ -26,18 +29,18 @@ const tlsConfig = `server:
 `
 
 func TestParseServerTLSAndKeepalive(t *testing.T) {
-	c, err := ParseConfig([]byte(tlsConfig), "c.yaml")
+	c, err := parseTestConfig([]byte(tlsConfig), "c.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	tc := c.Server.TLS
+	tc := c.TLS
 	if tc == nil {
 		t.Fatal("tls section not read")
 	}
 	if tc.CertFile != "tls/tls.crt" || tc.KeyFile != "tls/tls.key" || tc.CAFile != "/etc/ca.crt" || !tc.Admin {
 		t.Errorf("files/admin: %+v", tc)
 	}
-	if time.Duration(tc.ReloadInterval) != DefaultTLSReloadInterval {
+	if time.Duration(tc.ReloadInterval) != tlsauth.DefaultReloadInterval {
 		t.Errorf("reload_interval default: %v", tc.ReloadInterval)
 	}
 	if !slices.Equal(tc.TrustDomains, []string{"prod.example.org"}) ||
@@ -49,19 +52,19 @@ func TestParseServerTLSAndKeepalive(t *testing.T) {
 	}
 	// A keepalive key left out keeps its default.
 	want := DefaultKeepalive()
-	want.Time = Duration(5 * time.Second)
+	want.Time = discovery.Duration(5 * time.Second)
 	if got := c.Server.KeepaliveSettings(); got != want {
 		t.Errorf("keepalive %+v, want %+v", got, want)
 	}
 }
 
 func TestServerTLSAndKeepaliveDefaults(t *testing.T) {
-	c, err := ParseConfig([]byte("server:\n  tls:\n  keepalive:\n"), "c.yaml")
+	c, err := parseTestConfig([]byte("server:\n  tls:\n  keepalive:\n"), "c.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Server.TLS != nil {
-		t.Errorf("an empty tls key turned TLS on: %+v", c.Server.TLS)
+	if c.TLS != nil {
+		t.Errorf("an empty tls key turned TLS on: %+v", c.TLS)
 	}
 	if got := c.Server.KeepaliveSettings(); got != DefaultKeepalive() {
 		t.Errorf("keepalive %+v", got)
@@ -70,12 +73,12 @@ func TestServerTLSAndKeepaliveDefaults(t *testing.T) {
 	if time.Duration(d.Time) != 30*time.Second || time.Duration(d.Timeout) != 10*time.Second || time.Duration(d.MinPingInterval) != 10*time.Second {
 		t.Errorf("defaults changed: %+v", d)
 	}
-	c, err = ParseConfig([]byte("server:\n  tls:\n    workload_api: unix:///run/spire/agent.sock\n    reload_interval: 5s\n"), "c.yaml")
+	c, err = parseTestConfig([]byte("server:\n  tls:\n    workload_api: unix:///run/spire/agent.sock\n    reload_interval: 5s\n"), "c.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Server.TLS.WorkloadAPI != "unix:///run/spire/agent.sock" || time.Duration(c.Server.TLS.ReloadInterval) != 5*time.Second {
-		t.Errorf("workload api: %+v", c.Server.TLS)
+	if c.TLS.WorkloadAPI != "unix:///run/spire/agent.sock" || time.Duration(c.TLS.ReloadInterval) != 5*time.Second {
+		t.Errorf("workload api: %+v", c.TLS)
 	}
 }
 
@@ -105,7 +108,7 @@ func TestServerTLSErrors(t *testing.T) {
 		{"keepalive unknown key", "server:\n  keepalive:\n    interval: 1s\n", []string{"c.yaml:3: server.keepalive.interval: unknown key (valid keys: time, timeout, min_ping_interval)"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := ParseConfig([]byte(tc.yaml), "c.yaml")
+			_, err := parseTestConfig([]byte(tc.yaml), "c.yaml")
 			if err == nil {
 				t.Fatal("accepted")
 			}
@@ -118,37 +121,17 @@ func TestServerTLSErrors(t *testing.T) {
 	}
 }
 
-func TestCheckSPIFFEIDPattern(t *testing.T) {
-	for _, ok := range []string{
-		"spiffe://prod.example/ns/web/sa/proxy", "spiffe://prod.example/ns/*/sa/*", "spiffe://prod.example/**",
-		"spiffe://prod.example/ops/**", "spiffe://a-b.c_d/x.y-z_1",
-	} {
-		if err := CheckSPIFFEIDPattern(ok); err != nil {
-			t.Errorf("%q: %v", ok, err)
-		}
-	}
-	for _, bad := range []string{
-		"", "spiffe://", "spiffe://prod.example", "spiffe:///x", "spiffe://prod.example/", "spiffe://*/x",
-		"spiffe://prod.example/**/x", "spiffe://prod.example/a*", "spiffe://prod.example/a/./b", "spiffe://prod.example/%41",
-		"SPIFFE://prod.example/x", "spiffe://user@prod.example/x", "spiffe://prod.example:443/x",
-	} {
-		if err := CheckSPIFFEIDPattern(bad); err == nil {
-			t.Errorf("%q accepted", bad)
-		}
-	}
-}
-
 func TestServerStreamsSection(t *testing.T) {
-	c, err := ParseConfig([]byte("server:\n  streams:\n    send_timeout: 5s\n    new_per_second: 100\n    new_burst: 50\n    max: 1000\n    max_per_connection: 300\n    max_header_bytes: 8192\n"), "c.yaml")
+	c, err := parseTestConfig([]byte("server:\n  streams:\n    send_timeout: 5s\n    new_per_second: 100\n    new_burst: 50\n    max: 1000\n    max_per_connection: 300\n    max_header_bytes: 8192\n"), "c.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st := c.Server.Streams; st == nil || st.SendTimeout != Duration(5*time.Second) || st.NewPerSecond != 100 || st.NewBurst != 50 || st.Max != 1000 ||
+	if st := c.Server.Streams; st == nil || st.SendTimeout != discovery.Duration(5*time.Second) || st.NewPerSecond != 100 || st.NewBurst != 50 || st.Max != 1000 ||
 		st.MaxPerConnection != 300 || st.MaxHeaderBytes != 8192 {
 		t.Fatalf("streams: %+v", c.Server.Streams)
 	}
 	// -1 lifts the stream bounds; 0 leaves the defaults to the server.
-	c, err = ParseConfig([]byte("server:\n  streams:\n    max: -1\n    max_per_connection: -1\n    max_header_bytes: 0\n"), "c.yaml")
+	c, err = parseTestConfig([]byte("server:\n  streams:\n    max: -1\n    max_per_connection: -1\n    max_header_bytes: 0\n"), "c.yaml")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +149,7 @@ func TestServerStreamsSection(t *testing.T) {
 		{"server:\n  streams:\n    send_timeout: -1s\n", "c.yaml:3: server.streams.send_timeout"},
 		{"server:\n  streams:\n    burst: 1\n", "c.yaml:3: server.streams.burst"},
 	} {
-		_, err := ParseConfig([]byte(tc.yaml), "c.yaml")
+		_, err := parseTestConfig([]byte(tc.yaml), "c.yaml")
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: got %v, want %s", tc.yaml, err, tc.want)
 		}
