@@ -13,8 +13,9 @@ import (
 	"github.com/tributary-mesh/tributary/sources/file"
 )
 
-func checkCmd(args []string) int {
+func checkCmd(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	fs.Usage = func() {
 		fmt.Fprintln(fs.Output(), "usage: tributary check FILE...\n\nValidates Tributary config files and services files (a file with a top-level `services:` key).")
 	}
@@ -28,11 +29,11 @@ func checkCmd(args []string) int {
 	code := 0
 	for _, path := range fs.Args() {
 		if err := check(path); err != nil {
-			fmt.Fprintln(os.Stderr, err)
+			fmt.Fprintln(stderr, err)
 			code = 1
 			continue
 		}
-		fmt.Printf("%s: ok\n", path)
+		fmt.Fprintf(stdout, "%s: ok\n", path)
 	}
 	return code
 }

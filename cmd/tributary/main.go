@@ -8,6 +8,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 )
 
@@ -30,26 +31,31 @@ Run 'tributary <command> -h' for a command's flags.
 `
 
 func main() {
-	if len(os.Args) < 2 {
-		fmt.Fprint(os.Stderr, usage)
-		os.Exit(2)
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run is the command line without the process: args without the program
+// name, and the exit code to leave with (0 ok, 1 failed, 2 usage).
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) < 1 {
+		fmt.Fprint(stderr, usage)
+		return 2
 	}
-	args := os.Args[2:]
-	var code int
-	switch os.Args[1] {
+	rest := args[1:]
+	switch args[0] {
 	case "serve":
-		code = serveCmd(args)
+		return serveCmd(rest, stderr)
 	case "watch":
-		code = watchCmd(args)
+		return watchCmd(rest, stdout, stderr)
 	case "check":
-		code = checkCmd(args)
+		return checkCmd(rest, stdout, stderr)
 	case "version", "--version", "-version":
-		fmt.Println("tributary", version)
+		fmt.Fprintln(stdout, "tributary", version)
 	case "help", "-h", "--help":
-		fmt.Print(usage)
+		fmt.Fprint(stdout, usage)
 	default:
-		fmt.Fprintf(os.Stderr, "tributary: unknown command %q\n\n%s", os.Args[1], usage)
-		code = 2
+		fmt.Fprintf(stderr, "tributary: unknown command %q\n\n%s", args[0], usage)
+		return 2
 	}
-	os.Exit(code)
+	return 0
 }

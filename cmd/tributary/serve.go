@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -32,8 +33,9 @@ import (
 	_ "github.com/tributary-mesh/tributary/sources/all"
 )
 
-func serveCmd(args []string) int {
+func serveCmd(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "Tributary config file (YAML)")
 	listen := fs.String("listen", "", "destination API address; overrides server.listen")
 	adminAddr := fs.String("admin", "", "admin HTTP address; overrides server.admin")
@@ -43,12 +45,12 @@ func serveCmd(args []string) int {
 		return 2
 	}
 	if *configPath == "" {
-		fmt.Fprintln(os.Stderr, "tributary serve: --config is required (try examples/tributary.yaml)")
+		fmt.Fprintln(stderr, "tributary serve: --config is required (try examples/tributary.yaml)")
 		return 2
 	}
 	cfg, err := loadConfig(*configPath)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "tributary serve: invalid config:\n%v\n", err)
+		fmt.Fprintf(stderr, "tributary serve: invalid config:\n%v\n", err)
 		return 1
 	}
 	if *listen != "" {
@@ -60,9 +62,9 @@ func serveCmd(args []string) int {
 	if *logLevel != "" {
 		cfg.Server.LogLevel = *logLevel
 	}
-	logger, err := newLogger(cfg.Server.LogLevel, cfg.Server.LogFormat)
+	logger, err := newLogger(stderr, cfg.Server.LogLevel, cfg.Server.LogFormat)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "tributary serve: %v\n", err)
+		fmt.Fprintf(stderr, "tributary serve: %v\n", err)
 		return 2
 	}
 	slog.SetDefault(logger)
@@ -76,7 +78,7 @@ func serveCmd(args []string) int {
 	return 0
 }
 
-func newLogger(level, format string) (*slog.Logger, error) {
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	var lv slog.Level
 	if err := lv.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("log level %q: %w", level, err)
@@ -84,9 +86,9 @@ func newLogger(level, format string) (*slog.Logger, error) {
 	opts := &slog.HandlerOptions{Level: lv}
 	switch format {
 	case "", "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+		return slog.New(slog.NewTextHandler(w, opts)), nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("log format %q: want text or json", format)
 }

@@ -25,8 +25,9 @@ import (
 	adminpkg "github.com/tributary-mesh/tributary/destination/admin"
 )
 
-func watchCmd(args []string) int {
+func watchCmd(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("watch", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	addr := fs.String("addr", "127.0.0.1:8086", "Tributary destination API address")
 	asJSON := fs.Bool("json", false, "print each message as one JSON line (protojson)")
 	profile := fs.Bool("profile", false, "watch GetProfile instead of Get")
@@ -55,8 +56,8 @@ func watchCmd(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	opts := watchOptions{addr: *addr, admin: *adminAddr, authority: positional[0], token: *token, asJSON: *asJSON, profile: *profile}
-	if err := watch(ctx, os.Stdout, opts); err != nil {
-		fmt.Fprintln(os.Stderr, "tributary watch:", err)
+	if err := watch(ctx, stdout, stderr, opts); err != nil {
+		fmt.Fprintln(stderr, "tributary watch:", err)
 		return 1
 	}
 	return 0
@@ -67,7 +68,7 @@ type watchOptions struct {
 	asJSON, profile               bool
 }
 
-func watch(ctx context.Context, out io.Writer, o watchOptions) error {
+func watch(ctx context.Context, out, warn io.Writer, o watchOptions) error {
 	addr, authority, token, asJSON, profile := o.addr, o.authority, o.token, o.asJSON, o.profile
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -100,7 +101,7 @@ func watch(ctx context.Context, out io.Writer, o watchOptions) error {
 			return streamEnd(ctx, err)
 		}
 		if cerr := set.Apply(u); cerr != nil {
-			fmt.Fprintln(os.Stderr, "warning:", cerr)
+			fmt.Fprintln(warn, "warning:", cerr)
 		}
 		var health map[string]string
 		if o.admin != "" && u.GetAdd() != nil {
