@@ -310,14 +310,14 @@ func (a *answerer) ports(host string) []uint16 {
 
 // exists reports whether a relative name of the zone is an existing name.
 func (a *answerer) exists(rel string) bool {
-	_, ok := a.s.idx.Load().names[rel+"."+a.zone.Name]
+	_, ok := a.s.current().names[rel+"."+a.zone.Name]
 	return ok
 }
 
 // absent answers for a name no host has: NODATA when it is an empty
 // non-terminal (a longer name ends with it), else NXDOMAIN.
 func (a *answerer) absent(resp *mdns.Msg, lname string) {
-	if _, ok := a.s.idx.Load().names[lname]; ok {
+	if _, ok := a.s.current().names[lname]; ok {
 		a.nodata(resp)
 		return
 	}
@@ -525,10 +525,11 @@ func (a *answerer) fallbacks(auth discovery.Authority, all []*discovery.Endpoint
 // answerVIP answers a name of a zone with virtual IPs: its virtual IP for
 // A/AAAA, and for SRV one record per port with the name as target. A host
 // without a virtual IP (it collides with another, see package vip) is
-// answered with its endpoints instead; one the index does not know yet
-// gets SERVFAIL, which resolvers do not cache for long.
+// answered with its endpoints instead. One the index does not hold (the
+// registry changed between the query's snapshot and the index) gets
+// SERVFAIL, which resolvers do not cache for long.
 func (a *answerer) answerVIP(resp *mdns.Msg, host string, ports []uint16, onePort bool) {
-	idx := a.s.idx.Load()
+	idx := a.s.current()
 	h, _ := discovery.CanonicalHost(host)
 	ip, ok := idx.vips.Lookup(h)
 	if !ok {

@@ -39,7 +39,8 @@
 // it never mixes two states of a change, and resolves it with the same
 // federation rules as Get. The list of every name (for empty non-terminals
 // and virtual IPs) is an index rebuilt from the registry whenever a service
-// is added or removed; it lags the registry by one rebuild.
+// is added or removed: in the background, and before an answer that needs
+// it if the background has not caught up yet.
 package dns
 
 import (
@@ -92,13 +93,17 @@ type Server struct {
 	deadline time.Time // answer anyway after this, synced or not
 	ready    atomic.Bool
 
-	idx    atomic.Pointer[index]
-	stop   context.CancelFunc
-	wg     sync.WaitGroup
-	udp    *mdns.Server
-	tcp    *mdns.Server
-	addr   net.Addr
-	closed bool
+	idx       atomic.Pointer[index]
+	rebuildMu sync.Mutex // one rebuild at a time
+	// collisions is how many the last rebuild found (to log changes only);
+	// guarded by rebuildMu.
+	collisions int
+	stop      context.CancelFunc
+	wg        sync.WaitGroup
+	udp       *mdns.Server
+	tcp       *mdns.Server
+	addr      net.Addr
+	closed    bool
 }
 
 // New returns a server; nothing runs until Start.
@@ -207,8 +212,7 @@ func (s *Server) follow(ctx context.Context) {
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
-		ws := s.idx.Load().watch
-		if ws.WatchCtx(ctx) != nil {
+		if s.idx.Load().watch.WatchCtx(ctx) != nil {
 			return
 		}
 		t.Reset(rebuildEvery) // a burst of changes is one rebuild
@@ -217,20 +221,58 @@ func (s *Server) follow(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		s.refresh(ctx)
+		s.current() // unless a query has rebuilt it meanwhile
 	}
 }
 
-// refresh builds the index from the registry as it is now and publishes
-// it, closing the previous index's changed channel.
+// current returns the index, rebuilt first if a service was added or
+// removed since it was built: an answer that depends on the list of names
+// (NXDOMAIN or NODATA, a virtual IP) never lags the registry. The
+// follower rebuilds it in the background too, so this rarely has to.
+func (s *Server) current() *index {
+	idx := s.idx.Load()
+	if !idx.stale() {
+		return idx
+	}
+	s.rebuildMu.Lock()
+	defer s.rebuildMu.Unlock()
+	if idx = s.idx.Load(); idx.stale() { // not rebuilt while we waited
+		s.rebuild(context.Background())
+	}
+	return s.idx.Load()
+}
+
+// stale reports whether the registry's list of services changed since
+// the index was built.
+func (idx *index) stale() bool {
+	for ch := range idx.watch {
+		select {
+		case <-ch:
+			return true
+		default:
+		}
+	}
+	return false
+}
+
+// refresh rebuilds the index (see rebuild).
 func (s *Server) refresh(ctx context.Context) {
+	s.rebuildMu.Lock()
+	defer s.rebuildMu.Unlock()
+	s.rebuild(ctx)
+}
+
+// rebuild builds the index from the registry as it is now and publishes
+// it, closing the previous index's changed channel. rebuildMu is held.
+func (s *Server) rebuild(ctx context.Context) {
 	ws := memdb.NewWatchSet()
 	hosts := s.store.Snapshot().Hosts(ws)
 	next := s.buildIndex(ctx, hosts, ws)
 	if old := s.idx.Swap(next); old != nil {
 		close(old.changed)
 	}
-	if c := next.vips.Collisions(); len(c) > 0 {
+	defer func() { s.collisions = len(next.vips.Collisions()) }()
+	if c := next.vips.Collisions(); len(c) > 0 && len(c) != s.collisions {
 		s.log.Warn("dns: hosts without a virtual IP: another host has the same one (pin one of them in dns.virtual_ips.pins, or widen the range)",
 			"collisions", len(c), "first", fmt.Sprint(c[0].Hosts), "addr", c[0].Addr.String())
 	}
@@ -298,12 +340,12 @@ func (s *Server) buildIndex(ctx context.Context, hosts []string, ws memdb.WatchS
 // closes when the answer may change (the destination server's GetProfile
 // watches it). ok is false for an address that is no virtual IP of a host.
 func (s *Server) LookupVIP(ip netip.Addr) (host string, changed <-chan struct{}, ok bool) {
-	idx := s.idx.Load()
+	idx := s.current()
 	host, ok = idx.vips.Host(ip)
 	return host, idx.changed, ok
 }
 
 // VIP returns the virtual IP of a registry host, if it has one.
 func (s *Server) VIP(host string) (netip.Addr, bool) {
-	return s.idx.Load().vips.Lookup(host)
+	return s.current().vips.Lookup(host)
 }

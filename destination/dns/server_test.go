@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/go-memdb"
 	mdns "github.com/miekg/dns"
 	"go.uber.org/goleak"
 
@@ -369,9 +368,8 @@ func TestHealthChangeLeavesAnswers(t *testing.T) {
 	if got := addrs(e.query("udp", "web.demo.", mdns.TypeA, 0).Answer); len(got) != 3 {
 		t.Fatalf("panic: %v", got)
 	}
-	// Withdrawn: NXDOMAIN once the index has caught up (NODATA until then).
+	// Withdrawn: NXDOMAIN at once (the index of names is rebuilt first).
 	e.apply("file", "k")
-	waitIndex(t, e, func(idx *index) bool { _, ok := idx.names["web.demo."]; return !ok })
 	if r := e.query("udp", "web.demo.", mdns.TypeA, 0); r.Rcode != mdns.RcodeNameError {
 		t.Fatalf("withdrawn: %v", r)
 	}
@@ -427,14 +425,13 @@ func TestVirtualIPs(t *testing.T) {
 	if r := e.query("udp", "web.demo.", mdns.TypeAAAA, 0); len(r.Answer) != 0 || r.Rcode != mdns.RcodeSuccess {
 		t.Fatalf("AAAA with an IPv4 range: %v", r)
 	}
-	// A new host gets its VIP once the index has it, and old channels close.
+	// A new host has its VIP at once, and the old answer's channel closes.
 	e.apply("file", "k2", svc("api.demo:80", ep("10.0.0.9:80")))
-	<-changed
 	r = e.query("udp", "api.demo.", mdns.TypeA, 0)
 	if r.Rcode != mdns.RcodeSuccess || len(r.Answer) != 1 {
-		waitIndex(t, e, func(idx *index) bool { _, ok := idx.vipHosts["api.demo"]; return ok })
-		r = e.query("udp", "api.demo.", mdns.TypeA, 0)
+		t.Fatalf("new host: %v", r)
 	}
+	<-changed
 	api, _ := netip.AddrFromSlice(r.Answer[0].(*mdns.A).A)
 	if h, _, _ := e.srv.LookupVIP(api.Unmap()); h != "api.demo" {
 		t.Fatalf("api VIP %s maps to %q", api, h)
@@ -448,23 +445,6 @@ func TestVirtualIPs(t *testing.T) {
 	other.refresh(context.Background())
 	if v, _ := other.VIP("web.demo"); v != ip {
 		t.Fatalf("another server gives web.demo %s, this one %s", v, ip)
-	}
-}
-
-// waitIndex waits until the server's index satisfies ok (the index
-// follows the registry asynchronously).
-func waitIndex(t *testing.T, e *env, ok func(*index) bool) {
-	t.Helper()
-	for {
-		idx := e.srv.idx.Load()
-		if ok(idx) {
-			return
-		}
-		ws := memdb.NewWatchSet()
-		ws.Add(idx.changed)
-		if err := ws.WatchCtx(t.Context()); err != nil {
-			t.Fatal(err)
-		}
 	}
 }
 
