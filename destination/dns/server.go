@@ -98,12 +98,12 @@ type Server struct {
 	// collisions is how many the last rebuild found (to log changes only);
 	// guarded by rebuildMu.
 	collisions int
-	stop      context.CancelFunc
-	wg        sync.WaitGroup
-	udp       *mdns.Server
-	tcp       *mdns.Server
-	addr      net.Addr
-	closed    bool
+	stop       context.CancelFunc
+	wg         sync.WaitGroup
+	udp        *mdns.Server
+	tcp        *mdns.Server
+	addr       net.Addr
+	closed     bool
 }
 
 // New returns a server; nothing runs until Start.
