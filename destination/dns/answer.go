@@ -33,6 +33,7 @@ func (s *Server) ServeDNS(w mdns.ResponseWriter, req *mdns.Msg) {
 	if resp == nil {
 		return
 	}
+	s.metrics.answered(resp)
 	_ = w.WriteMsg(resp)
 }
 

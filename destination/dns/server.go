@@ -56,6 +56,7 @@ import (
 
 	"github.com/hashicorp/go-memdb"
 	mdns "github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tributary-mesh/tributary/cache"
 	"github.com/tributary-mesh/tributary/destination/vip"
@@ -79,6 +80,8 @@ type Options struct {
 	Synced         <-chan struct{}
 	StartupTimeout time.Duration
 	Logger         *slog.Logger
+	// Registerer, when set, gets the DNS metrics (tributary_dns_*).
+	Registerer prometheus.Registerer
 }
 
 // Server answers DNS queries from the registry. Create it with New, start
@@ -92,6 +95,7 @@ type Server struct {
 	synced   <-chan struct{}
 	deadline time.Time // answer anyway after this, synced or not
 	ready    atomic.Bool
+	metrics  *metrics
 
 	idx       atomic.Pointer[index]
 	rebuildMu sync.Mutex // one rebuild at a time
@@ -130,6 +134,7 @@ func New(opts Options) (*Server, error) {
 		s.ready.Store(true)
 	}
 	s.idx.Store(s.buildIndex(context.Background(), nil, nil))
+	s.metrics = newMetrics(opts.Registerer, s)
 	return s, nil
 }
 

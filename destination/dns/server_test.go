@@ -10,6 +10,7 @@ import (
 	"time"
 
 	mdns "github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
 	"github.com/tributary-mesh/tributary/cache"
@@ -540,5 +541,48 @@ func TestConfig(t *testing.T) {
 	}
 	if s.Listen != DefaultListen || s.TTL != 5 || s.Zones[0].Name != "x.demo." || s.Zones[1].Name != "demo." || s.Zones[1].Hosts != "demo" {
 		t.Fatalf("%+v", s)
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	store := cache.New()
+	if _, err := store.Apply("file", []discovery.Group{{Key: "k", Services: []discovery.Service{svc("web.demo:80", ep("10.0.0.1:80"))}}}); err != nil {
+		t.Fatal(err)
+	}
+	set, _ := Config{Listen: "127.0.0.1:0", Zones: []ZoneConfig{{Zone: "demo.", VirtualIPs: true}}, VirtualIPs: &VIPConfig{CIDR: "240.0.0.0/16"}}.Settings()
+	reg := prometheus.NewRegistry()
+	s, err := New(Options{Store: store, Settings: set, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(context.Background())
+	e := &env{t: t, store: store, srv: s}
+	e.query("udp", "web.demo.", mdns.TypeA, 0)
+	e.query("udp", "nope.demo.", mdns.TypeA, 0)
+	e.query("udp", "x.other.", mdns.TypeA, 0)
+	got := map[string]float64{}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			name := mf.GetName()
+			for _, l := range m.GetLabel() {
+				name += "{" + l.GetValue() + "}"
+			}
+			got[name] = m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	for name, want := range map[string]float64{
+		"tributary_dns_answers_total{NOERROR}": 1, "tributary_dns_answers_total{NXDOMAIN}": 1, "tributary_dns_answers_total{REFUSED}": 1,
+		"tributary_dns_names": 1, "tributary_dns_virtual_ips": 1, "tributary_dns_virtual_ip_collisions": 0,
+	} {
+		if got[name] != want {
+			t.Errorf("%s = %v, want %v", name, got[name], want)
+		}
 	}
 }
