@@ -27,8 +27,8 @@ var cliFiles = map[string]string{
 	"bad.yaml": "server:\n  listen: localhost\n  lissen: :1\n" +
 		"health:\n  max_concurrent_checks: 0\n" +
 		"sources:\n  - name: local\n    kind: file\n    paths: [services.yaml]\n    health_check: {type: icmp}\n",
-	"badkind.yaml": "sources:\n  - name: local\n    kind: file\n    pathz: [services.yaml]\n",
-	"services.yaml": "services:\n  - name: web.demo\n    port: 8080\n    endpoints:\n      - address: 127.0.0.1:18081\n",
+	"badkind.yaml":     "sources:\n  - name: local\n    kind: file\n    pathz: [services.yaml]\n",
+	"services.yaml":    "services:\n  - name: web.demo\n    port: 8080\n    endpoints:\n      - address: 127.0.0.1:18081\n",
 	"badservices.yaml": "services:\n  - name: web.demo\n    port: 8080\n    endpoints:\n      - adress: 127.0.0.1:18081\n",
 }
 
