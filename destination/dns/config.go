@@ -177,9 +177,9 @@ func (c Config) Settings() (*Settings, error) {
 	anyVIP := false
 	for i, zc := range c.Zones {
 		key := fmt.Sprintf("zones[%d]", i)
-		z, err := zc.zone()
+		z, field, err := zc.zone()
 		if err != nil {
-			errs = append(errs, keyError(key, "%v", err))
+			errs = append(errs, keyError(key+"."+field, "%v", err))
 			continue
 		}
 		if slices.ContainsFunc(s.Zones, func(o Zone) bool { return o.Name == z.Name }) {
@@ -215,23 +215,24 @@ func seconds(d, def time.Duration) uint32 {
 	return uint32(min(d, time.Duration(1<<31-1)*time.Second) / time.Second)
 }
 
-func (zc ZoneConfig) zone() (Zone, error) {
+// zone validates zc; an error names the field at fault.
+func (zc ZoneConfig) zone() (Zone, string, error) {
 	name, err := domain(zc.Zone)
 	if err != nil {
-		return Zone{}, fmt.Errorf("zone: %w", err)
+		return Zone{}, "zone", err
 	}
 	if name == "." {
-		return Zone{}, errors.New("zone: the root cannot be a zone")
+		return Zone{}, "zone", errors.New("the root cannot be a zone")
 	}
 	z := Zone{Name: name, Hosts: strings.TrimSuffix(name, "."), VirtualIPs: zc.VirtualIPs}
 	if zc.Hosts != "" {
 		h, err := domain(zc.Hosts)
 		if err != nil {
-			return Zone{}, fmt.Errorf("hosts: %w", err)
+			return Zone{}, "hosts", err
 		}
 		z.Hosts = strings.TrimSuffix(h, ".")
 	}
-	return z, nil
+	return z, "", nil
 }
 
 // domain returns s as a lower-case fully qualified domain name.
