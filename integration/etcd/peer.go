@@ -1,0 +1,194 @@
+//go:build integration
+
+// Package etcd tests the etcd source against the real etcd binary (the
+// cached build of tools/peers.sh) and the real tributary binary. Its
+// helpers — a real etcd member, a TCP proxy that can cut a client off
+// etcd — serve the other integration packages that need etcd too.
+package etcd
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/tributary-mesh/tributary/integration/harness"
+)
+
+// Member is a real single-member etcd cluster on loopback ports, which a
+// test can stop and start again on the same data.
+type Member struct {
+	t      *testing.T
+	bin    string
+	dir    string
+	Client string // 127.0.0.1:port
+	peer   string
+	Logs   *harness.SyncBuffer
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+// StartMember runs etcd and waits until it answers. It stops with the test.
+func StartMember(t *testing.T) *Member {
+	t.Helper()
+	ports := harness.FreePorts(t, 2)
+	m := &Member{t: t, bin: filepath.Join(harness.Peer(t, "etcd"), "etcd"), dir: t.TempDir(),
+		Client: ports[0], peer: ports[1], Logs: &harness.SyncBuffer{}}
+	m.Start()
+	t.Cleanup(func() {
+		m.Stop(syscall.SIGKILL)
+		if t.Failed() {
+			t.Logf("etcd output:\n%s", m.Logs.String())
+		}
+	})
+	return m
+}
+
+// Start starts the member (again) and waits until it serves a read.
+func (m *Member) Start() {
+	m.t.Helper()
+	m.cmd = exec.Command(m.bin,
+		"--name", "it", "--data-dir", filepath.Join(m.dir, "data"),
+		"--listen-client-urls", "http://"+m.Client, "--advertise-client-urls", "http://"+m.Client,
+		"--listen-peer-urls", "http://"+m.peer, "--initial-advertise-peer-urls", "http://"+m.peer,
+		"--initial-cluster", "it=http://"+m.peer, "--unsafe-no-fsync", "--log-level", "warn")
+	m.cmd.Stdout, m.cmd.Stderr = m.Logs, m.Logs
+	if err := m.cmd.Start(); err != nil {
+		m.t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	m.exited = exited
+	go func() { _ = m.cmd.Wait(); close(exited) }()
+	cli := m.NewClient()
+	defer cli.Close()
+	deadline := time.Now().Add(harness.WaitFor)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := cli.Get(ctx, "ready")
+		cancel()
+		if err == nil {
+			return
+		}
+		select {
+		case <-exited:
+			m.t.Fatalf("etcd exited at start:\n%s", m.Logs.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			m.t.Fatalf("etcd not answering: %v\n%s", err, m.Logs.String())
+		}
+	}
+}
+
+// Stop ends the member with sig and waits for the process to exit.
+func (m *Member) Stop(sig syscall.Signal) {
+	if m.cmd == nil {
+		return
+	}
+	_ = m.cmd.Process.Signal(sig)
+	select {
+	case <-m.exited:
+	case <-time.After(harness.WaitFor):
+		_ = m.cmd.Process.Kill()
+		<-m.exited
+	}
+	m.cmd = nil
+}
+
+// NewClient is a client of the member; the caller closes it.
+func (m *Member) NewClient() *clientv3.Client {
+	m.t.Helper()
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{m.Client}, Logger: zap.NewNop(), DialTimeout: harness.WaitFor})
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	return cli
+}
+
+// CutProxy forwards TCP to a target until Cut: then it drops every
+// connection and refuses new ones, as a partition would, until Restore.
+type CutProxy struct {
+	t      *testing.T
+	Addr   string
+	target string
+	mu     sync.Mutex
+	ln     net.Listener
+	conns  map[net.Conn]bool
+	wg     sync.WaitGroup
+}
+
+// NewCutProxy listens on a free loopback port; it stops with the test.
+func NewCutProxy(t *testing.T, target string) *CutProxy {
+	t.Helper()
+	p := &CutProxy{t: t, target: target, conns: map[net.Conn]bool{}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Addr = ln.Addr().String()
+	p.serve(ln)
+	t.Cleanup(func() { p.Cut(); p.wg.Wait() })
+	return p
+}
+
+func (p *CutProxy) serve(ln net.Listener) {
+	p.mu.Lock()
+	p.ln = ln
+	p.mu.Unlock()
+	p.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", p.target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns[c], p.conns[up] = true, true
+			p.mu.Unlock()
+			pipe := func(dst, src net.Conn) {
+				_, _ = io.Copy(dst, src)
+				dst.Close()
+				src.Close()
+			}
+			p.wg.Go(func() { pipe(up, c) })
+			p.wg.Go(func() { pipe(c, up) })
+		}
+	})
+}
+
+// Cut drops every connection and stops accepting.
+func (p *CutProxy) Cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ln != nil {
+		p.ln.Close()
+		p.ln = nil
+	}
+	for c := range p.conns {
+		c.Close()
+	}
+	clear(p.conns)
+}
+
+// Restore accepts again on the same address.
+func (p *CutProxy) Restore() {
+	p.t.Helper()
+	ln, err := net.Listen("tcp", p.Addr)
+	if err != nil {
+		p.t.Fatal(fmt.Errorf("restoring the proxy: %w", err))
+	}
+	p.serve(ln)
+}
