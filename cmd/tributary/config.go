@@ -83,7 +83,8 @@ type StreamsConfig struct {
 	// default (30s); negative is refused — use a large value instead.
 	SendTimeout discovery.Duration `yaml:"send_timeout"`
 	// NewPerSecond and NewBurst rate-limit new streams (ResourceExhausted
-	// with a retry delay beyond them). 0: the defaults (20000/s, 20000);
+	// with a retry delay beyond them). 0: the defaults (20000/s; a burst
+	// of one second's worth of the rate);
 	// NewPerSecond -1 disables the limit.
 	NewPerSecond float64 `yaml:"new_per_second"`
 	NewBurst     int     `yaml:"new_burst"`
