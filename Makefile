@@ -10,7 +10,7 @@ CONFIG   ?= examples/tributary.yaml
 # (outside the repo); see tools/peers.sh and docs/testing.md.
 export TRIBUTARY_PEERS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tributary-peers
 
-.PHONY: all build run test test-unit test-integration test-fuzz bench soak fuzz lint fmt peers clean
+.PHONY: all build run test test-unit test-integration test-fuzz bench soak fuzz lint fmt peers clean proto
 
 all: build
 
@@ -76,3 +76,17 @@ peers:
 
 clean:
 	rm -rf bin
+
+## proto: regenerate the Go code of proto/ with pinned plugins (protoc-gen-go
+## at the google.golang.org/protobuf version of go.mod). protoc itself comes
+## from Debian's protobuf-compiler, installed here when missing.
+PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+PROTO_FILES := $(shell find proto -name '*.proto')
+proto:
+	@command -v protoc >/dev/null || { echo "protoc missing: installing Debian's protobuf-compiler"; apt-get install -y --no-install-recommends protobuf-compiler libprotobuf-dev; }
+	$(GO) build -o bin/protoc-gen-go google.golang.org/protobuf/cmd/protoc-gen-go
+	GOFLAGS=-mod=mod GOBIN=$(CURDIR)/bin $(GO) install $(PROTOC_GEN_GO_GRPC)
+	protoc -I proto -I /usr/include \
+		--plugin=protoc-gen-go=bin/protoc-gen-go --go_out=proto --go_opt=paths=source_relative \
+		--plugin=protoc-gen-go-grpc=bin/protoc-gen-go-grpc --go-grpc_out=proto --go-grpc_opt=paths=source_relative \
+		$(PROTO_FILES)
