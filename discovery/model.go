@@ -78,9 +78,11 @@ func ParseAuthority(s string, defaultPort uint16) (Authority, error) {
 		host, port = s[:i], uint16(p)
 	}
 	host = strings.TrimSuffix(host, ".")
-	switch p := hostProblem(host); p {
+	switch p, upper := hostProblem(host); p {
 	case "":
-		host = strings.ToLower(host)
+		if upper {
+			host = strings.ToLower(host)
+		}
 	case problemTooLong:
 		return Authority{}, fmt.Errorf("%w: %s", ErrInvalidAuthority, p)
 	default:
@@ -89,38 +91,74 @@ func ParseAuthority(s string, defaultPort uint16) (Authority, error) {
 	return Authority{Host: host, Port: port}, nil
 }
 
+// The classes of a host's bytes, for hostProblem.
+const (
+	hostDot = 1 << iota
+	hostBracket
+	hostNotPrintable
+	hostUpper
+)
+
+var hostBytes = func() (t [256]uint8) {
+	for c := range t {
+		switch {
+		case c == '.':
+			t[c] = hostDot
+		case c == ':' || c == '[' || c == ']':
+			t[c] = hostBracket
+		case c <= ' ' || c >= 0x7f || c == '/' || c == '\\':
+			t[c] = hostNotPrintable
+		case 'A' <= c && c <= 'Z':
+			t[c] = hostUpper
+		}
+	}
+	return t
+}()
+
 // problemTooLong is hostProblem's answer for a host longer than MaxHostLen;
 // the error does not quote such a host.
 var problemTooLong = "host longer than " + strconv.Itoa(MaxHostLen) + " bytes"
 
 // hostProblem says what is wrong with a host stripped of one trailing dot,
-// or "" when nothing is. It is the one list of rules for hosts:
+// or "" when nothing is, and whether it has upper-case letters. It is the one list of rules for hosts:
 // ParseAuthority and CanonicalHost both apply it, before lower-casing, so
 // that no non-ASCII letter can lower-case into an ASCII one (U+212A, the
 // Kelvin sign, into "k") and pass.
-func hostProblem(host string) string {
+func hostProblem(host string) (problem string, upper bool) {
 	if host == "" {
-		return "empty host"
+		return "empty host", false
 	}
-	if strings.HasPrefix(host, ".") || strings.HasSuffix(host, ".") || strings.Contains(host, "..") {
-		return "the host has an empty label"
+	// One branch-free pass over the bytes (this is on the store's write
+	// path, once per service of every group); the problems are then
+	// reported in order.
+	var seen, empty uint8
+	prev := uint8(hostDot) // a leading dot ends an empty label
+	for i := 0; i < len(host); i++ {
+		k := hostBytes[host[i]]
+		empty |= prev & k & hostDot
+		prev = k
+		seen |= k
 	}
-	if strings.ContainsAny(host, ":[]") {
+	upper = seen&hostUpper != 0
+	emptyLabel, brackets, notPrintable := empty != 0, seen&hostBracket != 0, seen&hostNotPrintable != 0
+	dot := prev&hostDot != 0 // a trailing dot left after the one cut
+	if emptyLabel || dot {
+		return "the host has an empty label", false
+	}
+	if brackets {
 		inner, ok := strings.CutPrefix(host, "[")
 		inner, ok2 := strings.CutSuffix(inner, "]")
 		if ip, err := netip.ParseAddr(inner); !ok || !ok2 || err != nil || !ip.Is6() {
-			return "a host with ':' must be an IPv6 address in brackets"
+			return "a host with ':' must be an IPv6 address in brackets", false
 		}
 	}
 	if len(host) > MaxHostLen {
-		return problemTooLong
+		return problemTooLong, false
 	}
-	for i := 0; i < len(host); i++ {
-		if c := host[i]; c <= ' ' || c >= 0x7f || c == '/' || c == '\\' {
-			return "host must be printable ASCII without spaces or slashes (use punycode for international names)"
-		}
+	if notPrintable {
+		return "host must be printable ASCII without spaces or slashes (use punycode for international names)", false
 	}
-	return ""
+	return "", upper
 }
 
 // CanonicalHost returns host as ParseAuthority returns the host of
@@ -130,9 +168,12 @@ func hostProblem(host string) string {
 // It allocates only when host has upper-case letters.
 func CanonicalHost(host string) (string, error) {
 	h := strings.TrimSuffix(host, ".")
-	switch p := hostProblem(h); p {
+	switch p, upper := hostProblem(h); p {
 	case "":
-		return strings.ToLower(h), nil
+		if upper {
+			h = strings.ToLower(h)
+		}
+		return h, nil
 	case problemTooLong:
 		return "", fmt.Errorf("%w: %s", ErrInvalidAuthority, p)
 	default:
