@@ -13,7 +13,6 @@ import (
 
 	mdns "github.com/miekg/dns"
 
-	"github.com/tributary-mesh/tributary/cache"
 	"github.com/tributary-mesh/tributary/discovery"
 )
 
@@ -204,7 +203,6 @@ type answerer struct {
 	qtype      uint16
 	clientZone string
 	udp        bool
-	snap       *cache.Snapshot
 }
 
 func (a *answerer) run(resp *mdns.Msg) {
@@ -256,57 +254,35 @@ func (a *answerer) run(resp *mdns.Msg) {
 		port, labels = uint16(p), labels[2:]
 	}
 	host := a.zone.host(strings.Join(labels, "."))
-	a.snap = a.s.store.Snapshot()
-	ports := a.ports(host)
+	v := a.s.view(host, port, a.clientZone)
+	if len(v.ports) == 0 {
+		a.absent(resp, a.lname)
+		return
+	}
 	if port != 0 {
-		if !slices.Contains(ports, port) && !slices.Contains(ports, 0) {
-			if len(ports) == 0 {
-				a.absent(resp, a.lname)
-			} else {
-				a.nxdomain(resp)
-			}
+		if len(v.byPort) == 0 {
+			a.nxdomain(resp) // the host exists, not with this port
 			return
 		}
-		ports = []uint16{port}
 		if a.qtype != mdns.TypeSRV && a.qtype != mdns.TypeANY {
 			a.nodata(resp) // _<port>._tcp names hold SRV records only
 			return
 		}
 		a.qtype = mdns.TypeSRV // ANY
 	}
-	if len(ports) == 0 {
-		a.absent(resp, a.lname)
-		return
-	}
 	if a.zone.VirtualIPs {
-		a.answerVIP(resp, host, ports, port != 0)
+		a.answerVIP(resp, host, v, port != 0)
 		return
 	}
 	switch a.qtype {
 	case mdns.TypeA, mdns.TypeAAAA, mdns.TypeANY:
-		resp.Answer = a.addresses(host, ports)
+		resp.Answer = a.addresses(v)
 	case mdns.TypeSRV:
-		resp.Answer, resp.Extra = a.srv(host, ports)
+		resp.Answer, resp.Extra = a.srv(v)
 	}
 	if len(resp.Answer) == 0 {
 		a.nodata(resp)
 	}
-}
-
-// ports returns the ports the registry (and the configured authorities)
-// declare host with.
-func (a *answerer) ports(host string) []uint16 {
-	h, err := discovery.CanonicalHost(host)
-	if err != nil {
-		return nil
-	}
-	ports := a.snap.Ports(nil, h)
-	if extra := a.s.extra[h]; len(extra) > 0 {
-		ports = append(slices.Clone(ports), extra...)
-		slices.Sort(ports)
-		ports = slices.Compact(ports)
-	}
-	return ports
 }
 
 // exists reports whether a relative name of the zone is an existing name.
@@ -352,35 +328,13 @@ func (a *answerer) soa() mdns.RR {
 	}
 }
 
-// served is what Get serves for host:port, read from the query's snapshot,
-// with every endpoint the registry holds for it (for later SRV tiers).
-func (a *answerer) served(host string, port uint16) (served, all []*discovery.Endpoint) {
-	auth := discovery.Authority{Host: host, Port: port}
-	members := a.s.fed.Members(auth)
-	for _, m := range members {
-		all = append(all, a.snap.Service(nil, m).Endpoints...)
-	}
-	return preferZone(a.s.fed.Resolve(auth, all), a.clientZone), all
-}
-
-// servingPorts is the ports to resolve for a name's A/AAAA/SRV: the
-// declared ports, without 0 when others exist (a service declared for
-// any port is part of every port's answer already).
-func servingPorts(ports []uint16) []uint16 {
-	if len(ports) > 1 && ports[0] == 0 {
-		return ports[1:]
-	}
-	return ports
-}
-
 // addresses is the A/AAAA answer: each served address once, the client's
 // zone first, shuffled within, at most max_answers.
-func (a *answerer) addresses(host string, ports []uint16) []mdns.RR {
+func (a *answerer) addresses(v *view) []mdns.RR {
 	seen := map[netip.Addr]bool{}
 	var local, other []netip.Addr
-	for _, p := range servingPorts(ports) {
-		served, _ := a.served(host, p)
-		for _, e := range served {
+	for _, pv := range v.byPort {
+		for _, e := range pv.served {
 			ip := e.Addr.Addr().Unmap()
 			if seen[ip] || !wantsAddr(a.qtype, ip) {
 				continue
@@ -418,19 +372,17 @@ type srvRecord struct {
 // serves at priority 0, then the serving endpoints of later failover tiers
 // and levels at 1, 2, …; targets <hex>.addr.<zone>, whose addresses go in
 // the additional section.
-func (a *answerer) srv(host string, ports []uint16) (answer, extra []mdns.RR) {
+func (a *answerer) srv(v *view) (answer, extra []mdns.RR) {
 	var recs []srvRecord
 	seen := map[netip.AddrPort]bool{}
-	for _, p := range servingPorts(ports) {
-		auth := discovery.Authority{Host: host, Port: p}
-		served, all := a.served(host, p)
-		for _, e := range served {
+	for _, pv := range v.byPort {
+		for _, e := range pv.served {
 			if !seen[e.Addr] {
 				seen[e.Addr] = true
 				recs = append(recs, srvRecord{addr: e.Addr, weight: e.EffectiveWeight(), local: a.clientZone != "" && e.Zone == a.clientZone})
 			}
 		}
-		recs = append(recs, a.fallbacks(auth, all, seen)...)
+		recs = append(recs, a.fallbacks(pv.auth, pv.all, seen)...)
 	}
 	// Zone-local first within a priority, shuffled within.
 	rand.Shuffle(len(recs), func(i, j int) { recs[i], recs[j] = recs[j], recs[i] })
@@ -529,7 +481,7 @@ func (a *answerer) fallbacks(auth discovery.Authority, all []*discovery.Endpoint
 // answered with its endpoints instead. One the index does not hold (the
 // registry changed between the query's snapshot and the index) gets
 // SERVFAIL, which resolvers do not cache for long.
-func (a *answerer) answerVIP(resp *mdns.Msg, host string, ports []uint16, onePort bool) {
+func (a *answerer) answerVIP(resp *mdns.Msg, host string, v *view, onePort bool) {
 	idx := a.s.current()
 	h, _ := discovery.CanonicalHost(host)
 	ip, ok := idx.vips.Lookup(h)
@@ -540,9 +492,9 @@ func (a *answerer) answerVIP(resp *mdns.Msg, host string, ports []uint16, onePor
 		}
 		switch a.qtype { // a collision: the endpoints, as without virtual IPs
 		case mdns.TypeA, mdns.TypeAAAA, mdns.TypeANY:
-			resp.Answer = a.addresses(host, ports)
+			resp.Answer = a.addresses(v)
 		case mdns.TypeSRV:
-			resp.Answer, resp.Extra = a.srv(host, ports)
+			resp.Answer, resp.Extra = a.srv(v)
 		}
 		if len(resp.Answer) == 0 {
 			a.nodata(resp)
@@ -556,7 +508,8 @@ func (a *answerer) answerVIP(resp *mdns.Msg, host string, ports []uint16, onePor
 		resp.Answer = append(resp.Answer, rr)
 	case a.qtype == mdns.TypeSRV:
 		target := a.qname
-		for _, p := range ports {
+		for _, pv := range v.byPort {
+			p := pv.auth.Port
 			if p == 0 {
 				continue // any port: no port to name
 			}

@@ -96,6 +96,7 @@ type Server struct {
 	deadline time.Time // answer anyway after this, synced or not
 	ready    atomic.Bool
 	metrics  *metrics
+	views    *viewCache
 
 	idx       atomic.Pointer[index]
 	rebuildMu sync.Mutex // one rebuild at a time
@@ -135,6 +136,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s.idx.Store(s.buildIndex(context.Background(), nil, nil))
 	s.metrics = newMetrics(opts.Registerer, s)
+	s.views = newViewCache(defaultViewCache)
 	return s, nil
 }
 

@@ -586,3 +586,52 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 }
+
+// Queries racing with registry changes: every answer is one of the states
+// written (never a mix), and once the writes stop the answer is the last.
+func TestConcurrentQueriesAndChanges(t *testing.T) {
+	e := start(t, demoZone(), nil, func(e *env) {
+		e.apply("file", "k", svc("web.demo:80", ep("10.0.0.1:80"), ep("10.0.0.2:80"), ep("10.0.0.3:80")))
+	})
+	states := map[string]bool{"[10.0.0.1 10.0.0.2 10.0.0.3]": true, "[10.0.0.1 10.0.0.3]": true}
+	stop := make(chan struct{})
+	errs := make(chan string, 4)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		m := new(mdns.Msg)
+		m.SetQuestion("web.demo.", mdns.TypeA)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			got := fmt.Sprint(addrs(e.srv.Answer(m, netip.Addr{}, false).Answer))
+			if !states[got] {
+				select {
+				case errs <- got:
+				default:
+				}
+			}
+		}
+	}()
+	for i := range 200 {
+		if i%2 == 0 {
+			e.apply("file", "k", svc("web.demo:80", ep("10.0.0.1:80"), ep("10.0.0.2:80", critical), ep("10.0.0.3:80")))
+		} else {
+			e.apply("file", "k", svc("web.demo:80", ep("10.0.0.1:80"), ep("10.0.0.2:80"), ep("10.0.0.3:80")))
+		}
+	}
+	e.apply("file", "k", svc("web.demo:80", ep("10.0.0.1:80"), ep("10.0.0.2:80", critical), ep("10.0.0.3:80")))
+	close(stop)
+	<-done
+	select {
+	case got := <-errs:
+		t.Fatalf("an answer of no state written: %s", got)
+	default:
+	}
+	if got := addrs(e.query("udp", "web.demo.", mdns.TypeA, 0).Answer); fmt.Sprint(got) != "[10.0.0.1 10.0.0.3]" {
+		t.Fatalf("after the last write: %v", got)
+	}
+}
