@@ -37,7 +37,8 @@
 //
 // Each answer reads one registry snapshot (a go-memdb read transaction), so
 // it never mixes two states of a change, and resolves it with the same
-// federation rules as Get. The list of every name (for empty non-terminals
+// federation rules as Get. What it read for a name (a view) is reused until
+// a commit changes one of the rows it came from (see Server.view). The list of every name (for empty non-terminals
 // and virtual IPs) is an index rebuilt from the registry whenever a service
 // is added or removed: in the background, and before an answer that needs
 // it if the background has not caught up yet.
