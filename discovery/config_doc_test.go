@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tributary-mesh/tributary/internal/configdoc"
+	"github.com/tributary-mesh/tributary/discovery/configdoc"
 )
 
 // TestConfigDocKeys: docs/configuration.md's tables and the core's config

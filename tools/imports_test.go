@@ -30,19 +30,26 @@ type importRule struct {
 // importRules is docs/architecture.md's table.
 var importRules = []importRule{
 	{pkg: "cmd/...", imports: []string{"..."}},
-	{pkg: "discovery"},
+	{pkg: "discovery", tests: []string{"discovery/..."}},
 	{pkg: "discovery/...", imports: []string{"discovery", "discovery/..."}},
 	{pkg: "sources/all", imports: []string{"sources/..."}},
+	// Registrations kept in etcd use the etcd source's client and follower.
+	{pkg: "sources/register", imports: []string{"discovery", "discovery/...", "sources/etcd"}, tests: []string{"sources/etcd/..."}},
 	{pkg: "sources/...", imports: []string{"discovery", "discovery/..."}},
 	{pkg: "cache", imports: []string{"discovery"}},
 	{pkg: "destination/...", imports: []string{"cache", "discovery", "destination/..."}},
 	{pkg: "integration/harness", imports: []string{"destination/..."}},
-	{pkg: "integration/...", tests: []string{"integration/harness", "destination/..."}},
+	{pkg: "integration/...", imports: []string{"integration/harness", "destination/..."}},
+	{pkg: "proto/..."},
 	{pkg: "tools"},
 }
 
-// testOnly are helpers for tests: only test files may import them.
-var testOnly = []string{"discovery/sinktest", "destination/tlsauth/tlstest", "integration/harness"}
+// testOnly reports whether pkg is a helper for tests, which only test
+// files may import: one whose name ends in "test" (sinktest, tlstest,
+// etcdtest), and discovery/configdoc.
+func testOnly(pkg string) bool {
+	return strings.HasSuffix(pkg[strings.LastIndexByte(pkg, '/')+1:], "test") || pkg == "discovery/configdoc"
+}
 
 func matches(pattern, pkg string) bool {
 	if pattern == "..." {
@@ -78,14 +85,15 @@ func checkImports(pkgs []listedPackage) []string {
 		for _, imp := range p.imports {
 			switch {
 			case imp == p.path:
-			case matchesAny(testOnly, imp):
+			case testOnly(imp):
 				bad = append(bad, fmt.Sprintf("%s imports %s, which only tests may import", p.path, imp))
 			case !matchesAny(r.imports, imp):
 				bad = append(bad, fmt.Sprintf("%s imports %s (rule %q allows %v)", p.path, imp, r.pkg, r.imports))
 			}
 		}
 		for _, imp := range p.testImports {
-			if imp != p.path && !matchesAny(r.imports, imp) && !matchesAny(r.tests, imp) {
+			// Tests may also use the package's own helpers below it.
+			if imp != p.path && !matchesAny(r.imports, imp) && !matchesAny(r.tests, imp) && !strings.HasPrefix(imp, p.path+"/") {
 				bad = append(bad, fmt.Sprintf("%s's tests import %s (rule %q allows %v, and in tests %v)", p.path, imp, r.pkg, r.imports, r.tests))
 			}
 		}
@@ -157,6 +165,13 @@ func TestImportRulesRejectWrongWayImports(t *testing.T) {
 		{listedPackage{path: "destination", imports: []string{"sources/file"}}, true},
 		{listedPackage{path: "destination", imports: []string{"cmd/tributary"}}, true},
 		{listedPackage{path: "integration/harness", imports: []string{"discovery/sinktest"}}, true},
+		{listedPackage{path: "sources/etcd", imports: []string{"sources/etcd/etcdtest"}}, true},
+		{listedPackage{path: "sources/etcd", testImports: []string{"sources/etcd/etcdtest"}}, false},
+		{listedPackage{path: "sources/consul", testImports: []string{"sources/etcd/etcdtest"}}, true},
+		{listedPackage{path: "sources/register", imports: []string{"sources/etcd"}}, false},
+		{listedPackage{path: "sources/etcd", imports: []string{"sources/register"}}, true},
+		{listedPackage{path: "discovery", testImports: []string{"discovery/configdoc"}}, false},
+		{listedPackage{path: "proto/x/v1", imports: []string{"discovery"}}, true},
 		{listedPackage{path: "integration/consul", testImports: []string{"cache"}}, true},
 		{listedPackage{path: "newpkg"}, true},
 	} {

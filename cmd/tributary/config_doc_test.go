@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/tributary-mesh/tributary/internal/configdoc"
+	"github.com/tributary-mesh/tributary/discovery/configdoc"
 )
 
 // validKeys is the key list of an "unknown key (valid keys: …)" error:
