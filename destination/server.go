@@ -62,10 +62,24 @@ type Options struct {
 	// negative value, no bound.
 	MaxStreams int
 
+	// VirtualIPs, when set, turns a virtual IP back into its service:
+	// GetProfile(VIP:port) answers as GetProfile(host:port), so that a
+	// proxy that discovers by the IP the application dialled calls Get
+	// with the service's name.
+	VirtualIPs VirtualIPs
+
 	// now and jitter, when set, replace the clock and math/rand in
 	// admission (tests).
 	now    func() time.Time
 	jitter func(n int64) int64
+}
+
+// VirtualIPs maps virtual IPs (the DNS interface's, destination/vip) to
+// the hosts they stand for.
+type VirtualIPs interface {
+	// LookupVIP returns the host ip stands for, and a channel that closes
+	// when that may change.
+	LookupVIP(ip netip.Addr) (host string, changed <-chan struct{}, ok bool)
 }
 
 // Admission and slow-client defaults.
@@ -94,6 +108,7 @@ type Server struct {
 	log     *slog.Logger
 	metrics *Metrics
 	zones   discovery.NodeZoner
+	vips    VirtualIPs
 	hub     *hub
 
 	sendTimeout time.Duration
@@ -117,6 +132,7 @@ func NewServer(opts Options) *Server {
 		log:     opts.Logger,
 		metrics: opts.Metrics,
 		zones:   opts.NodeZones,
+		vips:    opts.VirtualIPs,
 
 		sendTimeout: opts.SendTimeout,
 		maxStreams:  int64(opts.MaxStreams),
@@ -362,7 +378,9 @@ func (s *Server) openProfile(req *pb.GetDestination, streamCtx context.Context) 
 // it differs from the last one sent.
 func (s *Server) profileStep(ps *profileStream, stream grpc.ServerStream, ws memdb.WatchSet) error {
 	var p *pb.DestinationProfile
-	if ps.ip.IsValid() {
+	if host, ok := s.virtualIP(ws, ps.ip); ok {
+		p = s.serviceProfile(ws, discovery.Authority{Host: host, Port: ps.ip.Port()})
+	} else if ps.ip.IsValid() {
 		p = s.endpointProfile(ws, ps.ip, ps.zone)
 	} else {
 		p = s.serviceProfile(ws, ps.a)
@@ -577,6 +595,19 @@ func (s *Server) serviceProfile(ws memdb.WatchSet, a discovery.Authority) *pb.De
 		p.FullyQualifiedName = a.Host
 	}
 	return p
+}
+
+// virtualIP returns the host ip is the virtual IP of, if it is one; ws
+// then watches for a change of that.
+func (s *Server) virtualIP(ws memdb.WatchSet, ip netip.AddrPort) (string, bool) {
+	if s.vips == nil || !ip.IsValid() {
+		return "", false
+	}
+	host, changed, ok := s.vips.LookupVIP(ip.Addr().Unmap())
+	if changed != nil {
+		ws.Add(changed)
+	}
+	return host, ok
 }
 
 func (s *Server) endpointProfile(ws memdb.WatchSet, ip netip.AddrPort, clientZone string) *pb.DestinationProfile {
