@@ -12,4 +12,5 @@ import (
 	_ "github.com/tributary-mesh/tributary/sources/etcd"       // kind: etcd
 	_ "github.com/tributary-mesh/tributary/sources/file"       // kind: file
 	_ "github.com/tributary-mesh/tributary/sources/kubernetes" // kind: kubernetes
+	_ "github.com/tributary-mesh/tributary/sources/register"   // kind: register (the registration API's store)
 )

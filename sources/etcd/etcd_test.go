@@ -15,6 +15,7 @@ import (
 
 	"github.com/tributary-mesh/tributary/discovery"
 	"github.com/tributary-mesh/tributary/discovery/sinktest"
+	"github.com/tributary-mesh/tributary/sources/etcd/etcdtest"
 )
 
 func TestMain(m *testing.M) {
@@ -25,11 +26,11 @@ func TestMain(m *testing.M) {
 	)
 }
 
-func newTestSource(t testing.TB, te *testEtcd, mutate func(*Config)) *Source {
+func newTestSource(t testing.TB, te *etcdtest.Etcd, mutate func(*Config)) *Source {
 	t.Helper()
 	cfg := Config{
 		ClientConfig: ClientConfig{
-			Endpoints:     []string{te.endpoint()},
+			Endpoints:     []string{te.Endpoint()},
 			Timeout:       discovery.Duration(500 * time.Millisecond),
 			CheckInterval: discovery.Duration(50 * time.Millisecond),
 		},
@@ -74,8 +75,8 @@ func checkGroups(t testing.TB, c sinktest.Call, want ...string) {
 }
 
 func TestFollowsPutsAndDeletes(t *testing.T) {
-	te := startEtcd(t)
-	cli := te.newClient()
+	te := etcdtest.Start(t)
+	cli := te.NewClient()
 	ctx := context.Background()
 	web := manager(t, cli, "services/web")
 	api := manager(t, cli, "services/prod/api")
@@ -119,8 +120,8 @@ func TestFollowsPutsAndDeletes(t *testing.T) {
 }
 
 func TestNaming(t *testing.T) {
-	te := startEtcd(t)
-	cli := te.newClient()
+	te := etcdtest.Start(t)
+	cli := te.NewClient()
 	ctx := context.Background()
 	for _, kv := range [][2]string{
 		{"svc/a/10.0.0.1:80", "10.0.0.1:80"},
@@ -146,8 +147,8 @@ func TestNaming(t *testing.T) {
 // changes and compacts under it, and checks that the source lists again
 // rather than resume: one Replace with the newest state, no Update.
 func TestCompactionRelists(t *testing.T) {
-	te := startEtcd(t)
-	cli := te.newClient()
+	te := etcdtest.Start(t)
+	cli := te.NewClient()
 	ctx := context.Background()
 	web := manager(t, cli, "services/web")
 	mustf(t, web.AddEndpoint(ctx, "services/web/10.0.0.1:8080", endpoints.Endpoint{Addr: "10.0.0.1:8080"}), "add")
@@ -200,19 +201,19 @@ func TestCompactionRelists(t *testing.T) {
 // changes and compacts its history; when the source reaches etcd again it
 // lists again, and hands over exactly the state etcd has then.
 func TestPartition(t *testing.T) {
-	te := startEtcd(t)
-	cli := te.newClient()
+	te := etcdtest.Start(t)
+	cli := te.NewClient()
 	ctx := context.Background()
 	web := manager(t, cli, "services/web")
 	mustf(t, web.AddEndpoint(ctx, "services/web/10.0.0.1:8080", endpoints.Endpoint{Addr: "10.0.0.1:8080"}), "add")
 	api := manager(t, cli, "services/api")
 	mustf(t, api.AddEndpoint(ctx, "services/api/10.0.1.1:8080", endpoints.Endpoint{Addr: "10.0.1.1:8080"}), "add")
 
-	p := newCutProxy(t, te.endpoint())
-	r := runSource(t, newTestSource(t, te, func(c *Config) { c.Endpoints = []string{p.addr} }))
+	p := etcdtest.NewCutProxy(t, te.Endpoint())
+	r := runSource(t, newTestSource(t, te, func(c *Config) { c.Endpoints = []string{p.Addr} }))
 	checkGroups(t, r.next(t, "replace"), "api api 10.0.1.1:8080", "web web 10.0.0.1:8080")
 
-	p.cut()
+	p.Cut()
 	if c := r.next(t, "failed", "update", "replace"); c.Op != "failed" {
 		t.Fatalf("cut off etcd: got %v, want failed", c)
 	}
@@ -225,7 +226,7 @@ func TestPartition(t *testing.T) {
 	mustf(t, err, "compact")
 	r.none(t, "update", "replace")
 
-	p.restore()
+	p.Restore()
 	c := r.next(t, "update", "replace")
 	if c.Op != "replace" {
 		t.Fatalf("etcd reachable again: got %v, want a new listing", c)
@@ -240,8 +241,8 @@ func TestPartition(t *testing.T) {
 // then changes followed again. (Stopping embedded etcd takes some seconds:
 // it lets open watches drain.)
 func TestRestart(t *testing.T) {
-	te := startEtcd(t)
-	cli := te.newClient()
+	te := etcdtest.Start(t)
+	cli := te.NewClient()
 	ctx := context.Background()
 	web := manager(t, cli, "services/web")
 	mustf(t, web.AddEndpoint(ctx, "services/web/10.0.0.1:8080", endpoints.Endpoint{Addr: "10.0.0.1:8080"}), "add")
@@ -249,11 +250,11 @@ func TestRestart(t *testing.T) {
 	r := runSource(t, newTestSource(t, te, nil))
 	checkGroups(t, r.next(t, "replace"), "web web 10.0.0.1:8080")
 
-	te.stop()
+	te.Stop()
 	if c := r.next(t, "failed", "update", "replace"); c.Op != "failed" {
 		t.Fatalf("etcd stopped: got %v, want failed", c)
 	}
-	te.start()
+	te.Start()
 	c := r.next(t, "update", "replace")
 	if c.Op != "replace" {
 		t.Fatalf("etcd back: got %v, want a new listing", c)
@@ -267,13 +268,13 @@ func TestRestart(t *testing.T) {
 // reports the failure, hands over nothing (so it is not synced), and
 // lists once etcd comes.
 func TestUnreachableAtStart(t *testing.T) {
-	te := startEtcd(t)
-	te.stop()
+	te := etcdtest.Start(t)
+	te.Stop()
 	r := runSource(t, newTestSource(t, te, nil))
 	if c := r.next(t, "failed", "update", "replace"); c.Op != "failed" {
 		t.Fatalf("got %v, want failed", c)
 	}
-	te.start()
+	te.Start()
 	checkGroups(t, r.next(t, "replace", "update"))
 }
 
