@@ -51,8 +51,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help: "Streams closed with Unavailable because the client took no update within the send timeout.",
 	})
 	reg.MustRegister(m.streams, m.updates, m.firstMsg, m.propagation, m.refused, m.slowClosed)
+	// Every series a dashboard or an alert reads exists from the start, at 0:
+	// a CounterVec exports nothing until its first increment, and a rate()
+	// over a series that appears with the first refusal misses that refusal.
 	for _, method := range []string{"Get", "GetProfile"} {
 		m.streams.WithLabelValues(method)
+		m.refused.WithLabelValues(method)
+		m.firstMsg.WithLabelValues(method)
 	}
 	m.sent = map[string]prometheus.Counter{}
 	for _, t := range []string{"add", "remove", "no_endpoints", "profile"} {
