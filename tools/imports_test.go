@@ -180,3 +180,21 @@ func TestImportRulesRejectWrongWayImports(t *testing.T) {
 		}
 	}
 }
+
+// TestCoreLinksNoTLSStack holds the core to the model and the contracts:
+// the SPIFFE ID pattern grammar and the TLS settings belong to
+// destination/tlsauth, so discovery does not link go-spiffe. (A source may:
+// Consul's builds SPIFFE IDs for its endpoints.)
+func TestCoreLinksNoTLSStack(t *testing.T) {
+	for _, pkg := range []string{"discovery"} {
+		out, err := exec.Command("go", "list", "-deps", module+"/"+pkg).Output()
+		if err != nil {
+			t.Fatalf("go list -deps %s: %v", pkg, err)
+		}
+		for dep := range strings.FieldsSeq(string(out)) {
+			if strings.HasPrefix(dep, "github.com/spiffe/") {
+				t.Errorf("%s links %s; TLS and SPIFFE IDs are destination/tlsauth's", pkg, dep)
+			}
+		}
+	}
+}
