@@ -32,12 +32,16 @@ type Config struct {
 	// InsecureNetworks are CIDRs (or single addresses) whose callers may
 	// use the API without mTLS.
 	InsecureNetworks []string `yaml:"insecure_networks"`
-	Allow            []struct {
-		IDs         []string `yaml:"ids"`
-		Authorities []string `yaml:"authorities"`
-	} `yaml:"allow"`
+	// Allow are the rules of who may register what with mTLS (Rule).
+	Allow []AllowConfig `yaml:"allow"`
 	// Etcd is the etcd backend's cluster and prefix.
 	Etcd *EtcdConfig `yaml:"etcd"`
+}
+
+// AllowConfig is one rule of allow:.
+type AllowConfig struct {
+	IDs         []string `yaml:"ids"`
+	Authorities []string `yaml:"authorities"`
 }
 
 // EtcdConfig is the etcd: block.
