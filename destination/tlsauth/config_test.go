@@ -21,4 +21,3 @@ func TestCheckSPIFFEIDPattern(t *testing.T) {
 		}
 	}
 }
-
