@@ -60,6 +60,8 @@ type Config struct {
 	// Health is the health: section, for discovery/health (the core
 	// reads only panic_threshold).
 	Health Section
+	// DNS is the dns: section, for destination/dns (the DNS interface).
+	DNS Section
 	// Invalid holds the source entries the core found errors in: they are
 	// not built, but a ConfigDecoder reports the problems of its sections
 	// in them too (their structure: not their values, as the source's
@@ -362,6 +364,7 @@ type rawConfig struct {
 	Sources    []yaml.Node    `yaml:"sources"`
 	Federation []yaml.Node    `yaml:"federation"`
 	Health     rawHealthGroup `yaml:"health"`
+	DNS        yaml.Node      `yaml:"dns"` // destination/dns's
 }
 
 type rawHealthGroup struct {
@@ -417,6 +420,7 @@ func (p *configParser) parse(root *yaml.Node) {
 	p.errs = append(p.errs, decodeStrict(root, &raw, "")...)
 	p.c.Server = section(p.c.File, "server", lookup(root, "server"), root.Line)
 	p.c.Health = section(p.c.File, "health", lookup(root, "health"), root.Line)
+	p.c.DNS = section(p.c.File, "dns", lookup(root, "dns"), root.Line)
 	if raw.Health.PanicThreshold != nil {
 		p.c.PanicThreshold = float64(*raw.Health.PanicThreshold)
 	}

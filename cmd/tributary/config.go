@@ -11,6 +11,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	dnsedge "github.com/tributary-mesh/tributary/destination/dns"
 	"github.com/tributary-mesh/tributary/destination/tlsauth"
 	"github.com/tributary-mesh/tributary/discovery"
 	activehealth "github.com/tributary-mesh/tributary/discovery/health"
@@ -25,18 +26,27 @@ type config struct {
 	// TLS is server.tls; nil when the API is plaintext.
 	TLS    *tlsauth.Config
 	Checks activehealth.Config
+	// DNS is the dns: section (destination/dns); nil when absent.
+	DNS *dnsedge.Settings
 }
 
 // loadConfig reads the config file at path and has every section decoded,
 // so that one run reports every problem of the file (tributary check).
 func loadConfig(path string) (*config, error) {
 	c := &config{}
-	core, err := discovery.LoadConfig(path, c.decodeServer, c.Checks.Decode)
+	core, err := discovery.LoadConfig(path, c.decodeServer, c.Checks.Decode, c.decodeDNS)
 	if err != nil {
 		return nil, err
 	}
 	c.Config = core
 	return c, nil
+}
+
+// decodeDNS is the discovery.ConfigDecoder of the dns: section.
+func (c *config) decodeDNS(core *discovery.Config) error {
+	var err error
+	c.DNS, err = dnsedge.DecodeSection(core.DNS)
+	return err
 }
 
 // decodeServer is the discovery.ConfigDecoder of the server: section.

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	dnsedge "github.com/tributary-mesh/tributary/destination/dns"
 	"github.com/tributary-mesh/tributary/discovery/configdoc"
 )
 
@@ -35,6 +36,9 @@ func TestConfigDocKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := configdoc.Compare("server", doc["server"], configdoc.StructKeys(reflect.TypeFor[ServerConfig]())); err != nil {
+		t.Error(err)
+	}
+	if err := configdoc.Compare("dns", doc["dns"], configdoc.StructKeys(reflect.TypeFor[dnsedge.Config]())); err != nil {
 		t.Error(err)
 	}
 	// health: is read by the core and by discovery/health; an unknown key

@@ -27,6 +27,7 @@ import (
 	"github.com/tributary-mesh/tributary/cache"
 	"github.com/tributary-mesh/tributary/destination"
 	"github.com/tributary-mesh/tributary/destination/admin"
+	dnsedge "github.com/tributary-mesh/tributary/destination/dns"
 	"github.com/tributary-mesh/tributary/destination/tlsauth"
 	"github.com/tributary-mesh/tributary/discovery"
 	activehealth "github.com/tributary-mesh/tributary/discovery/health"
@@ -124,7 +125,18 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, pprofOn bool) 
 	if cfg.Server.Streams != nil {
 		streams = *cfg.Server.Streams
 	}
+	// dns: the DNS interface, whose virtual IPs GetProfile turns back into names.
+	var dnsServer *dnsedge.Server
+	var vips destination.VirtualIPs
+	if cfg.DNS != nil {
+		if dnsServer, err = dnsedge.New(dnsedge.Options{Store: store, Federation: fed, Authorities: ruleAuthorities(cfg.Federation),
+			Settings: cfg.DNS, Synced: mgr.Synced(), StartupTimeout: time.Duration(cfg.Server.StartupTimeout), Logger: logger, Registerer: reg}); err != nil {
+			return err
+		}
+		vips = dnsServer
+	}
 	dest := destination.NewServer(destination.Options{
+		VirtualIPs:          vips,
 		SendTimeout:         time.Duration(streams.SendTimeout),
 		NewStreamsPerSecond: streams.NewPerSecond,
 		NewStreamsBurst:     streams.NewBurst,
@@ -173,6 +185,13 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, pprofOn bool) 
 	if err != nil {
 		grpcLn.Close()
 		return fmt.Errorf("admin: %w", err)
+	}
+	if dnsServer != nil {
+		if err := dnsServer.Start(); err != nil {
+			grpcLn.Close()
+			adminLn.Close()
+			return err
+		}
 	}
 	adminServer := &http.Server{Handler: guard.AdminHandler(adminHandler), ReadHeaderTimeout: 10 * time.Second,
 		TLSConfig: guard.AdminTLSConfig(), ErrorLog: guard.AdminErrorLog()}
@@ -232,9 +251,22 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, pprofOn bool) 
 	shutCtx, cancel := context.WithDeadline(context.Background(), deadline.Add(time.Second))
 	defer cancel()
 	_ = adminServer.Shutdown(shutCtx)
+	if dnsServer != nil {
+		_ = dnsServer.Shutdown(shutCtx)
+	}
 	wg.Wait()
 	logger.Info("stopped")
 	return runErr
+}
+
+// ruleAuthorities are the authorities the federation rules name: names
+// the DNS interface answers even when no source declares them.
+func ruleAuthorities(rules []discovery.FederationRule) []discovery.Authority {
+	out := make([]discovery.Authority, 0, len(rules))
+	for _, r := range rules {
+		out = append(out, r.Authority)
+	}
+	return out
 }
 
 // nodeZoners asks each source that knows node zones, in config order.
