@@ -194,9 +194,9 @@ func (c Config) Settings() (*Settings, error) {
 	case anyVIP && c.VirtualIPs == nil:
 		errs = append(errs, keyError("virtual_ips", "a zone has virtual_ips: true, but dns.virtual_ips (the range) is not set"))
 	case c.VirtualIPs != nil:
-		a, err := c.VirtualIPs.allocator()
+		a, field, err := c.VirtualIPs.allocator()
 		if err != nil {
-			errs = append(errs, keyError("virtual_ips", "%v", err))
+			errs = append(errs, keyError("virtual_ips."+field, "%s", strings.TrimPrefix(err.Error(), vip.ErrConfig.Error()+": ")))
 		}
 		if anyVIP {
 			s.Allocator = a
@@ -246,22 +246,30 @@ func domain(s string) (string, error) {
 	return strings.ToLower(mdns.Fqdn(s)), nil
 }
 
-func (v *VIPConfig) allocator() (vip.Allocator, error) {
+// allocator builds the range's allocator; an error names the field at fault.
+func (v *VIPConfig) allocator() (vip.Allocator, string, error) {
 	p, err := netip.ParsePrefix(v.CIDR)
 	if err != nil {
-		return nil, fmt.Errorf("cidr: %q is not a CIDR", v.CIDR)
+		return nil, "cidr", fmt.Errorf("%q is not a CIDR", v.CIDR)
 	}
 	pins := make(map[string]netip.Addr, len(v.Pins))
 	for host, a := range v.Pins {
 		ip, err := netip.ParseAddr(a)
 		if err != nil {
-			return nil, fmt.Errorf("pins: %s: %q is not an IP address", host, a)
+			return nil, "pins", fmt.Errorf("%s: %q is not an IP address", host, a)
 		}
 		h, err := discovery.CanonicalHost(host)
 		if err != nil {
-			return nil, fmt.Errorf("pins: %w", err)
+			return nil, "pins", err
 		}
 		pins[h] = ip
 	}
-	return vip.NewHash(p, pins)
+	if _, err := vip.NewHash(p, nil); err != nil {
+		return nil, "cidr", err
+	}
+	a, err := vip.NewHash(p, pins)
+	if err != nil {
+		return nil, "pins", err
+	}
+	return a, "", nil
 }
