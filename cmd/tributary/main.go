@@ -3,6 +3,8 @@
 //	tributary serve --config FILE      run the server
 //	tributary watch AUTHORITY          print a Get stream as a proxy sees it
 //	tributary check FILE...            validate a config or services file
+//	tributary register …               register an endpoint and keep it alive
+//	tributary registrations            list the registrations
 //	tributary version                  print the version
 package main
 
@@ -24,6 +26,10 @@ commands:
         print the stream a proxy receives for AUTHORITY (host:port)
   check FILE...
         validate Tributary config files or services files; errors as file:line
+  register --authority HOST:PORT --address IP:PORT [--ttl 10s] [--check URL] [--addr ADDR]
+        register an endpoint, keep it alive while the check passes, deregister on SIGTERM
+  registrations [--addr ADDR] [--authority HOST:PORT]
+        list the live registrations
   version
         print the version
 
@@ -49,6 +55,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return watchCmd(rest, stdout, stderr)
 	case "check":
 		return checkCmd(rest, stdout, stderr)
+	case "register":
+		return registerCmd(rest, stdout, stderr)
+	case "registrations":
+		return registrationsCmd(rest, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "tributary", version)
 	case "help", "-h", "--help":

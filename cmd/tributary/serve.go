@@ -168,6 +168,9 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, pprofOn bool) 
 	opts = append(opts, destination.ConnectionLimits(streams.MaxPerConnection, streams.MaxHeaderBytes)...)
 	grpcServer := grpc.NewServer(append(opts, guard.ServerOptions()...)...)
 	dest.Register(grpcServer)
+	if err := attachRegistration(grpcServer, instances, logger); err != nil {
+		return err
+	}
 	healthSrv := health.NewServer()
 	healthSrv.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(grpcServer, healthSrv)
