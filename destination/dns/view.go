@@ -117,9 +117,14 @@ type viewCache struct {
 	}
 }
 
-// defaultViewCache bounds the cache: a view is a few hundred bytes plus
-// the endpoints it keeps alive.
-const defaultViewCache = 1 << 16
+// defaultViewCache bounds the cache: a view of a name with one port and a
+// few endpoints is about 350 bytes (plus the endpoints it keeps alive
+// until the view is replaced), so a full cache is about 90 MB; it holds
+// every name of a registry of 100,000 services with room to spare. A
+// name read again after its view was evicted costs one read of the
+// registry: 5 µs at 1,000 names, 20 µs at 100,000 (BenchmarkAnswer's
+// machine).
+const defaultViewCache = 1 << 18
 
 func newViewCache(size int) *viewCache {
 	c := &viewCache{seed: maphash.MakeSeed(), perShard: max(1, size/64)}
