@@ -49,6 +49,7 @@ type Registry interface {
 	KeepAlive(ctx context.Context, id string) (time.Duration, error)
 	Deregister(ctx context.Context, id string) error
 	List(ctx context.Context) ([]register.Lease, error)
+	Lease(ctx context.Context, id string) (register.Lease, error)
 	Policy() register.Policy
 }
 
@@ -213,9 +214,11 @@ func (s *Server) Register(ctx context.Context, req *pb.RegisterRequest) (*pb.Reg
 
 // KeepAlive implements pb.RegistrationServer.
 func (s *Server) KeepAlive(stream pb.Registration_KeepAliveServer) error {
-	if _, err := s.who(stream.Context()); err != nil {
+	c, err := s.who(stream.Context())
+	if err != nil {
 		return err
 	}
+	owned := map[string]bool{} // leases this stream has shown to be the caller's
 	for {
 		req, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
@@ -228,6 +231,12 @@ func (s *Server) KeepAlive(stream pb.Registration_KeepAliveServer) error {
 			return invalid("lease_id is required")
 		}
 		resp := &pb.KeepAliveResponse{LeaseId: req.GetLeaseId()}
+		if c.id != "" && !owned[req.GetLeaseId()] {
+			if err := s.own(stream.Context(), c, req.GetLeaseId()); err != nil && !errors.Is(err, register.ErrUnknownLease) {
+				return err
+			}
+			owned[req.GetLeaseId()] = true
+		}
 		ttl, err := s.reg.KeepAlive(stream.Context(), req.GetLeaseId())
 		switch {
 		case errors.Is(err, register.ErrUnknownLease):
@@ -252,6 +261,14 @@ func (s *Server) Deregister(ctx context.Context, req *pb.DeregisterRequest) (*pb
 	if req.GetLeaseId() == "" {
 		return nil, invalid("lease_id is required")
 	}
+	if c.id != "" {
+		if err := s.own(ctx, c, req.GetLeaseId()); err != nil {
+			if errors.Is(err, register.ErrUnknownLease) {
+				return nil, status.Errorf(codes.NotFound, "lease %s: %v", req.GetLeaseId(), err)
+			}
+			return nil, err
+		}
+	}
 	if err := s.reg.Deregister(ctx, req.GetLeaseId()); err != nil {
 		if errors.Is(err, register.ErrUnknownLease) {
 			return nil, status.Errorf(codes.NotFound, "lease %s: %v", req.GetLeaseId(), err)
@@ -260,6 +277,22 @@ func (s *Server) Deregister(ctx context.Context, req *pb.DeregisterRequest) (*pb
 	}
 	s.log.Info("deregistered", "lease", req.GetLeaseId(), "by", c.name)
 	return &pb.DeregisterResponse{}, nil
+}
+
+// own checks that an mTLS caller registered the lease it names: a
+// workload renews and ends only its own registrations. It returns
+// register.ErrUnknownLease as is, and PermissionDenied for another's lease.
+func (s *Server) own(ctx context.Context, c caller, id string) error {
+	l, err := s.reg.Lease(ctx, id)
+	switch {
+	case errors.Is(err, register.ErrUnknownLease):
+		return err
+	case err != nil:
+		return backendError(err)
+	case l.By != c.id:
+		return status.Errorf(codes.PermissionDenied, "lease %s was registered by %s, not %s", id, l.By, c.id)
+	}
+	return nil
 }
 
 // List implements pb.RegistrationServer.

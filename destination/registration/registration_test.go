@@ -26,7 +26,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // serve runs the API over a memory register source with cfg on a
 // loopback port, with creds (nil: plain text), and returns a client.
-func serve(t *testing.T, cfg register.Config, server credentials.TransportCredentials, client credentials.TransportCredentials) (pb.RegistrationClient, *register.Source) {
+func serve(t *testing.T, cfg register.Config, server credentials.TransportCredentials, client credentials.TransportCredentials) (pb.RegistrationClient, string) {
 	t.Helper()
 	src, err := register.NewSource(cfg, discovery.BuildContext{Name: "vms"})
 	if err != nil {
@@ -44,15 +44,22 @@ func serve(t *testing.T, cfg register.Config, server credentials.TransportCreden
 	}
 	done := make(chan struct{})
 	go func() { defer close(done); _ = g.Serve(ln) }()
-	if client == nil {
-		client = insecure.NewCredentials()
+	t.Cleanup(func() { g.Stop(); <-done })
+	return dial(t, ln.Addr().String(), client), ln.Addr().String()
+}
+
+// dial is a client of addr with creds (nil: plain text).
+func dial(t *testing.T, addr string, creds credentials.TransportCredentials) pb.RegistrationClient {
+	t.Helper()
+	if creds == nil {
+		creds = insecure.NewCredentials()
 	}
-	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(client))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close(); g.Stop(); <-done })
-	return pb.NewRegistrationClient(conn), src
+	t.Cleanup(func() { conn.Close() })
+	return pb.NewRegistrationClient(conn)
 }
 
 func loopback() register.Config {
@@ -177,12 +184,13 @@ func TestMTLS(t *testing.T) {
 	serverCreds := credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{srv.TLS}, ClientCAs: ca.Pool(), ClientAuth: tls.RequireAndVerifyClientCert})
 	clientCreds := credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{web.TLS}, RootCAs: ca.Pool(), ServerName: "localhost"})
 	cfg := register.Config{Allow: []register.AllowConfig{{IDs: []string{"spiffe://ex.org/vm/*"}, Authorities: []string{"*.vm.internal:*"}}}}
-	c, _ := serve(t, cfg, serverCreds, clientCreds)
+	c, addr := serve(t, cfg, serverCreds, clientCreds)
 	ctx := context.Background()
 
 	own := req("web.vm.internal:8080", "10.0.0.1", 8080, 10*time.Second)
 	own.Endpoint.Identity, own.Endpoint.ServerName = "spiffe://ex.org/vm/web", "web.vm.internal"
-	if _, err := c.Register(ctx, own); err != nil {
+	lease, err := c.Register(ctx, own)
+	if err != nil {
 		t.Fatal(err)
 	}
 	ls, err := c.List(ctx, &pb.ListRequest{})
@@ -198,4 +206,23 @@ func TestMTLS(t *testing.T) {
 	elsewhere := req("web.prod.internal:8080", "10.0.0.1", 8080, 10*time.Second)
 	_, err = c.Register(ctx, elsewhere)
 	wantCode(t, err, codes.PermissionDenied, "may not register under web.prod.internal:8080")
+
+	// Another workload can neither renew nor end web's lease.
+	db := ca.Issue(t, tlstest.LeafOptions{ID: "spiffe://ex.org/vm/db"})
+	dbc := dial(t, addr, credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{db.TLS}, RootCAs: ca.Pool(), ServerName: "localhost"}))
+	_, err = dbc.Deregister(ctx, &pb.DeregisterRequest{LeaseId: lease.GetLeaseId()})
+	wantCode(t, err, codes.PermissionDenied, "was registered by spiffe://ex.org/vm/web")
+	ka, err := dbc.KeepAlive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ka.Send(&pb.KeepAliveRequest{LeaseId: lease.GetLeaseId()}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = ka.Recv()
+	wantCode(t, err, codes.PermissionDenied, "not spiffe://ex.org/vm/db")
+	// The owner can.
+	if _, err := c.Deregister(ctx, &pb.DeregisterRequest{LeaseId: lease.GetLeaseId()}); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -178,6 +178,39 @@ func (b *etcdBackend) deregister(ctx context.Context, id string) error {
 	return nil
 }
 
+// lease finds the key a lease holds (a registration's lease holds one).
+func (b *etcdBackend) lease(ctx context.Context, id string) (Lease, error) {
+	lid, err := parseLeaseID(id)
+	if err != nil {
+		return Lease{}, err
+	}
+	cli, err := b.client()
+	if err != nil {
+		return Lease{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, b.conn.Timeout)
+	defer cancel()
+	ttl, err := cli.TimeToLive(ctx, lid, clientv3.WithAttachedKeys())
+	if err != nil {
+		return Lease{}, unavailable{err}
+	}
+	if ttl.TTL <= 0 || len(ttl.Keys) == 0 {
+		return Lease{}, ErrUnknownLease
+	}
+	resp, err := cli.Get(ctx, string(ttl.Keys[0]))
+	if err != nil {
+		return Lease{}, unavailable{err}
+	}
+	if len(resp.Kvs) == 0 || clientv3.LeaseID(resp.Kvs[0].Lease) != lid {
+		return Lease{}, ErrUnknownLease
+	}
+	r, err := b.decode(resp.Kvs[0])
+	if err != nil {
+		return Lease{}, ErrUnknownLease
+	}
+	return Lease{ID: id, Registration: r}, nil
+}
+
 func (b *etcdBackend) list(ctx context.Context) ([]Lease, error) {
 	cli, err := b.client()
 	if err != nil {

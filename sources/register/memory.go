@@ -88,6 +88,16 @@ func (m *memory) deregister(_ context.Context, id string) error {
 	return nil
 }
 
+func (m *memory) lease(_ context.Context, id string) (Lease, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	l := m.byID[id]
+	if l == nil || !m.now().Before(l.Expires) {
+		return Lease{}, ErrUnknownLease
+	}
+	return *l, nil
+}
+
 func (m *memory) list(context.Context) ([]Lease, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

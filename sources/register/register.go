@@ -176,6 +176,7 @@ type backend interface {
 	keepAlive(ctx context.Context, id string) (time.Duration, error)
 	deregister(ctx context.Context, id string) error
 	list(ctx context.Context) ([]Lease, error)
+	lease(ctx context.Context, id string) (Lease, error)
 }
 
 // Source is a register source; build it with NewSource. Besides Run, its
@@ -210,6 +211,10 @@ func (s *Source) KeepAlive(ctx context.Context, id string) (time.Duration, error
 
 // Deregister ends a lease and withdraws its endpoint.
 func (s *Source) Deregister(ctx context.Context, id string) error { return s.b.deregister(ctx, id) }
+
+// Lease returns a live lease: who registered it, and what. The API checks
+// with it that a caller renews or ends only its own leases.
+func (s *Source) Lease(ctx context.Context, id string) (Lease, error) { return s.b.lease(ctx, id) }
 
 // List returns the live registrations, sorted by key.
 func (s *Source) List(ctx context.Context) ([]Lease, error) {

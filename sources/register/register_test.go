@@ -372,6 +372,12 @@ func TestEtcdReplicas(t *testing.T) {
 	if err != nil || len(ls) != 1 || ls[0].ID != l.ID || ls[0].By != r.By {
 		t.Fatalf("list: %+v %v", ls, err)
 	}
+	if got, err := b.Lease(ctx, l.ID); err != nil || got.By != r.By || got.Key() != r.Key() {
+		t.Fatalf("lease: %+v %v", got, err)
+	}
+	if _, err := b.Lease(ctx, "7fffffff"); !errors.Is(err, ErrUnknownLease) {
+		t.Fatalf("unknown lease: %v", err)
+	}
 	// Not renewed any more: etcd expires the lease; both withdraw it.
 	for _, run := range []*running{ra, rb} {
 		checkGroups(t, run.next(t, "update"), "web.vm:8080/10.0.0.1:8080")
