@@ -60,7 +60,7 @@ func (b *builder) podTraits(pod *corev1.Pod, port uint16, bad problem) portTrait
 	if pod == nil {
 		return portTraits{}
 	}
-	skipped := portSet(pod.Annotations[SkipInboundPortsAnnotation], nil)[port]
+	skipped := inPortList(pod.Annotations[SkipInboundPortsAnnotation], port, nil)
 	t := portTraits{}
 	if !skipped {
 		t.identity = b.identity(pod)
@@ -68,11 +68,11 @@ func (b *builder) podTraits(pod *corev1.Pod, port uint16, bad problem) portTrait
 	if pod.Labels[LinkerdControlPlaneLabel] == "" || skipped {
 		return t
 	}
-	opaque := b.defaultOpaque
+	opaque := b.defaultOpaque[port]
 	if v, ok := pod.Annotations[OpaquePortsAnnotation]; ok {
-		opaque = portSet(v, containerPortNames(pod))
+		opaque = inPortList(v, port, func(name string) (uint16, bool) { return containerPort(pod, name) })
 	}
-	if !opaque[port] {
+	if !opaque {
 		t.protocol = discovery.ProtocolH2
 		return t
 	}
@@ -124,23 +124,44 @@ func listenPort(c *corev1.Container, name string, def uint16) (uint16, error) {
 	return def, nil
 }
 
-// containerPortNames maps a pod's named container ports to their numbers,
-// for opaque-ports annotations that name ports.
-func containerPortNames(pod *corev1.Pod) map[string]uint16 {
-	var m map[string]uint16
+// containerPort finds a pod's container port by name, for opaque-ports
+// annotations that name ports.
+func containerPort(pod *corev1.Pod, name string) (uint16, bool) {
 	for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
 		for _, c := range cs {
 			for _, p := range c.Ports {
-				if p.Name != "" && p.ContainerPort > 0 && p.ContainerPort <= 65535 {
-					if m == nil {
-						m = map[string]uint16{}
-					}
-					m[p.Name] = uint16(p.ContainerPort)
+				if p.Name == name && p.ContainerPort > 0 && p.ContainerPort <= 65535 {
+					return uint16(p.ContainerPort), true
 				}
 			}
 		}
 	}
-	return m
+	return 0, false
+}
+
+// inPortList reports whether port is in a Linkerd port list
+// ("3306,8000-8100,http"), resolving names through name (nil: no names).
+// It is portSet without building the set: an endpoint's annotations are
+// read on every rebuild, and a range can be all 65535 ports.
+func inPortList(v string, port uint16, name func(string) (uint16, bool)) bool {
+	for part := range strings.SplitSeq(v, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		if name != nil {
+			if p, ok := name(part); ok {
+				if p == port {
+					return true
+				}
+				continue
+			}
+		}
+		if lo, hi, ok := portRange(part); ok && lo <= port && port <= hi {
+			return true
+		}
+	}
+	return false
 }
 
 // portSet reads a Linkerd port list ("3306,8000-8100,http"): numbers,

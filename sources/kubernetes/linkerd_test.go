@@ -409,3 +409,34 @@ func TestExternalWorkloadParsing(t *testing.T) {
 		t.Errorf("ips %s", got)
 	}
 }
+
+func TestInPortList(t *testing.T) {
+	names := func(n string) (uint16, bool) {
+		if n == "mysql" {
+			return 3306, true
+		}
+		return 0, false
+	}
+	for _, c := range []struct {
+		list string
+		port uint16
+		want bool
+	}{
+		{"3306", 3306, true},
+		{" 25 , 3306 ", 25, true},
+		{"8000-8100", 8000, true},
+		{"8000-8100", 8100, true},
+		{"8000-8100", 8101, false},
+		{"1-65535", 65535, true},
+		{"mysql", 3306, true},
+		{"mysql", 3307, false},
+		{"junk, 9-3, 0, 70000, 443", 443, true},
+		{"junk", 0, false},
+		{"", 80, false},
+	} {
+		set := portSet(c.list, map[string]uint16{"mysql": 3306})
+		if got := inPortList(c.list, c.port, names); got != c.want || set[c.port] != c.want {
+			t.Errorf("%q has %d: inPortList %v, portSet %v, want %v", c.list, c.port, got, set[c.port], c.want)
+		}
+	}
+}

@@ -183,17 +183,18 @@ func (b *builder) workloadTraits(w *externalWorkload, port uint16, bad problem) 
 		}
 		t.identity = id
 	}
-	opaque := b.defaultOpaque
+	opaque := b.defaultOpaque[port]
 	if v, ok := w.Annotations[OpaquePortsAnnotation]; ok {
-		names := map[string]uint16{}
-		for _, p := range w.ports {
-			if p.name != "" {
-				names[p.name] = p.port
+		opaque = inPortList(v, port, func(name string) (uint16, bool) {
+			for _, p := range w.ports {
+				if p.name != "" && p.name == name {
+					return p.port, true
+				}
 			}
-		}
-		opaque = portSet(v, names)
+			return 0, false
+		})
 	}
-	if opaque[port] {
+	if opaque {
 		t.protocol = discovery.ProtocolOpaque
 		t.transport = DefaultInboundPort
 		for _, p := range w.ports {
