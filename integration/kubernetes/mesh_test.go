@@ -267,9 +267,15 @@ func testMeshExpansion(t *testing.T, e *env) {
 
 	// A slice of Linkerd's external-workload controller wins over the
 	// selector: only what it lists is served for workloads.
-	f.slice("web", "web-ew", []discoveryv1.EndpointPort{slicePort("http", 8080), slicePort("mysql", 3306)},
+	ewSlice := f.slice("web", "web-ew", []discoveryv1.EndpointPort{slicePort("http", 8080), slicePort("mysql", 3306)},
 		ep("10.9.0.1", workloadRef(f.ns, "billing-vm"), notReady()))
 	web.expect("remove:10.9.0.1:8080")
+	// The controller marks it ready: served from the slice, with what the
+	// workload says of itself.
+	f.setEndpoints(ewSlice, ep("10.9.0.1", workloadRef(f.ns, "billing-vm"), zone("on-prem")))
+	web.expect("add:10.9.0.1:8080")
+	check(web, "10.9.0.1:8080", want{id: vmID, server: vmServer, uri: true, hint: "h2",
+		labels: with("external_workload", "billing-vm", "zone", "on-prem")})
 }
 
 func workloadRef(ns, name string) epOpt {
