@@ -635,3 +635,22 @@ func TestConcurrentQueriesAndChanges(t *testing.T) {
 		t.Fatalf("after the last write: %v", got)
 	}
 }
+
+// An IPv6 range answers AAAA; A is NODATA. ANY gives the address records.
+func TestVirtualIPv6AndANY(t *testing.T) {
+	cfg := Config{Zones: []ZoneConfig{{Zone: "demo.", VirtualIPs: true}}, VirtualIPs: &VIPConfig{CIDR: "fd00:7472:6962::/64"}}
+	e := start(t, cfg, nil, func(e *env) { e.apply("file", "k", svc("web.demo:8080", ep("10.0.0.1:18080"))) })
+	r := e.query("udp", "web.demo.", mdns.TypeAAAA, 0)
+	if got := addrs(r.Answer); len(got) != 1 || got[0] != "fd00:7472:6962:0:dec5:1356:9e79:40fb" {
+		t.Fatalf("AAAA %v", got)
+	}
+	if r := e.query("udp", "web.demo.", mdns.TypeA, 0); len(r.Answer) != 0 || r.Rcode != mdns.RcodeSuccess {
+		t.Fatalf("A with an IPv6 range: %v", r)
+	}
+	plain := start(t, demoZone(), nil, func(e *env) {
+		e.apply("file", "k", svc("web.demo:8080", ep("10.0.0.1:18080"), ep("[2001:db8::1]:18080")))
+	})
+	if got := addrs(plain.query("tcp", "web.demo.", mdns.TypeANY, 0).Answer); fmt.Sprint(got) != "[10.0.0.1 2001:db8::1]" {
+		t.Fatalf("ANY %v", got)
+	}
+}
