@@ -27,7 +27,7 @@ import (
 // Member is a real single-member etcd cluster on loopback ports, which a
 // test can stop and start again on the same data.
 type Member struct {
-	t      *testing.T
+	t      testing.TB
 	bin    string
 	dir    string
 	Client string // 127.0.0.1:port
@@ -38,7 +38,7 @@ type Member struct {
 }
 
 // StartMember runs etcd and waits until it answers. It stops with the test.
-func StartMember(t *testing.T) *Member {
+func StartMember(t testing.TB) *Member {
 	t.Helper()
 	ports := harness.FreePorts(t, 2)
 	m := &Member{t: t, bin: filepath.Join(harness.Peer(t, "etcd"), "etcd"), dir: t.TempDir(),
@@ -117,7 +117,7 @@ func (m *Member) NewClient() *clientv3.Client {
 // CutProxy forwards TCP to a target until Cut: then it drops every
 // connection and refuses new ones, as a partition would, until Restore.
 type CutProxy struct {
-	t      *testing.T
+	t      testing.TB
 	Addr   string
 	target string
 	mu     sync.Mutex
@@ -127,7 +127,7 @@ type CutProxy struct {
 }
 
 // NewCutProxy listens on a free loopback port; it stops with the test.
-func NewCutProxy(t *testing.T, target string) *CutProxy {
+func NewCutProxy(t testing.TB, target string) *CutProxy {
 	t.Helper()
 	p := &CutProxy{t: t, target: target, conns: map[net.Conn]bool{}}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
