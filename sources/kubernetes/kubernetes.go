@@ -78,8 +78,9 @@ type Source struct {
 	newWorkloads func(*rest.Config) (workloadAPI, error) // nil: no ExternalWorkloads
 	crdRecheck   time.Duration                           // 0: DefaultCRDRecheck
 
-	nodes    atomic.Pointer[cache.SharedIndexInformer] // set while Run runs with node_zones
-	rejected atomic.Uint64
+	nodes      atomic.Pointer[cache.SharedIndexInformer] // set while Run runs with node_zones
+	clusterIPs *clusterIPState                           // LookupVIP's
+	rejected   atomic.Uint64
 }
 
 var (
@@ -102,6 +103,7 @@ func NewSource(cfg Config, bc discovery.BuildContext) (*Source, error) {
 		inCluster:    rest.InClusterConfig,
 		newClient:    restListWatch,
 		newWorkloads: restWorkloads,
+		clusterIPs:   newClusterIPState(),
 	}, nil
 }
 
@@ -145,6 +147,7 @@ func (s *Source) Run(ctx context.Context, sink discovery.Sink) {
 	}
 	r := s.newRun(client, sink, reach)
 	r.setupWorkloads(workloads)
+	r.setupClusterIPs()
 	r.run(ctx)
 }
 
@@ -339,6 +342,8 @@ func (r *run) run(ctx context.Context) {
 	}
 	r.log.Info("kubernetes caches synced", "services", len(groups), "took", time.Since(start).Round(time.Millisecond))
 	r.sink.Replace(groups)
+	r.clusterIPsSynced(true)
+	defer r.clusterIPsSynced(false)
 	if err := r.reach.failure(); err != nil {
 		r.sink.Failed(err)
 	}
