@@ -4,18 +4,36 @@
 GO       ?= go
 BIN      := bin/tributary
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS  := -X main.version=$(VERSION)
+COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null)
+# The commit's date, not the clock's: the same commit builds the same binary.
+DATE     ?= $(shell git log -1 --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ 2>/dev/null)
+LDFLAGS  := -X main.version=$(VERSION) -X main.commit=$(COMMIT) -X main.date=$(DATE)
+RELEASE_PLATFORMS ?= linux/amd64 linux/arm64
 CONFIG   ?= examples/tributary.yaml
 # Real peers for integration tests are built once per version into this cache
 # (outside the repo); see tools/peers.sh and docs/testing.md.
 export TRIBUTARY_PEERS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tributary-peers
 
-.PHONY: all build run test test-unit test-integration test-fuzz bench soak fuzz lint fmt peers clean proto
+.PHONY: all build release run test test-unit test-integration test-fuzz bench soak fuzz lint fmt peers clean proto
 
 all: build
 
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/tributary
+
+## release: static binaries for RELEASE_PLATFORMS (linux/amd64, linux/arm64)
+## with version, commit and date stamped in, and their SHA-256 checksums, in
+## bin/release/ (tributary-VERSION-OS-ARCH, SHA256SUMS). deploy/Containerfile
+## copies the binary of its platform from there.
+release:
+	rm -rf bin/release && mkdir -p bin/release
+	set -e; for p in $(RELEASE_PLATFORMS); do \
+		os=$${p%/*}; arch=$${p#*/}; \
+		echo "building tributary $(VERSION) for $$os/$$arch"; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' \
+			-o bin/release/tributary-$(VERSION)-$$os-$$arch ./cmd/tributary; \
+	done
+	cd bin/release && TZ=UTC sha256sum tributary-* > SHA256SUMS && cat SHA256SUMS
 
 ## run: start Tributary on the example config (file source with example services)
 run: build

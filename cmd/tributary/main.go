@@ -14,8 +14,13 @@ import (
 	"os"
 )
 
-// version is set at build time with -ldflags "-X main.version=…".
-var version = "dev"
+// version, commit and date are set at build time with -ldflags
+// "-X main.version=… -X main.commit=… -X main.date=…" (make build, make release).
+var (
+	version = "dev"
+	commit  = ""
+	date    = ""
+)
 
 const usage = `usage: tributary <command> [flags]
 
@@ -60,7 +65,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "registrations":
 		return registrationsCmd(rest, stdout, stderr)
 	case "version", "--version", "-version":
-		fmt.Fprintln(stdout, "tributary", version)
+		fmt.Fprintln(stdout, versionLine())
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 	default:
@@ -68,4 +73,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	return 0
+}
+
+// versionLine is what `tributary version` prints: the version, then the
+// commit and build date when the build stamped them.
+func versionLine() string {
+	line := "tributary " + version
+	if commit != "" {
+		line += " commit " + commit
+	}
+	if date != "" {
+		line += " built " + date
+	}
+	return line
 }
