@@ -37,8 +37,13 @@ var importRules = []importRule{
 	{pkg: "sources/register", imports: []string{"discovery", "discovery/...", "sources/etcd"}, tests: []string{"sources/etcd/..."}},
 	{pkg: "sources/...", imports: []string{"discovery", "discovery/..."}},
 	{pkg: "cache", imports: []string{"discovery"}},
+	// The registration edge writes into the register source, which owns
+	// registrations, and speaks our own proto.
+	{pkg: "destination/registration", imports: []string{"discovery", "proto/...", "sources/register"}, tests: []string{"destination/..."}},
 	{pkg: "destination/...", imports: []string{"cache", "discovery", "destination/..."}},
 	{pkg: "integration/harness", imports: []string{"destination/..."}},
+	// Registration tests run etcd with integration/etcd's member and call the API.
+	{pkg: "integration/register", imports: []string{"integration/harness", "integration/etcd", "destination/...", "proto/..."}},
 	{pkg: "integration/...", imports: []string{"integration/harness", "destination/..."}},
 	{pkg: "proto/..."},
 	{pkg: "tools"},
