@@ -14,7 +14,7 @@ CONFIG   ?= examples/tributary.yaml
 # (outside the repo); see tools/peers.sh and docs/testing.md.
 export TRIBUTARY_PEERS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tributary-peers
 
-.PHONY: all build release run test test-unit test-integration test-fuzz bench soak fuzz lint fmt peers clean proto
+.PHONY: all build release run test test-unit test-integration test-fuzz bench soak fuzz lint fmt peers clean proto dns-clients
 
 all: build
 
@@ -49,9 +49,18 @@ test-unit:
 
 # The binary under test is built with the race detector; the harness fails a
 # test whose tributary process reports a data race.
-test-integration:
+test-integration: dns-clients
 	$(GO) build -race -o bin/tributary-race ./cmd/tributary
 	TRIBUTARY_BIN=$(CURDIR)/bin/tributary-race $(GO) test -race -count=1 -tags integration -timeout 30m ./integration/...
+
+# dig and dnsmasq are the real clients of the DNS interface's tests
+# (integration/dns); Debian packages, installed when either is missing.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+dns-clients:
+	@command -v dig >/dev/null && { command -v dnsmasq || test -x /usr/sbin/dnsmasq; } >/dev/null || { \
+		echo "installing dig and dnsmasq (bind9-dnsutils, dnsmasq-base) for integration/dns"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bind9-dnsutils dnsmasq-base; }
 
 ## test-fuzz: every fuzz target briefly (seed corpora plus 3,000 inputs each;
 ## a count, not a duration, so Go 1.26's fuzz-deadline race cannot fail CI)
@@ -69,7 +78,7 @@ BENCH ?= .
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./cache/ ./destination/ ./discovery/
 	TRIBUTARY_BIN=$(CURDIR)/$(BIN) $(GO) test -tags integration -run '^$$' -bench '$(BENCH)' -benchtime 1x -timeout 30m ./integration/bench/
-	TRIBUTARY_BIN=$(CURDIR)/$(BIN) $(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout 30m ./integration/health/ ./integration/consul/ ./integration/kubernetes/
+	TRIBUTARY_BIN=$(CURDIR)/$(BIN) $(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout 30m ./integration/health/ ./integration/consul/ ./integration/kubernetes/ ./integration/dns/
 
 ## soak: long runs with every correctness check on: the steady workload at
 ## 50,000 streams for 10 minutes, reconnect storms, and 10 minutes of fuzzing per target.
