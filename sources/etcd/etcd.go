@@ -281,7 +281,7 @@ func decodeEndpoint(b []byte) (discovery.Endpoint, error) {
 	}
 	ap, err := netip.ParseAddrPort(v.Addr)
 	if err != nil || ap.Port() == 0 || ap.Addr().Zone() != "" {
-		return discovery.Endpoint{}, fmt.Errorf("Addr %q is not an IP address with a port", v.Addr)
+		return discovery.Endpoint{}, fmt.Errorf("address %q (Addr) is not an IP address with a port", v.Addr)
 	}
 	ep := discovery.Endpoint{Addr: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())}
 	obj, ok := v.Metadata.(map[string]any)

@@ -102,7 +102,7 @@ func (c Config) validate(baseDir string) (settings, error) {
 				errs = append(errs, configErr(key+".authorities", "%v", err))
 			}
 		}
-		s.policy.Allow = append(s.policy.Allow, Rule{IDs: r.IDs, Authorities: r.Authorities})
+		s.policy.Allow = append(s.policy.Allow, Rule(r))
 	}
 	switch c.Backend {
 	case "", "memory":
