@@ -2,6 +2,7 @@
 //
 //	tributary serve --config FILE      run the server
 //	tributary watch AUTHORITY          print a Get stream as a proxy sees it
+//	tributary status                   print the sources and the largest services
 //	tributary check FILE...            validate a config or services file
 //	tributary register …               register an endpoint and keep it alive
 //	tributary registrations            list the registrations
@@ -28,9 +29,13 @@ commands:
   serve --config FILE [--listen ADDR] [--admin ADDR]
         run the server (destination gRPC API and admin HTTP)
   watch AUTHORITY [--addr ADDR] [--admin ADDR] [--json] [--profile] [--token TOKEN]
-        print the stream a proxy receives for AUTHORITY (host:port)
+        [--ca FILE] [--cert FILE --key FILE] [--server-name NAME]
+        print the stream a proxy receives for AUTHORITY (host:port) as a table
+  status [--admin ADDR] [--top N]
+        print the sources and the largest services (exit 3: a source is not up)
   check FILE...
-        validate Tributary config files or services files; errors as file:line
+        validate config files (and the services files they name) or services
+        files; errors as file:line
   register --authority HOST:PORT --address IP:PORT [--ttl 10s] [--check URL] [--addr ADDR]
         register an endpoint, keep it alive while the check passes, deregister on SIGTERM
   registrations [--addr ADDR] [--authority HOST:PORT]
@@ -46,7 +51,8 @@ func main() {
 }
 
 // run is the command line without the process: args without the program
-// name, and the exit code to leave with (0 ok, 1 failed, 2 usage).
+// name, and the exit code to leave with (0 ok, 1 failed, 2 usage; status:
+// 3 degraded). docs/operations.md lists them.
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) < 1 {
 		fmt.Fprint(stderr, usage)
@@ -58,6 +64,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return serveCmd(rest, stderr)
 	case "watch":
 		return watchCmd(rest, stdout, stderr)
+	case "status":
+		return statusCmd(rest, stdout, stderr)
 	case "check":
 		return checkCmd(rest, stdout, stderr)
 	case "register":

@@ -30,6 +30,11 @@ var cliFiles = map[string]string{
 	"badkind.yaml":     "sources:\n  - name: local\n    kind: file\n    pathz: [services.yaml]\n",
 	"services.yaml":    "services:\n  - name: web.demo\n    port: 8080\n    endpoints:\n      - address: 127.0.0.1:18081\n",
 	"badservices.yaml": "services:\n  - name: web.demo\n    port: 8080\n    endpoints:\n      - adress: 127.0.0.1:18081\n",
+	// A services file with a syntax error at line 6, as the server reports it.
+	"svc/broken.yaml": "services:\n  - name: web.demo\n    port: 8080\n    endpoints:\n      - address: 127.0.0.1:1\n        zone: [a\n      - address: 127.0.0.1:2\n",
+	"svc/fine.yaml":   "services:\n  - name: api.demo\n    port: 9000\n    endpoints: []\n",
+	// A config whose globs match a broken file, a good one, and nothing.
+	"globs.yaml": "sources:\n  - name: local\n    kind: file\n    paths:\n      - svc/*.yaml\n      - missing/*.yaml\n",
 }
 
 // badErrors is what every command says of bad.yaml: every section's
@@ -42,6 +47,9 @@ bad.yaml:10: sources[0].health_check.type: unknown check type "icmp" (want tcp, 
 
 func TestRun(t *testing.T) {
 	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "svc"), 0o700); err != nil {
+		t.Fatal(err)
+	}
 	for name, data := range cliFiles {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o600); err != nil {
 			t.Fatal(err)
@@ -72,7 +80,13 @@ func TestRun(t *testing.T) {
 
 		{name: "check without files", args: []string{"check"}, code: 2, stderr: "usage: tributary check FILE..."},
 		{name: "check unknown flag", args: []string{"check", "--strict", "good.yaml"}, code: 2, stderr: "flag provided but not defined: -strict"},
-		{name: "check good config", args: []string{"check", "good.yaml"}, code: 0, stdout: "good.yaml: ok\n"},
+		{name: "check good config", args: []string{"check", "good.yaml"}, code: 0, stdout: "services.yaml: ok\ngood.yaml: ok\n"},
+		{name: "check config's services files", args: []string{"check", "globs.yaml"}, code: 1, stdout: "svc/fine.yaml: ok\n",
+			stderr: "globs.yaml:6: sources[0].paths[1]: warning: \"missing/*.yaml\" matches no file (yet)\n" +
+				"svc/broken.yaml:6: syntax error: did not find expected ',' or ']'\n", exactError: true},
+		// The server's line (6), not the config parser's reading of it (5).
+		{name: "check broken services file", args: []string{"check", "svc/broken.yaml"}, code: 1,
+			stderr: "svc/broken.yaml:6: syntax error: did not find expected ',' or ']'\n", exactError: true},
 		{name: "check services file", args: []string{"check", "services.yaml"}, code: 0, stdout: "services.yaml: ok\n"},
 		{name: "check bad config", args: []string{"check", "bad.yaml"}, code: 1, stderr: badErrors, exactError: true},
 		{name: "check kind keys", args: []string{"check", "badkind.yaml"}, code: 1,
@@ -80,7 +94,7 @@ func TestRun(t *testing.T) {
 		{name: "check bad services file", args: []string{"check", "badservices.yaml"}, code: 1,
 			stderr: "badservices.yaml:5: services[0].endpoints[0].adress: unknown key"},
 		{name: "check several", args: []string{"check", "good.yaml", "missing.yaml", "services.yaml", "bad.yaml"}, code: 1,
-			stdout: "good.yaml: ok\nservices.yaml: ok\n",
+			stdout: "services.yaml: ok\ngood.yaml: ok\nservices.yaml: ok\n",
 			stderr: "open missing.yaml: no such file or directory\n" + badErrors, exactError: true},
 
 		{name: "serve without config", args: []string{"serve"}, code: 2, stderr: "tributary serve: --config is required"},
@@ -95,7 +109,12 @@ func TestRun(t *testing.T) {
 		{name: "watch without authority", args: []string{"watch"}, code: 2, stderr: "usage: tributary watch [flags] AUTHORITY"},
 		{name: "watch two authorities", args: []string{"watch", "a:1", "b:2"}, code: 2, stderr: "usage: tributary watch [flags] AUTHORITY"},
 		{name: "watch unknown flag", args: []string{"watch", "--follow", "web:80"}, code: 2, stderr: "flag provided but not defined: -follow"},
-		{name: "watch connection refused", args: []string{"watch", "--addr", closed, "web.demo:8080"}, code: 1, stderr: "tributary watch: rpc error: code = Unavailable"},
+		{name: "watch connection refused", args: []string{"watch", "--addr", closed, "--admin", "off", "web.demo:8080"}, code: 1, stderr: "tributary watch: rpc error: code = Unavailable"},
+		{name: "watch key without cert", args: []string{"watch", "--key", "k.pem", "web:80"}, code: 2, stderr: "tributary watch: --cert and --key go together"},
+		{name: "watch missing CA", args: []string{"watch", "--ca", "missing.pem", "web:80"}, code: 2, stderr: "tributary watch: --ca: open missing.pem"},
+
+		{name: "status with arguments", args: []string{"status", "web:80"}, code: 2, stderr: "usage: tributary status [flags]"},
+		{name: "status unreachable", args: []string{"status", "--admin", closed}, code: 1, stderr: "tributary status: Get \"http://" + closed + "/debug/registry\""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -173,6 +192,13 @@ func startDestination(t *testing.T) (string, *cache.Store) {
 	return ln.Addr().String(), store
 }
 
+// The table watch prints for webDemo without the admin API (no health).
+const (
+	watchHeader = "EVENT   ADDRESS                ZONE    HEALTH   WEIGHT  SOURCE  IDENTITY\n"
+	watchWeb1   = "ADD     10.0.0.1:8080          zone-a  -        10000   local   spiffe://example.org/ns/demo/sa/web (sni web.demo.example.org)\n"
+	watchWeb2   = "ADD     10.0.0.2:8080          -       -        5000    local   -\n"
+)
+
 func TestWatchOutput(t *testing.T) {
 	addr, store := startDestination(t)
 	cases := []struct {
@@ -184,9 +210,7 @@ func TestWatchOutput(t *testing.T) {
 	}{
 		{
 			name: "endpoints", opts: watchOptions{authority: "web.demo:8080"}, until: "# 2 endpoints\n",
-			want: "ADD     10.0.0.1:8080            weight=10000 identity=spiffe://example.org/ns/demo/sa/web server_name=web.demo.example.org source=local zone=zone-a\n" +
-				"ADD     10.0.0.2:8080            weight=5000 source=local\n" +
-				"# 2 endpoints\n",
+			want: watchHeader + watchWeb1 + watchWeb2 + "# 2 endpoints\n",
 		},
 		{
 			name: "a change", opts: watchOptions{authority: "web.demo:8080"}, until: " endpoints\n",
@@ -197,15 +221,13 @@ func TestWatchOutput(t *testing.T) {
 					t.Error(err)
 				}
 			},
-			want: "ADD     10.0.0.1:8080            weight=10000 identity=spiffe://example.org/ns/demo/sa/web server_name=web.demo.example.org source=local zone=zone-a\n" +
-				"ADD     10.0.0.2:8080            weight=5000 source=local\n" +
-				"# 2 endpoints\n" +
-				"REMOVE  10.0.0.2:8080\n" +
+			want: watchHeader + watchWeb1 + watchWeb2 + "# 2 endpoints\n" +
+				"REMOVE  10.0.0.2:8080          -       -        5000    local   -\n" +
 				"# 1 endpoints\n",
 		},
 		{
 			name: "unknown service", opts: watchOptions{authority: "nowhere.demo:80"}, until: "\n",
-			want: "NO_ENDPOINTS exists=false\n",
+			want: "# no endpoints (the service is unknown)\n",
 		},
 		{
 			name: "json", opts: watchOptions{authority: "web.demo:8080", asJSON: true}, until: "\n",

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -15,15 +17,30 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 
 	pb "github.com/linkerd/linkerd2-proxy-api/go/destination"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/tributary-mesh/tributary/destination"
 	adminpkg "github.com/tributary-mesh/tributary/destination/admin"
 )
+
+const watchUsage = `usage: tributary watch [flags] AUTHORITY
+
+Prints the Get stream a proxy receives for AUTHORITY (host:port) as a table:
+one row per address added, with its zone, health, source and identity, a
+REMOVE row per address removed, and a HEALTH row when an address's health
+changes (read from the admin API every --health-interval). --json prints the
+raw messages instead, --profile the GetProfile stream.
+
+Exit codes: 0 the stream ended (interrupt, or the server closed it), 1 the
+server could not be reached or the stream failed, 2 usage.
+
+flags:`
 
 func watchCmd(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("watch", flag.ContinueOnError)
@@ -32,30 +49,40 @@ func watchCmd(args []string, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, "print each message as one JSON line (protojson)")
 	profile := fs.Bool("profile", false, "watch GetProfile instead of Get")
 	token := fs.String("token", "", `context token, e.g. {"ns":"demo","zone":"zone-a"}`)
-	adminAddr := fs.String("admin", "", "admin address (e.g. 127.0.0.1:9996): add each endpoint's health from /debug/registry")
+	adminAddr := fs.String("admin", "", "admin address for each endpoint's health (/debug/registry); default: --addr's host, port 9996; \"off\": none. http:// or https:// may lead it (https uses the TLS flags)")
+	healthEvery := fs.Duration("health-interval", 2*time.Second, "how often health is read again from the admin API; 0: only with each ADD")
+	var tf tlsFlags
+	tf.register(fs)
 	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: tributary watch [flags] AUTHORITY")
+		fmt.Fprintln(fs.Output(), watchUsage)
 		fs.PrintDefaults()
 	}
-	// Accept flags before and after the authority.
-	var positional []string
-	for len(args) > 0 {
-		if err := fs.Parse(args); err != nil {
-			return 2
-		}
-		args = fs.Args()
-		if len(args) > 0 {
-			positional = append(positional, args[0])
-			args = args[1:]
-		}
+	positional, ok := parseInterspersed(fs, args)
+	if !ok {
+		return 2
 	}
 	if len(positional) != 1 {
 		fs.Usage()
 		return 2
 	}
+	creds, err := tf.credentials()
+	if err != nil {
+		fmt.Fprintln(stderr, "tributary watch:", err)
+		return 2
+	}
+	admin := *adminAddr
+	switch {
+	case admin == "off":
+		admin = ""
+	case admin == "" && *asJSON:
+		// --json prints the raw messages unless health is asked for.
+	case admin == "":
+		admin = defaultAdmin(*addr)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	opts := watchOptions{addr: *addr, admin: *adminAddr, authority: positional[0], token: *token, asJSON: *asJSON, profile: *profile}
+	opts := watchOptions{addr: *addr, admin: admin, authority: positional[0], token: *token, asJSON: *asJSON, profile: *profile,
+		creds: creds, adminTLS: tf.adminConfig(), healthEvery: *healthEvery}
 	if err := watch(ctx, stdout, stderr, opts); err != nil {
 		fmt.Fprintln(stderr, "tributary watch:", err)
 		return 1
@@ -63,21 +90,160 @@ func watchCmd(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// parseInterspersed accepts flags before and after the positional arguments.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, bool) {
+	var positional []string
+	for len(args) > 0 {
+		if err := fs.Parse(args); err != nil {
+			return nil, false
+		}
+		args = fs.Args()
+		if len(args) > 0 {
+			positional = append(positional, args[0])
+			args = args[1:]
+		}
+	}
+	return positional, true
+}
+
+// defaultAdmin is the admin address next to a destination API address: the
+// same host, the default admin port.
+func defaultAdmin(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return ""
+	}
+	return net.JoinHostPort(host, "9996")
+}
+
+// tlsFlags are the client's TLS settings, for an API with server.tls.
+type tlsFlags struct {
+	ca, cert, key, serverName string
+}
+
+func (f *tlsFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&f.ca, "ca", "", "PEM file of the CAs to verify the server with; turns TLS on")
+	fs.StringVar(&f.cert, "cert", "", "PEM file of the client certificate (an X.509-SVID for server.tls); turns TLS on")
+	fs.StringVar(&f.key, "key", "", "PEM file of the client certificate's private key")
+	fs.StringVar(&f.serverName, "server-name", "", "the name to expect on the server's certificate: a DNS name (default: --addr's host), or a spiffe:// ID to match its URI SAN")
+}
+
+func (f *tlsFlags) enabled() bool {
+	return f.ca != "" || f.cert != "" || f.key != "" || f.serverName != ""
+}
+
+// config is the client TLS config of the flags, nil without TLS.
+func (f *tlsFlags) config() (*tls.Config, error) {
+	if !f.enabled() {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if (f.cert == "") != (f.key == "") {
+		return nil, errors.New("--cert and --key go together")
+	}
+	if f.cert != "" {
+		pair, err := tls.LoadX509KeyPair(f.cert, f.key)
+		if err != nil {
+			return nil, fmt.Errorf("client certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	if f.ca != "" {
+		pemData, err := os.ReadFile(f.ca)
+		if err != nil {
+			return nil, fmt.Errorf("--ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pemData) {
+			return nil, fmt.Errorf("--ca %s: no PEM certificate in it", f.ca)
+		}
+		cfg.RootCAs = pool
+	}
+	if id, ok := strings.CutPrefix(f.serverName, "spiffe://"); ok {
+		// A SPIFFE server: chain to the CAs, and match the URI SAN instead
+		// of a DNS name (an SVID need not carry one).
+		want := "spiffe://" + id
+		roots := cfg.RootCAs
+		cfg.InsecureSkipVerify = true // verified below, against roots and the ID
+		cfg.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
+			return verifySPIFFEServer(raw, roots, want)
+		}
+	} else {
+		cfg.ServerName = f.serverName
+	}
+	return cfg, nil
+}
+
+func verifySPIFFEServer(raw [][]byte, roots *x509.CertPool, want string) error {
+	if len(raw) == 0 {
+		return errors.New("the server presented no certificate")
+	}
+	certs := make([]*x509.Certificate, len(raw))
+	for i, der := range raw {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return err
+		}
+		certs[i] = c
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+		return err
+	}
+	for _, u := range certs[0].URIs {
+		if u.String() == want {
+			return nil
+		}
+	}
+	return fmt.Errorf("the server's certificate does not carry %s", want)
+}
+
+// credentials are the gRPC transport credentials of the flags.
+func (f *tlsFlags) credentials() (credentials.TransportCredentials, error) {
+	cfg, err := f.config()
+	if err != nil || cfg == nil {
+		return insecure.NewCredentials(), err
+	}
+	return credentials.NewTLS(cfg), nil
+}
+
+// adminConfig is the TLS config for an https:// admin address (server.tls
+// with admin: true), nil without TLS flags.
+func (f *tlsFlags) adminConfig() *tls.Config {
+	cfg, err := f.config()
+	if err != nil {
+		return nil
+	}
+	return cfg
+}
+
 type watchOptions struct {
 	addr, admin, authority, token string
 	asJSON, profile               bool
+	// creds are the API's transport credentials; nil: plaintext.
+	creds credentials.TransportCredentials
+	// adminTLS is the TLS config for an https:// admin address.
+	adminTLS *tls.Config
+	// healthEvery is how often health is re-read while nothing arrives; 0: only with each ADD.
+	healthEvery time.Duration
 }
 
 func watch(ctx context.Context, out, warn io.Writer, o watchOptions) error {
-	addr, authority, token, asJSON, profile := o.addr, o.authority, o.token, o.asJSON, o.profile
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds := o.creds
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
+	conn, err := grpc.NewClient(o.addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 	client := pb.NewDestinationClient(conn)
-	req := &pb.GetDestination{Scheme: "k8s", Path: authority, ContextToken: token}
-	if profile {
+	req := &pb.GetDestination{Scheme: "k8s", Path: o.authority, ContextToken: o.token}
+	if o.profile {
 		stream, err := client.GetProfile(ctx, req)
 		if err != nil {
 			return err
@@ -87,6 +253,11 @@ func watch(ctx context.Context, out, warn io.Writer, o watchOptions) error {
 			if err != nil {
 				return streamEnd(ctx, err)
 			}
+			if o.asJSON {
+				b, _ := protojson.MarshalOptions{}.Marshal(p)
+				fmt.Fprintln(out, string(b))
+				continue
+			}
 			fmt.Fprintln(out, protojson.Format(p))
 		}
 	}
@@ -94,57 +265,113 @@ func watch(ctx context.Context, out, warn io.Writer, o watchOptions) error {
 	if err != nil {
 		return err
 	}
-	var set destination.EndpointSet
-	for {
-		u, err := stream.Recv()
-		if err != nil {
-			return streamEnd(ctx, err)
-		}
-		if cerr := set.Apply(u); cerr != nil {
-			fmt.Fprintln(warn, "warning:", cerr)
-		}
-		var health map[string]string
-		if o.admin != "" && u.GetAdd() != nil {
-			health = registryHealth(ctx, o.admin, authority)
-		}
-		if asJSON {
-			b, _ := protojson.MarshalOptions{}.Marshal(u)
-			if health != nil {
-				b, _ = json.Marshal(struct {
-					Update json.RawMessage   `json:"update"`
-					Health map[string]string `json:"health"`
-				}{b, health})
+	var hr *healthReader
+	if o.admin != "" {
+		hr = &healthReader{admin: o.admin, authority: o.authority, tls: o.adminTLS, warn: warn}
+	}
+	updates := make(chan *pb.Update)
+	errc := make(chan error, 1)
+	go func() {
+		for {
+			u, err := stream.Recv()
+			if err != nil {
+				errc <- err
+				return
 			}
-			fmt.Fprintln(out, string(b))
-			continue
+			select {
+			case updates <- u:
+			case <-ctx.Done():
+				errc <- ctx.Err()
+				return
+			}
 		}
-		printUpdate(out, u, len(set.Addrs), health)
+	}()
+	var tick <-chan time.Time
+	if hr != nil && o.healthEvery > 0 && !o.asJSON {
+		t := time.NewTicker(o.healthEvery)
+		defer t.Stop()
+		tick = t.C
+	}
+	tw := &table{out: out}
+	var set destination.EndpointSet
+	shown := map[string]row{} // address → the row last printed for it
+	for {
+		select {
+		case err := <-errc:
+			return streamEnd(ctx, err)
+		case <-tick:
+			health := hr.read(ctx)
+			if health == nil {
+				continue
+			}
+			for _, a := range sortedKeys(shown) {
+				r := shown[a]
+				if h := health.of(r.address, r.source); h != r.health {
+					r.health = h
+					shown[a] = r
+					tw.print("HEALTH", r)
+				}
+			}
+		case u := <-updates:
+			if cerr := set.Apply(u); cerr != nil {
+				fmt.Fprintln(warn, "warning:", cerr)
+			}
+			var health registryHealth
+			if hr != nil && u.GetAdd() != nil {
+				health = hr.read(ctx)
+			}
+			if o.asJSON {
+				b, _ := protojson.MarshalOptions{}.Marshal(u)
+				if health != nil {
+					b, _ = json.Marshal(struct {
+						Update json.RawMessage   `json:"update"`
+						Health map[string]string `json:"health"`
+					}{b, health})
+				}
+				fmt.Fprintln(out, string(b))
+				continue
+			}
+			printTable(tw, u, len(set.Addrs), health, hr != nil, shown)
+		}
 	}
 }
 
-// registryHealth reads each endpoint's health for the authority's host from
-// the admin /debug/registry: "address source" -> health. The wire carries
+// registryHealth is each endpoint's health from the admin /debug/registry:
+// "address source" -> health.
+type registryHealth map[string]string
+
+func (h registryHealth) of(address, source string) string {
+	if v, ok := h[address+" "+source]; ok {
+		return v
+	}
+	return "-"
+}
+
+// healthReader reads endpoint health from the admin API. The wire carries
 // no health (unhealthy endpoints are simply removed), so this is how
-// `watch` shows it. Errors leave the map empty.
-func registryHealth(ctx context.Context, admin, authority string) map[string]string {
-	out := map[string]string{}
-	host, _, err := net.SplitHostPort(authority)
+// `watch` shows it. The first failure is reported once; then it is quiet.
+type healthReader struct {
+	admin, authority string
+	tls              *tls.Config
+	warn             io.Writer
+	client           *http.Client
+	warned           bool
+}
+
+func (r *healthReader) read(ctx context.Context) registryHealth {
+	host, _, err := net.SplitHostPort(r.authority)
 	if err != nil {
-		host = authority
+		host = r.authority
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+admin+"/debug/registry?authority="+url.QueryEscape(host), nil)
-	if err != nil {
-		return out
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return out
-	}
-	defer resp.Body.Close()
 	var reg adminpkg.RegistryJSON
-	if json.NewDecoder(resp.Body).Decode(&reg) != nil {
-		return out
+	if err := r.get(ctx, "/debug/registry?authority="+url.QueryEscape(host), &reg); err != nil {
+		if !r.warned {
+			r.warned = true
+			fmt.Fprintf(r.warn, "warning: no health from the admin API (%v); --admin sets its address, --admin off turns this off\n", err)
+		}
+		return nil
 	}
+	out := registryHealth{}
 	for _, svc := range reg.Services {
 		for _, e := range svc.Endpoints {
 			out[e.Address+" "+e.Source] = e.Health
@@ -153,45 +380,154 @@ func registryHealth(ctx context.Context, admin, authority string) map[string]str
 	return out
 }
 
+// get reads an admin JSON endpoint into v.
+func (r *healthReader) get(ctx context.Context, path string, v any) error {
+	if r.client == nil {
+		r.client = adminClient(r.tls)
+	}
+	return adminGet(ctx, r.client, r.admin, path, v)
+}
+
+// adminClient is an HTTP client for the admin API, with the TLS flags'
+// config for an https:// address.
+func adminClient(cfg *tls.Config) *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = cfg
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+// adminGet reads the admin API's JSON at path into v. admin is host:port,
+// or a URL prefix (http://, https://).
+func adminGet(ctx context.Context, c *http.Client, admin, path string, v any) error {
+	base := admin
+	if !strings.Contains(base, "://") {
+		base = "http://" + base
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(base, "/")+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("%s: %s: %s", req.URL.Redacted(), resp.Status, strings.TrimSpace(string(b)))
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		return fmt.Errorf("%s: %w", req.URL.Redacted(), err)
+	}
+	return nil
+}
+
 func streamEnd(ctx context.Context, err error) error {
-	if ctx.Err() != nil || errors.Is(err, io.EOF) {
+	if ctx.Err() != nil || errors.Is(err, io.EOF) || errors.Is(err, context.Canceled) {
 		return nil
 	}
 	return err
 }
 
-// printUpdate writes one line per address, like `linkerd diagnostics
-// endpoints`; with health (see registryHealth) each address shows its own.
-func printUpdate(out io.Writer, u *pb.Update, total int, health map[string]string) {
+// row is one address as the table shows it.
+type row struct {
+	address, zone, health, weight, source, identity, extra string
+}
+
+// table prints rows in columns whose widths only grow, so that rows printed
+// apart in time still line up: a header first, then a row per event.
+type table struct {
+	out    io.Writer
+	header bool
+	w      [6]int
+}
+
+var tableMin = [6]int{6, 21, 6, 7, 6, 6} // EVENT ADDRESS ZONE HEALTH WEIGHT SOURCE
+
+func (t *table) print(event string, r row) {
+	cols := [6]string{event, r.address, r.zone, r.health, r.weight, r.source}
+	if !t.header {
+		t.header = true
+		t.w = tableMin
+		t.line([6]string{"EVENT", "ADDRESS", "ZONE", "HEALTH", "WEIGHT", "SOURCE"}, "IDENTITY", "")
+	}
+	t.line(cols, r.identity, r.extra)
+}
+
+func (t *table) line(cols [6]string, identity, extra string) {
+	var b strings.Builder
+	for i, c := range cols {
+		t.w[i] = max(t.w[i], len(c))
+		fmt.Fprintf(&b, "%-*s  ", t.w[i], c)
+	}
+	b.WriteString(identity)
+	if extra != "" {
+		b.WriteString("  " + extra)
+	}
+	fmt.Fprintln(t.out, strings.TrimRight(b.String(), " "))
+}
+
+// printTable writes an update: a row per address added (with its health
+// when the admin API was read) or removed, and the count.
+func printTable(t *table, u *pb.Update, total int, health registryHealth, withHealth bool, shown map[string]row) {
 	switch x := u.GetUpdate().(type) {
 	case *pb.Update_Add:
 		for _, wa := range x.Add.GetAddrs() {
 			ap, _ := destination.AddrPortFromTCP(wa.GetAddr())
-			h := ""
-			if v, ok := health[ap.String()+" "+wa.GetMetricLabels()["source"]]; ok {
-				h = " health=" + v
+			labels := wa.GetMetricLabels()
+			r := row{address: ap.String(), zone: orDash(labels["zone"]), weight: fmt.Sprint(wa.GetWeight()),
+				source: orDash(labels["source"]), identity: orDash(identity(wa)), health: "-"}
+			if withHealth {
+				r.health = health.of(r.address, labels["source"])
 			}
-			fmt.Fprintf(out, "ADD     %-24s weight=%d%s%s%s%s\n", ap, wa.GetWeight(), h, identity(wa), protocol(wa), labels(wa.GetMetricLabels()))
+			var extra []string
+			if p := protocol(wa); p != "" {
+				extra = append(extra, "protocol="+p)
+			}
+			for _, k := range sortedKeys(labels) {
+				if k != "zone" && k != "source" {
+					extra = append(extra, k+"="+labels[k])
+				}
+			}
+			r.extra = strings.Join(extra, " ")
+			shown[r.address] = r
+			t.print("ADD", r)
 		}
 	case *pb.Update_Remove:
 		for _, a := range x.Remove.GetAddrs() {
 			ap, _ := destination.AddrPortFromTCP(a)
-			fmt.Fprintf(out, "REMOVE  %s\n", ap)
+			r, ok := shown[ap.String()]
+			if !ok {
+				r = row{address: ap.String(), zone: "-", health: "-", weight: "-", source: "-", identity: "-"}
+			}
+			r.extra = ""
+			delete(shown, ap.String())
+			t.print("REMOVE", r)
 		}
 	case *pb.Update_NoEndpoints:
-		fmt.Fprintf(out, "NO_ENDPOINTS exists=%t\n", x.NoEndpoints.GetExists())
+		clear(shown)
+		fmt.Fprintf(t.out, "# no endpoints (the service %s)\n", map[bool]string{true: "exists", false: "is unknown"}[x.NoEndpoints.GetExists()])
 		return
 	}
-	fmt.Fprintf(out, "# %d endpoints\n", total)
+	fmt.Fprintf(t.out, "# %d endpoints\n", total)
 }
 
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// identity is the TLS identity the proxy will expect, with the SNI for a
+// SPIFFE one.
 func identity(wa *pb.WeightedAddr) string {
 	id := wa.GetTlsIdentity()
 	switch {
 	case id.GetDnsLikeIdentity() != nil:
-		return " identity=" + id.GetDnsLikeIdentity().GetName()
+		return id.GetDnsLikeIdentity().GetName()
 	case id.GetUriLikeIdentity() != nil:
-		return " identity=" + id.GetUriLikeIdentity().GetUri() + " server_name=" + id.GetServerName().GetName()
+		return id.GetUriLikeIdentity().GetUri() + " (sni " + id.GetServerName().GetName() + ")"
 	}
 	return ""
 }
@@ -199,22 +535,18 @@ func identity(wa *pb.WeightedAddr) string {
 func protocol(wa *pb.WeightedAddr) string {
 	switch {
 	case wa.GetProtocolHint().GetH2() != nil:
-		return " protocol=h2"
+		return "h2"
 	case wa.GetProtocolHint().GetOpaque() != nil:
-		return " protocol=opaque"
+		return "opaque"
 	}
 	return ""
 }
 
-func labels(m map[string]string) string {
+func sortedKeys[V any](m map[string]V) []string {
 	keys := make([]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	var b strings.Builder
-	for _, k := range keys {
-		fmt.Fprintf(&b, " %s=%s", k, m[k])
-	}
-	return b.String()
+	return keys
 }
