@@ -38,13 +38,19 @@ func BenchmarkDNS(b *testing.B) {
 	for _, n := range []int{1000, 100000} {
 		b.Run(fmt.Sprintf("names=%d", n), func(b *testing.B) {
 			trib, core := benchServers(b, n)
+			for _, srv := range []*benchServer{trib, core} {
+				b.Logf("%-9s %7d names: RSS %d MiB before the load", srv.name, n, srv.rssMiB(b))
+			}
 			for range b.N {
-				for _, srv := range []struct{ name, addr string }{{"tributary", trib}, {"coredns", core}, {"tributary", trib}, {"coredns", core}} {
+				for _, srv := range []*benchServer{trib, core, trib, core} {
 					r := load(b, srv.addr, n, benchDuration)
 					b.Logf("%-9s %7d names: %8.0f qps  p50 %6.0f µs  p99 %6.0f µs  errors %d", srv.name, n, r.qps, r.p50, r.p99, r.errors)
 					b.ReportMetric(r.qps, srv.name+"-qps")
 					b.ReportMetric(r.p99, srv.name+"-p99-µs")
 				}
+			}
+			for _, srv := range []*benchServer{trib, core} {
+				b.Logf("%-9s %7d names: RSS %d MiB after the load", srv.name, n, srv.rssMiB(b))
 			}
 		})
 	}
@@ -58,7 +64,29 @@ const (
 // benchServers starts tributary (file source, n names, one endpoint each,
 // DNS interface) and CoreDNS (the same names in a zone file) and returns
 // their DNS addresses.
-func benchServers(b *testing.B, n int) (trib, core string) {
+// benchServer is a DNS server under load: its address and process.
+type benchServer struct {
+	name, addr string
+	cmd        *exec.Cmd
+}
+
+// rssMiB is the process's resident memory, from /proc.
+func (s *benchServer) rssMiB(b *testing.B) int {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.cmd.Process.Pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			var kb int
+			fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
+			return kb / 1024
+		}
+	}
+	return 0
+}
+
+func benchServers(b *testing.B, n int) (trib, core *benchServer) {
 	b.Helper()
 	dir := b.TempDir()
 	var svcs, zone strings.Builder
@@ -73,24 +101,24 @@ func benchServers(b *testing.B, n int) (trib, core string) {
 	if err := os.WriteFile(filepath.Join(dir, "services", "bench.yaml"), []byte(svcs.String()), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	trib = benchFreePort(b)
+	trib = &benchServer{name: "tributary", addr: benchFreePort(b)}
 	cfg := fmt.Sprintf("sources:\n  - name: local\n    kind: file\n    paths: [%q]\ndns:\n  listen: %s\n  zones: [{zone: demo.}]\n",
-		filepath.Join(dir, "services", "*.yaml"), trib)
-	startBenchTributary(b, dir, cfg)
+		filepath.Join(dir, "services", "*.yaml"), trib.addr)
+	trib.cmd = startBenchTributary(b, dir, cfg)
 
 	zoneFile := filepath.Join(dir, "db.demo")
 	if err := os.WriteFile(zoneFile, []byte(zone.String()), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	core = benchFreePort(b)
-	_, port, _ := net.SplitHostPort(core)
+	core = &benchServer{name: "coredns", addr: benchFreePort(b)}
+	_, port, _ := net.SplitHostPort(core.addr)
 	corefile := filepath.Join(dir, "Corefile")
 	if err := os.WriteFile(corefile, fmt.Appendf(nil, "demo:%s {\n    bind 127.0.0.1\n    file %s\n}\n", port, zoneFile), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	startBenchProcess(b, exec.Command(filepath.Join(harness.Peer(b, "coredns"), "coredns"), "-conf", corefile))
-	for _, addr := range []string{trib, core} {
-		waitName(b, addr, fmt.Sprintf("svc%d.demo.", n-1))
+	core.cmd = startBenchProcess(b, exec.Command(filepath.Join(harness.Peer(b, "coredns"), "coredns"), "-conf", corefile))
+	for _, s := range []*benchServer{trib, core} {
+		waitName(b, s.addr, fmt.Sprintf("svc%d.demo.", n-1))
 	}
 	return trib, core
 }
@@ -99,7 +127,7 @@ func benchFreePort(b *testing.B) string { return harness.FreePorts(b, 1)[0] }
 
 // startBenchTributary runs tributary outside the harness (which wants a
 // *testing.T) with config, until the benchmark ends.
-func startBenchTributary(b *testing.B, dir, sourcesAndDNS string) {
+func startBenchTributary(b *testing.B, dir, sourcesAndDNS string) *exec.Cmd {
 	b.Helper()
 	p := harness.FreePorts(b, 2)
 	cfg := fmt.Sprintf("server:\n  listen: %s\n  admin: %s\n%s", p[0], p[1], sourcesAndDNS)
@@ -107,10 +135,10 @@ func startBenchTributary(b *testing.B, dir, sourcesAndDNS string) {
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	startBenchProcess(b, exec.Command(harness.Bin, "serve", "--config", path, "--log-level", "warn"))
+	return startBenchProcess(b, exec.Command(harness.Bin, "serve", "--config", path, "--log-level", "warn"))
 }
 
-func startBenchProcess(b *testing.B, cmd *exec.Cmd) {
+func startBenchProcess(b *testing.B, cmd *exec.Cmd) *exec.Cmd {
 	b.Helper()
 	logs := &harness.SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
@@ -126,6 +154,7 @@ func startBenchProcess(b *testing.B, cmd *exec.Cmd) {
 			b.Logf("%s output:\n%s", cmd.Path, logs.String())
 		}
 	})
+	return cmd
 }
 
 // waitName waits until addr answers name (the last name: all are loaded).
