@@ -5,7 +5,8 @@
 #                              building them first when missing
 #   tools/peers.sh all         build every peer
 #
-# PEER is one of: consul etcd coredns k8s. Binaries live outside the repo in
+# PEER is one of: consul etcd coredns k8s promtool (promtool is no peer a
+# server test talks to, but the rules test runs it, and it builds the same way). Binaries live outside the repo in
 # ${TRIBUTARY_PEERS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tributary-peers}/<peer>-<version>-<go.sum hash>/
 # so a fresh clone (CI) reuses what an earlier run built on the same machine.
 # A flock per folder keeps two builds of one peer from racing.
@@ -20,7 +21,8 @@ module_dir() {
 	etcd) echo "$here/etcd-v3.7.3" ;;
 	coredns) echo "$here/coredns-slim-v1.15.0" ;;
 	k8s) echo "$here/k8s-v1.37.2" ;;
-	*) echo "unknown peer $1 (consul etcd coredns k8s)" >&2; exit 2 ;;
+	promtool) echo "$here/promtool-v0.316.0" ;;
+	*) echo "unknown peer $1 (consul etcd coredns k8s promtool)" >&2; exit 2 ;;
 	esac
 }
 
@@ -55,6 +57,9 @@ build() {
 			v=v1.37.2
 			go build -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$v -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37" \
 				-o "$dest.tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver ;;
+		promtool)
+			# Prometheus v3.16.0 (its Go module is tagged v0.316.0).
+			go build -trimpath -ldflags='-s -w' -o "$dest.tmp/promtool" github.com/prometheus/prometheus/cmd/promtool ;;
 		esac
 	)
 	touch "$dest.tmp/.complete"
@@ -67,7 +72,7 @@ path)
 	build "$peer"
 	dest_dir "$peer" ;;
 all)
-	for p in etcd coredns consul k8s; do build "$p"; done ;;
+	for p in etcd coredns consul k8s promtool; do build "$p"; done ;;
 *)
 	echo "usage: $0 path PEER | all" >&2; exit 2 ;;
 esac
