@@ -7,6 +7,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/tributary-mesh/tributary/discovery"
@@ -77,12 +78,21 @@ func FuzzBuild(f *testing.F) {
 		b.serveTerminating = in.Byte()%2 == 1
 		b.preferIPv6 = in.Byte()%2 == 1
 		b.mode = sinktest.Pick(&in, IdentityNone, IdentityLinkerd, IdentitySPIFFE, IdentityMode(""))
+		if in.Byte()%2 == 1 {
+			b.defaultOpaque = portSet(DefaultOpaquePorts, nil)
+		}
 
 		s := svc("ns", "web")
 		s.Spec.Type = sinktest.Pick(&in, corev1.ServiceType(""), corev1.ServiceTypeClusterIP, corev1.ServiceTypeNodePort,
 			corev1.ServiceTypeLoadBalancer, corev1.ServiceTypeExternalName, "Weird")
 		if in.Byte()%2 == 1 {
 			s.Annotations = map[string]string{OpaquePortsAnnotation: opaque}
+		}
+		if in.Byte()%2 == 1 {
+			s.Spec.Selector = map[string]string{"app": "web"}
+		}
+		if in.Byte()%2 == 1 {
+			s.Spec.ClusterIP = corev1.ClusterIPNone
 		}
 		portNames := []string{"", "http", "grpc", "HTTP", "a"}
 		protocols := []corev1.Protocol{"", corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP, "tcp"}
@@ -123,8 +133,8 @@ func FuzzBuild(f *testing.F) {
 				}
 				if in.Byte()%2 == 1 {
 					e.TargetRef = &corev1.ObjectReference{
-						Kind: sinktest.Pick(&in, "Pod", "Node", ""), Namespace: sinktest.Pick(&in, "", "ns", "other"),
-						Name: sinktest.Pick(&in, "p0", "p1", "", extraHost), UID: sinktest.Pick(&in, types.UID(""), "u0", "u1"),
+						Kind: sinktest.Pick(&in, "Pod", "Node", "", kindExternalWorkload), Namespace: sinktest.Pick(&in, "", "ns", "other"),
+						Name: sinktest.Pick(&in, "p0", "p1", "", extraHost, "w0"), UID: sinktest.Pick(&in, types.UID(""), "u0", "u1"),
 					}
 				}
 				sl.Endpoints = append(sl.Endpoints, e)
@@ -138,8 +148,55 @@ func FuzzBuild(f *testing.F) {
 			pod("other", "p0", "sa1", map[string]string{LinkerdControlPlaneLabel: "linkerd"}, nil),
 		}
 		ps[0].UID = "u0"
+		// Linkerd's annotations and proxy container, from the fuzz input.
+		ps[0].Annotations = map[string]string{
+			OpaquePortsAnnotation:      sinktest.Pick(&in, opaque, "8080", "http", ""),
+			SkipInboundPortsAnnotation: sinktest.Pick(&in, opaque, "", "80"),
+		}
+		proxied(ps[0], sinktest.Pick(&in, extraAddr, "0.0.0.0:4143", "", "[::]:4144", ":4143"), in.Byte()%2 == 1)
 
-		out := b.build(s, eps, pods(ps...), func(obj, msg string) {})
+		// An ExternalWorkload, selected by the Service or referred to.
+		var wports []any
+		for range in.Byte() % 4 {
+			wports = append(wports, map[string]any{
+				"name": sinktest.Pick(&in, "http", "grpc", "", proxyPortName), "port": int64(in.port()),
+				"protocol": sinktest.Pick(&in, "TCP", "UDP", ""),
+			})
+		}
+		var wips []any
+		for range in.Byte() % 3 {
+			wips = append(wips, map[string]any{"ip": in.addr(extraAddr)})
+		}
+		u := &unstructured.Unstructured{Object: map[string]any{
+			"metadata": map[string]any{"namespace": "ns", "name": "w0", "uid": sinktest.Pick(&in, "", "u0", "u1"),
+				"labels":      map[string]any{"app": "web"},
+				"annotations": map[string]any{OpaquePortsAnnotation: sinktest.Pick(&in, opaque, "http", "")}},
+			"spec": map[string]any{
+				"meshTLS": map[string]any{
+					"identity":   sinktest.Pick(&in, "spiffe://example.org/w0", "w0.ns.serviceaccount.identity.linkerd.cluster.local", "", "https://x", extraHost),
+					"serverName": sinktest.Pick(&in, "w0.example.org", "w0.ns.serviceaccount.identity.linkerd.cluster.local", "", extraHost),
+				},
+				"ports": wports, "workloadIPs": wips,
+			},
+			"status": map[string]any{"conditions": []any{map[string]any{"type": "Ready", "status": sinktest.Pick(&in, "True", "False", "Unknown")}}},
+		}}
+		w, _ := workloadFromUnstructured(u)
+		lk := workloads(w.(*externalWorkload))
+		lk.pods = pods(ps...)
+
+		out := b.buildWith(s, eps, lk, func(obj, msg string) {})
 		sinktest.CheckGroup(t, discovery.Group{Key: "ns/svc", Services: out})
+		for _, svc := range out {
+			for _, e := range svc.Endpoints {
+				if e.Identity.Kind != discovery.IdentityNone {
+					if id, err := discovery.ParseIdentity(e.Identity.Name, e.Identity.ServerName); err != nil || id != e.Identity {
+						t.Fatalf("%s: identity %+v is not one the model accepts: %v", e.Addr, e.Identity, err)
+					}
+				}
+				if e.OpaqueTransport != 0 && e.Protocol != discovery.ProtocolOpaque {
+					t.Fatalf("%s: opaque transport %d with protocol %q", e.Addr, e.OpaqueTransport, e.Protocol)
+				}
+			}
+		}
 	})
 }
