@@ -64,6 +64,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 )
 
 // Table is one allocation: hosts to virtual IPs and back. Immutable once
@@ -140,6 +141,13 @@ type Hash struct {
 	first  *big.Int // the first usable address, as a number
 	size   *big.Int // how many usable addresses
 	pins   map[string]netip.Addr
+
+	// slots remembers hosts' slots between tables (a slot is a pure
+	// function of the host, and hashing 100,000 hosts again on every
+	// change would dominate a rebuild). Pruned to the hosts of the last
+	// table when it grows to twice that.
+	mu    sync.Mutex
+	slots map[string]netip.Addr
 }
 
 // ErrConfig is wrapped by NewHash's errors.
@@ -222,12 +230,21 @@ func (h *Hash) Table(hosts []string) *Table {
 		t.byAddr[a] = host
 	}
 	want := make(map[netip.Addr][]string, len(hosts))
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.slots == nil || len(h.slots) > 2*len(hosts)+1024 {
+		h.slots = make(map[string]netip.Addr, len(hosts))
+	}
 	for _, host := range hosts {
 		host = canonical(host)
 		if _, pinned := h.pins[host]; pinned {
 			continue
 		}
-		a := h.Slot(host)
+		a, ok := h.slots[host]
+		if !ok {
+			a = h.Slot(host)
+			h.slots[host] = a
+		}
 		if l := want[a]; len(l) == 0 || !slices.Contains(l, host) {
 			want[a] = append(l, host)
 		}
