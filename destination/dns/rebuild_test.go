@@ -40,4 +40,3 @@ func BenchmarkRebuild(b *testing.B) {
 		})
 	}
 }
-
