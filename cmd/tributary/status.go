@@ -145,7 +145,11 @@ func printStatus(out io.Writer, reg adminpkg.RegistryJSON, top int, now time.Tim
 		}
 		return all[i].authority < all[j].authority
 	})
-	fmt.Fprintf(out, "\n%d services", len(all))
+	if len(all) == 1 {
+		fmt.Fprint(out, "\n1 service")
+	} else {
+		fmt.Fprintf(out, "\n%d services", len(all))
+	}
 	if len(all) > top {
 		fmt.Fprintf(out, "; the %d largest", top)
 		all = all[:top]
