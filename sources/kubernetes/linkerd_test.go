@@ -383,6 +383,25 @@ func TestExternalWorkloadsBySelector(t *testing.T) {
 	}
 }
 
+func TestExternalWorkloadOwnerLabel(t *testing.T) {
+	for _, c := range []struct {
+		owners []metav1.OwnerReference
+		want   map[string]string
+	}{
+		{nil, map[string]string{LabelExternalWorkload: "vm", LabelService: "web"}},
+		{[]metav1.OwnerReference{{Kind: "VMGroup", Name: "billing"}}, map[string]string{LabelExternalWorkload: "vm", LabelService: "web", "vmgroup": "billing"}},
+		{[]metav1.OwnerReference{{Kind: "Service", Name: "other"}}, map[string]string{LabelExternalWorkload: "vm", LabelService: "web"}},
+		{[]metav1.OwnerReference{{Kind: "A", Name: "a"}, {Kind: "B", Name: "b"}}, map[string]string{LabelExternalWorkload: "vm", LabelService: "web"}},
+	} {
+		w := &externalWorkload{ObjectMeta: metav1.ObjectMeta{Name: "vm", OwnerReferences: c.owners}}
+		l := map[string]string{LabelService: "web"}
+		workloadLabels(l, w)
+		if !maps.Equal(l, c.want) {
+			t.Errorf("owners %v: %v, want %v", c.owners, l, c.want)
+		}
+	}
+}
+
 func TestExternalWorkloadParsing(t *testing.T) {
 	w := workloadObj(t, "prod", "vm", nil, "spiffe://x/y", "", "not-an-ip", "Unknown", map[string]any{"port": int64(70000)})
 	if w.ready || len(w.ips) != 0 || len(w.ports) != 0 || len(w.problems) != 2 {

@@ -223,13 +223,15 @@ func workloadIdentity(w *externalWorkload) (discovery.Identity, error) {
 
 // workloadLabels adds Linkerd's ExternalWorkload metric labels to l:
 // external_workload, and the owner under its lower-cased kind when the
-// workload has exactly one.
+// workload has exactly one. An owner kind never replaces a label already
+// set (an owner of kind Service would otherwise rename the service).
 func workloadLabels(l map[string]string, w *externalWorkload) {
 	l[LabelExternalWorkload] = w.Name
 	if len(w.OwnerReferences) == 1 {
 		ref := w.OwnerReferences[0]
-		if ref.Kind != "" && ref.Name != "" {
-			l[strings.ToLower(ref.Kind)] = ref.Name
+		key := strings.ToLower(ref.Kind)
+		if _, taken := l[key]; !taken && key != "" && ref.Name != "" {
+			l[key] = ref.Name
 		}
 	}
 }
