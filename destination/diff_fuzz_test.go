@@ -76,7 +76,10 @@ func fuzzViews(data []byte) []view {
 		case 4:
 			edit(ap, func(e *discovery.Endpoint) { e.Identity = fuzzIdentities[int(arg>>4)%len(fuzzIdentities)] })
 		case 5:
-			edit(ap, func(e *discovery.Endpoint) { e.Protocol = discovery.Protocol(arg >> 4 % 3) })
+			edit(ap, func(e *discovery.Endpoint) {
+				e.Protocol = discovery.Protocol(arg >> 4 % 3)
+				e.OpaqueTransport = []uint16{0, 4143, 300}[arg>>6%3] // with any hint, as forced transport is
+			})
 		case 6:
 			edit(ap, func(e *discovery.Endpoint) {
 				if arg>>4%2 == 0 {

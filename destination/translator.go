@@ -115,6 +115,16 @@ func weightedAddr(e *discovery.Endpoint, clientZone string) *pb.WeightedAddr {
 	case discovery.ProtocolOpaque:
 		wa.ProtocolHint = &pb.ProtocolHint{Protocol: &pb.ProtocolHint_Opaque_{Opaque: &pb.ProtocolHint_Opaque{}}}
 	}
+	// The target proxy's inbound port, whatever the hint: Linkerd's
+	// controller sends it with the opaque hint for opaque ports, and with
+	// h2 (or no protocol) when it forces opaque transport on every port.
+	// The source decides which ports carry it.
+	if e.OpaqueTransport != 0 {
+		if wa.ProtocolHint == nil {
+			wa.ProtocolHint = &pb.ProtocolHint{}
+		}
+		wa.ProtocolHint.OpaqueTransport = &pb.ProtocolHint_OpaqueTransport{InboundPort: uint32(e.OpaqueTransport)}
+	}
 	return wa
 }
 

@@ -142,6 +142,14 @@ func TestWeightedAddr(t *testing.T) {
 	if wa.GetProtocolHint().GetOpaque() == nil {
 		t.Errorf("want opaque hint, got %v", wa.GetProtocolHint())
 	}
+	if wa.GetProtocolHint().GetOpaqueTransport() != nil {
+		t.Errorf("opaque_transport without an inbound port: %v", wa.GetProtocolHint())
+	}
+	tunnelled := *spiffe
+	tunnelled.OpaqueTransport = 4143
+	if got := weightedAddr(&tunnelled, "").GetProtocolHint(); got.GetOpaque() == nil || got.GetOpaqueTransport().GetInboundPort() != 4143 {
+		t.Errorf("opaque hint with the target proxy's inbound port: %v", got)
+	}
 	if wa.GetWeight() != discovery.DefaultWeight {
 		t.Errorf("weight %d", wa.GetWeight())
 	}

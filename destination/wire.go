@@ -38,8 +38,9 @@ const (
 	fTLSURI        protowire.Number = 3 // TlsIdentity.uri_like_identity {uri = 1}
 	fTLSServerName protowire.Number = 4 // TlsIdentity.server_name {name = 1}
 
-	fHintH2     protowire.Number = 1 // ProtocolHint.h2 {}
-	fHintOpaque protowire.Number = 3 // ProtocolHint.opaque {}
+	fHintH2        protowire.Number = 1 // ProtocolHint.h2 {}
+	fHintTransport protowire.Number = 2 // ProtocolHint.opaque_transport {inbound_port = 1}
+	fHintOpaque    protowire.Number = 3 // ProtocolHint.opaque {}
 )
 
 // scratch holds the buffers updates are written in before they are copied
@@ -185,13 +186,25 @@ func appendWeightedAddr(b []byte, e *discovery.Endpoint, clientZone string) []by
 		})
 	}
 
-	switch e.Protocol {
-	case discovery.ProtocolH2:
-		b = appendMessage(b, fWProtocol, func(b []byte) []byte { return appendMessage(b, fHintH2, func(b []byte) []byte { return b }) })
-	case discovery.ProtocolOpaque:
-		b = appendMessage(b, fWProtocol, func(b []byte) []byte { return appendMessage(b, fHintOpaque, func(b []byte) []byte { return b }) })
+	if e.Protocol != discovery.ProtocolH2 && e.Protocol != discovery.ProtocolOpaque && e.OpaqueTransport == 0 {
+		return b
 	}
-	return b
+	return appendMessage(b, fWProtocol, func(b []byte) []byte {
+		// opaque_transport is not in the oneof, so it comes before it.
+		if e.OpaqueTransport != 0 {
+			b = appendMessage(b, fHintTransport, func(b []byte) []byte {
+				b = protowire.AppendTag(b, 1, protowire.VarintType)
+				return protowire.AppendVarint(b, uint64(e.OpaqueTransport))
+			})
+		}
+		switch e.Protocol {
+		case discovery.ProtocolH2:
+			b = appendMessage(b, fHintH2, func(b []byte) []byte { return b })
+		case discovery.ProtocolOpaque:
+			b = appendMessage(b, fHintOpaque, func(b []byte) []byte { return b })
+		}
+		return b
+	})
 }
 
 // appendTCPAddress appends the fields of tcpAddress(a).

@@ -69,6 +69,13 @@ func TestEncodedUpdatesMatchProto(t *testing.T) {
 			Protocol: discovery.ProtocolOpaque, Labels: map[string]string{long: long}},
 		{Addr: netip.MustParseAddrPort("192.168.1.1:1"), Identity: discovery.Identity{Kind: discovery.IdentitySPIFFE, Name: "spiffe://no/server/name"}},
 		{Addr: netip.MustParseAddrPort("[::ffff:10.1.1.1]:80"), Source: "file"},
+		// opaque_transport with each hint (Linkerd sends it with h2 too when
+		// it forces opaque transport), alone, and at a port past one varint byte.
+		{Addr: netip.MustParseAddrPort("10.0.0.2:3306"), Protocol: discovery.ProtocolOpaque, OpaqueTransport: 4143,
+			Identity: discovery.Identity{Kind: discovery.IdentityDNS, Name: "db.ns.serviceaccount.identity.linkerd.cluster.local"}},
+		{Addr: netip.MustParseAddrPort("10.0.0.3:8080"), Protocol: discovery.ProtocolH2, OpaqueTransport: 65535},
+		{Addr: netip.MustParseAddrPort("10.0.0.4:8080"), OpaqueTransport: 1},
+		{Addr: netip.MustParseAddrPort("[fd00::5]:6379"), Protocol: discovery.ProtocolOpaque, OpaqueTransport: 127},
 	}
 	many := map[string]string{}
 	for i := range 40 { // more than the label keys kept on the stack
