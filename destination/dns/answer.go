@@ -287,14 +287,13 @@ func (a *answerer) run(resp *mdns.Msg) {
 
 // exists reports whether a relative name of the zone is an existing name.
 func (a *answerer) exists(rel string) bool {
-	_, ok := a.s.current().names[rel+"."+a.zone.Name]
-	return ok
+	return a.s.current().has(rel + "." + a.zone.Name)
 }
 
 // absent answers for a name no host has: NODATA when it is an empty
 // non-terminal (a longer name ends with it), else NXDOMAIN.
 func (a *answerer) absent(resp *mdns.Msg, lname string) {
-	if _, ok := a.s.current().names[lname]; ok {
+	if a.s.current().has(lname) {
 		a.nodata(resp)
 		return
 	}
@@ -486,7 +485,7 @@ func (a *answerer) answerVIP(resp *mdns.Msg, host string, v *view, onePort bool)
 	h, _ := discovery.CanonicalHost(host)
 	ip, ok := idx.vips.Lookup(h)
 	if !ok {
-		if _, known := idx.vipHosts[h]; !known {
+		if !idx.knowsVIPHost(h) {
 			resp.Rcode = mdns.RcodeServerFailure
 			return
 		}
@@ -594,9 +593,4 @@ func preferZone(eps []*discovery.Endpoint, zone string) []*discovery.Endpoint {
 		}
 	}
 	return out
-}
-
-func sortedUnique(s []string) []string {
-	slices.Sort(s)
-	return slices.Compact(s)
 }

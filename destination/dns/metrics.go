@@ -35,7 +35,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 	names := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tributary_dns_names",
 		Help: "Names the DNS interface answers for (empty non-terminals included), as of its last index rebuild.",
-	}, func() float64 { return float64(len(s.idx.Load().names)) })
+	}, func() float64 { return float64(s.idx.Load().names.Len()) })
 	vips := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tributary_dns_virtual_ips",
 		Help: "Hosts with a virtual IP (pins included).",
@@ -43,13 +43,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) *metrics {
 	collided := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tributary_dns_virtual_ip_collisions",
 		Help: "Hosts without a virtual IP because another host hashes to the same one (pin one, or widen the range).",
-	}, func() float64 {
-		n := 0
-		for _, c := range s.idx.Load().vips.Collisions() {
-			n += len(c.Hosts)
-		}
-		return float64(n)
-	})
+	}, func() float64 { return float64(s.idx.Load().vips.Colliding()) })
 	reg.MustRegister(answers, m.truncated, names, vips, collided)
 	return m
 }

@@ -51,6 +51,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,6 +61,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tributary-mesh/tributary/cache"
+	"github.com/tributary-mesh/tributary/destination/internal/cowmap"
 	"github.com/tributary-mesh/tributary/destination/vip"
 	"github.com/tributary-mesh/tributary/discovery"
 )
@@ -88,16 +90,18 @@ type Options struct {
 // Server answers DNS queries from the registry. Create it with New, start
 // it with Start (or use it as a miekg/dns Handler), stop it with Shutdown.
 type Server struct {
-	store    *cache.Store
-	fed      *discovery.Federation
-	set      *Settings
-	log      *slog.Logger
-	extra    map[string][]uint16 // host → ports of configured authorities
-	synced   <-chan struct{}
-	deadline time.Time // answer anyway after this, synced or not
-	ready    atomic.Bool
-	metrics  *metrics
-	views    *viewCache
+	store *cache.Store
+	fed   *discovery.Federation
+	set   *Settings
+	log   *slog.Logger
+	extra map[string][]uint16 // host → ports of configured authorities
+	// extraHosts is extra's hosts, sorted.
+	extraHosts []string
+	synced     <-chan struct{}
+	deadline   time.Time // answer anyway after this, synced or not
+	ready      atomic.Bool
+	metrics    *metrics
+	views      *viewCache
 
 	idx       atomic.Pointer[index]
 	rebuildMu sync.Mutex // one rebuild at a time
@@ -128,8 +132,12 @@ func New(opts Options) (*Server, error) {
 		s.fed, _ = discovery.NewFederation(nil, nil)
 	}
 	for _, a := range opts.Authorities {
+		if _, seen := s.extra[a.Host]; !seen {
+			s.extraHosts = append(s.extraHosts, a.Host)
+		}
 		s.extra[a.Host] = append(s.extra[a.Host], a.Port)
 	}
+	slices.Sort(s.extraHosts)
 	if opts.StartupTimeout <= 0 {
 		opts.StartupTimeout = 2 * time.Second
 	}
@@ -137,7 +145,7 @@ func New(opts Options) (*Server, error) {
 	if s.synced == nil {
 		s.ready.Store(true)
 	}
-	s.idx.Store(s.buildIndex(context.Background(), nil, nil))
+	s.idx.Store(s.buildIndex(context.Background(), nil, nil, nil))
 	s.metrics = newMetrics(opts.Registerer, s)
 	s.views = newViewCache(defaultViewCache)
 	return s, nil
@@ -304,73 +312,161 @@ func (s *Server) rebuild(ctx context.Context) {
 	}()
 	ws := memdb.NewWatchSet()
 	hosts := s.store.Snapshot().Hosts(ws)
-	next := s.buildIndex(ctx, hosts, ws)
+	next := s.buildIndex(ctx, s.idx.Load(), hosts, ws)
 	if old := s.idx.Swap(next); old != nil {
 		close(old.changed)
 	}
-	defer func() { s.collisions = len(next.vips.Collisions()) }()
-	if c := next.vips.Collisions(); len(c) > 0 && len(c) != s.collisions {
-		s.log.Warn("dns: hosts without a virtual IP: another host has the same one (pin one of them in dns.virtual_ips.pins, or widen the range)",
-			"collisions", len(c), "first", fmt.Sprint(c[0].Hosts), "addr", c[0].Addr.String())
+	if n := next.vips.Colliding(); n != s.collisions {
+		s.collisions = n
+		if c := next.vips.Collisions(); len(c) > 0 {
+			s.log.Warn("dns: hosts without a virtual IP: another host has the same one (pin one of them in dns.virtual_ips.pins, or widen the range)",
+				"hosts", n, "first", fmt.Sprint(c[0].Hosts), "addr", c[0].Addr.String())
+		}
 	}
 }
 
 // index is what the server knows of every name, rebuilt from the registry.
+// Each rebuild derives it from the previous one: the host lists are
+// compared, and only the names and virtual IPs of the hosts that came or
+// went are touched (cowmap and vip.Table copy only what a change touches).
 type index struct {
-	// names holds every name some host makes exist in a zone, and every
-	// name between it and its zone (empty non-terminals), as lower-case
-	// FQDNs.
-	names map[string]struct{}
-	// vipHosts is every host of a zone with virtual IPs; vips their table.
-	vipHosts map[string]struct{}
+	// hosts is every host of the registry and of the configured
+	// authorities, sorted.
+	hosts []string
+	// names counts, for every name some host makes exist in a zone and
+	// every name between it and its zone (empty non-terminals), the hosts
+	// that make it exist. Lower-case FQDNs.
+	names cowmap.Map[string, int32]
+	// vips is the virtual IP table, of the hosts vipHosts (sorted): the
+	// hosts of the zones with virtual IPs, as of the last allocation that
+	// succeeded.
 	vips     *vip.Table
+	vipHosts []string
 	watch    memdb.WatchSet
 	changed  chan struct{} // closed when a newer index replaces this one
 }
 
-func (s *Server) buildIndex(ctx context.Context, hosts []string, ws memdb.WatchSet) *index {
-	idx := &index{names: map[string]struct{}{}, vipHosts: map[string]struct{}{}, watch: ws, changed: make(chan struct{})}
-	add := func(host string) {
-		for i := range s.set.Zones {
-			z := &s.set.Zones[i]
-			name, ok := z.name(host)
-			if !ok {
-				continue
-			}
-			for n := name; n != z.Name; {
-				if _, seen := idx.names[n]; seen {
-					break
-				}
-				idx.names[n] = struct{}{}
-				_, rest, _ := cutLabel(n)
-				n = rest
-			}
-			if z.VirtualIPs {
-				idx.vipHosts[host] = struct{}{}
-			}
-		}
+// has reports whether a name exists or is an empty non-terminal.
+func (idx *index) has(name string) bool {
+	n, _ := idx.names.Get(name)
+	return n > 0
+}
+
+// knowsVIPHost reports whether host is one the virtual IP table holds
+// (with or without an address).
+func (idx *index) knowsVIPHost(host string) bool {
+	_, ok := slices.BinarySearch(idx.vipHosts, host)
+	return ok
+}
+
+// buildIndex derives the index for hosts (sorted, as Snapshot.Hosts
+// returns them) from prev (nil: from nothing).
+func (s *Server) buildIndex(ctx context.Context, prev *index, hosts []string, ws memdb.WatchSet) *index {
+	if prev == nil {
+		prev = &index{}
 	}
-	for _, h := range hosts {
-		add(h)
+	idx := &index{hosts: mergeSorted(hosts, s.extraHosts), watch: ws, changed: make(chan struct{})}
+	added, removed := diffSorted(prev.hosts, idx.hosts)
+	e := prev.names.Edit()
+	for _, h := range removed {
+		s.countNames(e, h, -1)
 	}
-	for h := range s.extra {
-		add(h)
+	for _, h := range added {
+		s.countNames(e, h, +1)
 	}
-	if s.set.Allocator != nil {
-		list := make([]string, 0, len(idx.vipHosts))
-		for h := range idx.vipHosts {
-			list = append(list, h)
-		}
-		t, err := s.set.Allocator.Allocate(ctx, sortedUnique(list))
-		switch {
-		case err == nil:
-			idx.vips = t
-		case s.idx.Load() != nil:
-			s.log.Warn("dns: virtual IP allocation failed; keeping the previous one", "error", err)
-			idx.vips = s.idx.Load().vips
-		}
+	idx.names = e.Done()
+	idx.vips, idx.vipHosts = prev.vips, prev.vipHosts
+	if s.set.Allocator == nil {
+		return idx
 	}
+	want := slices.DeleteFunc(slices.Clone(idx.hosts), func(h string) bool { return !s.inVIPZone(h) })
+	va, vr := diffSorted(prev.vipHosts, want)
+	if prev.vips != nil && len(va) == 0 && len(vr) == 0 {
+		return idx
+	}
+	t, err := s.set.Allocator.Allocate(ctx, prev.vips, va, vr)
+	if err != nil {
+		s.log.Warn("dns: virtual IP allocation failed; keeping the previous one", "error", err)
+		return idx
+	}
+	idx.vips, idx.vipHosts = t, want
 	return idx
+}
+
+// countNames adds delta to the count of every name host makes exist.
+func (s *Server) countNames(e *cowmap.Edit[string, int32], host string, delta int32) {
+	for i := range s.set.Zones {
+		z := &s.set.Zones[i]
+		name, ok := z.name(host)
+		if !ok {
+			continue
+		}
+		for n := name; n != z.Name && n != ""; {
+			c, _ := e.Get(n)
+			if c += delta; c > 0 {
+				e.Set(n, c)
+			} else {
+				e.Del(n)
+			}
+			_, n, _ = cutLabel(n)
+		}
+	}
+}
+
+// inVIPZone reports whether host has a name in a zone with virtual IPs.
+func (s *Server) inVIPZone(host string) bool {
+	for i := range s.set.Zones {
+		if z := &s.set.Zones[i]; z.VirtualIPs {
+			if _, ok := z.name(host); ok {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// diffSorted returns what is in b and not in a, and what is in a and not
+// in b; both sorted and without repeats.
+func diffSorted(a, b []string) (added, removed []string) {
+	i, j := 0, 0
+	for i < len(a) || j < len(b) {
+		switch {
+		case j == len(b) || (i < len(a) && a[i] < b[j]):
+			removed = append(removed, a[i])
+			i++
+		case i == len(a) || b[j] < a[i]:
+			added = append(added, b[j])
+			j++
+		default:
+			i++
+			j++
+		}
+	}
+	return added, removed
+}
+
+// mergeSorted is the sorted union of two sorted lists without repeats.
+func mergeSorted(a, b []string) []string {
+	if len(b) == 0 {
+		return a
+	}
+	out := make([]string, 0, len(a)+len(b))
+	i, j := 0, 0
+	for i < len(a) || j < len(b) {
+		switch {
+		case j == len(b) || (i < len(a) && a[i] < b[j]):
+			out = append(out, a[i])
+			i++
+		case i == len(a) || b[j] < a[i]:
+			out = append(out, b[j])
+			j++
+		default:
+			out = append(out, a[i])
+			i++
+			j++
+		}
+	}
+	return out
 }
 
 // LookupVIP returns the host a virtual IP stands for, and a channel that

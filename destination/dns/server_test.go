@@ -654,3 +654,55 @@ func TestVirtualIPv6AndANY(t *testing.T) {
 		t.Fatalf("ANY %v", got)
 	}
 }
+
+// The index derived change by change equals the one built from scratch.
+func TestIndexIncremental(t *testing.T) {
+	cfg := Config{Zones: []ZoneConfig{{Zone: "demo."}, {Zone: "virtual.demo.", Hosts: "demo", VirtualIPs: true}},
+		VirtualIPs: &VIPConfig{CIDR: "10.9.0.0/26"}}
+	set, err := cfg.Settings()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Options{Store: cache.New(), Settings: set, Authorities: []discovery.Authority{{Host: "rule.x.demo", Port: 80}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var idx *index
+	present := map[string]bool{}
+	for step := range 200 {
+		for k := range 5 {
+			h := fmt.Sprintf("s%d.p%d.demo", (step*7+k*13)%60, (step+k)%3)
+			present[h] = !present[h]
+		}
+		var hosts []string
+		for h, ok := range present {
+			if ok {
+				hosts = append(hosts, h)
+			}
+		}
+		slices.Sort(hosts)
+		idx = s.buildIndex(context.Background(), idx, hosts, nil)
+		fresh := s.buildIndex(context.Background(), nil, hosts, nil)
+		if idx.names.Len() != fresh.names.Len() || !slices.Equal(idx.hosts, fresh.hosts) || !slices.Equal(idx.vipHosts, fresh.vipHosts) {
+			t.Fatalf("step %d: %d names vs %d", step, idx.names.Len(), fresh.names.Len())
+		}
+		for _, h := range fresh.hosts {
+			for _, n := range []string{h + ".", strings.TrimSuffix(h, ".demo") + ".virtual.demo."} {
+				if !idx.has(n) {
+					t.Fatalf("step %d: %s missing", step, n)
+				}
+				if _, parent, _ := cutLabel(n); parent != "demo." && parent != "virtual.demo." && !idx.has(parent) {
+					t.Fatalf("step %d: empty non-terminal %s missing", step, parent)
+				}
+			}
+			a, ok := idx.vips.Lookup(h)
+			b, okb := fresh.vips.Lookup(h)
+			if a != b || ok != okb {
+				t.Fatalf("step %d: %s VIP %v %v, from scratch %v %v", step, h, a, ok, b, okb)
+			}
+		}
+	}
+	if !idx.has("rule.x.demo.") || !idx.has("x.demo.") {
+		t.Fatal("a configured authority's name is missing")
+	}
+}

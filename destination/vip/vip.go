@@ -64,17 +64,25 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
+
+	"github.com/tributary-mesh/tributary/destination/internal/cowmap"
 )
 
 // Table is one allocation: hosts to virtual IPs and back. Immutable once
-// built; safe for concurrent use.
+// built, safe for concurrent use; Allocate derives the next one from it,
+// copying only what the change touches.
 type Table struct {
-	byHost map[string]netip.Addr
-	byAddr map[netip.Addr]string
-	// collisions lists the groups of hosts that wanted one slot (and got
-	// nothing), each sorted, by address.
-	collisions []Collision
+	pins     map[string]netip.Addr // host → pinned address (the allocator's)
+	pinOwner map[netip.Addr]string // and back
+	// slotOf is every hashed (not pinned) host's slot; owners every
+	// slot's hosts, sorted.
+	slotOf cowmap.Map[string, netip.Addr]
+	owners cowmap.Map[netip.Addr, []string]
+	// contested holds the slots more than one host wants, or that some
+	// host wants and a pin holds: nobody hashes into them.
+	contested map[netip.Addr]struct{}
+	hashed    int // hosts in slotOf
+	losers    int // hosts of slotOf whose slot is contested
 }
 
 // Collision is a set of hosts that hash to one address; none of them has
@@ -91,8 +99,17 @@ func (t *Table) Lookup(host string) (netip.Addr, bool) {
 	if t == nil {
 		return netip.Addr{}, false
 	}
-	a, ok := t.byHost[host]
-	return a, ok
+	if a, ok := t.pins[host]; ok {
+		return a, true
+	}
+	a, ok := t.slotOf.Get(host)
+	if !ok {
+		return netip.Addr{}, false
+	}
+	if _, bad := t.contested[a]; bad {
+		return netip.Addr{}, false
+	}
+	return a, true
 }
 
 // Host returns the host a virtual IP belongs to.
@@ -100,36 +117,62 @@ func (t *Table) Host(addr netip.Addr) (string, bool) {
 	if t == nil {
 		return "", false
 	}
-	h, ok := t.byAddr[addr.Unmap()]
-	return h, ok
+	addr = addr.Unmap()
+	if h, ok := t.pinOwner[addr]; ok {
+		return h, true
+	}
+	if _, bad := t.contested[addr]; bad {
+		return "", false
+	}
+	if ow, _ := t.owners.Get(addr); len(ow) == 1 {
+		return ow[0], true
+	}
+	return "", false
 }
 
-// Len is how many hosts have a virtual IP.
+// Len is how many hosts have a virtual IP (pins included).
 func (t *Table) Len() int {
 	if t == nil {
 		return 0
 	}
-	return len(t.byHost)
+	return len(t.pins) + t.hashed - t.losers
 }
 
 // Collisions lists the hosts that have no virtual IP because of another
-// host with the same address.
+// host with the same address, by address.
 func (t *Table) Collisions() []Collision {
-	if t == nil {
+	if t == nil || len(t.contested) == 0 {
 		return nil
 	}
-	return t.collisions
+	out := make([]Collision, 0, len(t.contested))
+	for a := range t.contested {
+		ow, _ := t.owners.Get(a)
+		out = append(out, Collision{Addr: a, Hosts: ow, PinnedTo: t.pinOwner[a]})
+	}
+	slices.SortFunc(out, func(x, y Collision) int { return x.Addr.Compare(y.Addr) })
+	return out
 }
 
-// Allocator assigns virtual IPs to a set of hosts.
+// Colliding is how many hosts have no virtual IP because of a collision.
+func (t *Table) Colliding() int {
+	if t == nil {
+		return 0
+	}
+	return t.losers
+}
+
+// Allocator assigns virtual IPs to hosts.
 type Allocator interface {
-	// Allocate returns the table for hosts: every host of the zones with
-	// virtual IPs, canonical (lower case, no trailing dot), sorted, each
-	// once. Calls are serialised by the caller. A deterministic allocator
-	// returns the same table for the same hosts; a stored one (etcd) may
-	// keep the addresses of hosts that left for a while, and fails when
-	// its store does, in which case the caller keeps its previous table.
-	Allocate(ctx context.Context, hosts []string) (*Table, error)
+	// Allocate returns prev's allocation with the added hosts in and the
+	// removed ones out (prev nil: an empty allocation); a host is in one
+	// of the lists at most. Hosts are
+	// canonical (lower case, no trailing dot): every host of the zones
+	// with virtual IPs. prev is not modified. Calls are serialised by the
+	// caller. A deterministic allocator gives the same table for the same
+	// set of hosts, however it was reached; a stored one (etcd) may keep
+	// the addresses of hosts that left for a while, and fails when its
+	// store does, in which case the caller keeps prev.
+	Allocate(ctx context.Context, prev *Table, added, removed []string) (*Table, error)
 	// Contains reports whether addr is in the allocator's range: an
 	// address in range with no host is a virtual IP nobody has.
 	Contains(addr netip.Addr) bool
@@ -137,17 +180,11 @@ type Allocator interface {
 
 // Hash is the deterministic allocator (see the package doc).
 type Hash struct {
-	prefix netip.Prefix
-	first  *big.Int // the first usable address, as a number
-	size   *big.Int // how many usable addresses
-	pins   map[string]netip.Addr
-
-	// slots remembers hosts' slots between tables (a slot is a pure
-	// function of the host, and hashing 100,000 hosts again on every
-	// change would dominate a rebuild). Pruned to the hosts of the last
-	// table when it grows to twice that.
-	mu    sync.Mutex
-	slots map[string]netip.Addr
+	prefix   netip.Prefix
+	first    *big.Int // the first usable address, as a number
+	size     *big.Int // how many usable addresses
+	pins     map[string]netip.Addr
+	pinOwner map[netip.Addr]string
 }
 
 // ErrConfig is wrapped by NewHash's errors.
@@ -165,7 +202,7 @@ func NewHash(cidr netip.Prefix, pins map[string]netip.Addr) (*Hash, error) {
 	if bits < 1 {
 		return nil, fmt.Errorf("%w: CIDR %s holds one address; a range needs at least two", ErrConfig, cidr)
 	}
-	h := &Hash{prefix: cidr, pins: map[string]netip.Addr{}}
+	h := &Hash{prefix: cidr, pins: map[string]netip.Addr{}, pinOwner: map[netip.Addr]string{}}
 	h.first = addrInt(cidr.Addr())
 	h.size = new(big.Int).Lsh(big.NewInt(1), uint(bits))
 	if bits >= 2 { // leave out the network and the broadcast-looking address
@@ -185,6 +222,7 @@ func NewHash(cidr netip.Prefix, pins map[string]netip.Addr) (*Hash, error) {
 		}
 		owner[a] = host
 		h.pins[host] = a
+		h.pinOwner[a] = host
 	}
 	return h, nil
 }
@@ -214,9 +252,78 @@ func (h *Hash) Slot(host string) netip.Addr {
 	return intAddr(n, h.prefix.Addr().Is4())
 }
 
-// Allocate implements Allocator; it never fails.
-func (h *Hash) Allocate(_ context.Context, hosts []string) (*Table, error) {
-	return h.Table(hosts), nil
+// Allocate implements Allocator; it never fails. It costs a hash per
+// added host and a copy of the shards the change touches, not a pass over
+// every host.
+func (h *Hash) Allocate(_ context.Context, prev *Table, added, removed []string) (*Table, error) {
+	if prev == nil {
+		prev = &Table{pins: h.pins, pinOwner: h.pinOwner}
+	}
+	t := *prev
+	t.contested = prev.contested
+	slots, owners := prev.slotOf.Edit(), prev.owners.Edit()
+	contestedCopied := false
+	// update sets a slot's hosts and keeps contested and losers in step.
+	update := func(a netip.Addr, ow []string) {
+		_, wasBad := t.contested[a]
+		old, _ := owners.Get(a)
+		_, pinned := t.pinOwner[a]
+		bad := len(ow) > 1 || (len(ow) == 1 && pinned)
+		if wasBad {
+			t.losers -= len(old)
+		}
+		if bad {
+			t.losers += len(ow)
+		}
+		if bad != wasBad {
+			if !contestedCopied {
+				c := make(map[netip.Addr]struct{}, len(t.contested)+1)
+				for k := range t.contested {
+					c[k] = struct{}{}
+				}
+				t.contested, contestedCopied = c, true
+			}
+			if bad {
+				t.contested[a] = struct{}{}
+			} else {
+				delete(t.contested, a)
+			}
+		}
+		if len(ow) == 0 {
+			owners.Del(a)
+		} else {
+			owners.Set(a, ow)
+		}
+	}
+	for _, host := range removed {
+		host = canonical(host)
+		a, ok := slots.Get(host)
+		if !ok {
+			continue
+		}
+		slots.Del(host)
+		t.hashed--
+		old, _ := owners.Get(a)
+		update(a, slices.DeleteFunc(slices.Clone(old), func(x string) bool { return x == host }))
+	}
+	for _, host := range added {
+		host = canonical(host)
+		if _, pinned := h.pins[host]; pinned {
+			continue
+		}
+		if _, ok := slots.Get(host); ok {
+			continue
+		}
+		a := h.Slot(host)
+		slots.Set(host, a)
+		t.hashed++
+		old, _ := owners.Get(a)
+		ow := slices.Clone(old)
+		i, _ := slices.BinarySearch(ow, host)
+		update(a, slices.Insert(ow, i, host))
+	}
+	t.slotOf, t.owners = slots.Done(), owners.Done()
+	return &t, nil
 }
 
 // Table computes the allocation for hosts (any order, repeats ignored):
@@ -224,42 +331,7 @@ func (h *Hash) Allocate(_ context.Context, hosts []string) (*Table, error) {
 // address even while its host is absent, so no hashed host takes it in the
 // meantime), every other host its slot unless another host wants it too.
 func (h *Hash) Table(hosts []string) *Table {
-	t := &Table{byHost: make(map[string]netip.Addr, len(hosts)+len(h.pins)), byAddr: make(map[netip.Addr]string, len(hosts)+len(h.pins))}
-	for host, a := range h.pins {
-		t.byHost[host] = a
-		t.byAddr[a] = host
-	}
-	want := make(map[netip.Addr][]string, len(hosts))
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.slots == nil || len(h.slots) > 2*len(hosts)+1024 {
-		h.slots = make(map[string]netip.Addr, len(hosts))
-	}
-	for _, host := range hosts {
-		host = canonical(host)
-		if _, pinned := h.pins[host]; pinned {
-			continue
-		}
-		a, ok := h.slots[host]
-		if !ok {
-			a = h.Slot(host)
-			h.slots[host] = a
-		}
-		if l := want[a]; len(l) == 0 || !slices.Contains(l, host) {
-			want[a] = append(l, host)
-		}
-	}
-	for a, l := range want {
-		pinnedTo, pinned := t.byAddr[a]
-		if len(l) == 1 && !pinned {
-			t.byHost[l[0]] = a
-			t.byAddr[a] = l[0]
-			continue
-		}
-		slices.Sort(l)
-		t.collisions = append(t.collisions, Collision{Addr: a, Hosts: l, PinnedTo: pinnedTo})
-	}
-	slices.SortFunc(t.collisions, func(x, y Collision) int { return x.Addr.Compare(y.Addr) })
+	t, _ := h.Allocate(context.Background(), nil, hosts, nil)
 	return t
 }
 

@@ -3,6 +3,7 @@ package vip
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"testing"
@@ -203,7 +204,7 @@ func TestSlotsInRange(t *testing.T) {
 
 func TestAllocatorInterface(t *testing.T) {
 	var a Allocator = mustHash(t, "240.0.0.0/16", nil)
-	tab, err := a.Allocate(context.Background(), []string{"web.demo"})
+	tab, err := a.Allocate(context.Background(), nil, []string{"web.demo"}, nil)
 	if err != nil || tab.Len() != 1 {
 		t.Fatalf("%v %v", tab, err)
 	}
@@ -213,5 +214,63 @@ func TestAllocatorInterface(t *testing.T) {
 	var nilTable *Table
 	if _, ok := nilTable.Lookup("x"); ok {
 		t.Fatal("nil table")
+	}
+}
+
+// Reaching a set of hosts by any sequence of additions and removals gives
+// the table computed from the set at once: what each host gets never
+// depends on history.
+func TestIncrementalEqualsFromScratch(t *testing.T) {
+	h := mustHash(t, "10.0.0.0/26", map[string]netip.Addr{"p0.demo": netip.MustParseAddr("10.0.0.5")}) // 62 slots: many collisions
+	rng := rand.New(rand.NewPCG(1, 2))
+	present := map[string]bool{}
+	var tab *Table
+	for step := range 400 {
+		var added, removed []string
+		touched := map[string]bool{}
+		for range 1 + rng.IntN(8) {
+			n := fmt.Sprintf("h%d.demo", rng.IntN(120))
+			if step%7 == 0 {
+				n = "p0.demo"
+			}
+			if touched[n] {
+				continue // a host is in one list of a call, at most once
+			}
+			touched[n] = true
+			if present[n] {
+				removed = append(removed, n)
+				delete(present, n)
+			} else {
+				added = append(added, n)
+				present[n] = true
+			}
+		}
+		var err error
+		prev := tab
+		if tab, err = h.Allocate(context.Background(), tab, added, removed); err != nil {
+			t.Fatal(err)
+		}
+		var all []string
+		for n := range present {
+			all = append(all, n)
+		}
+		want := h.Table(all)
+		if tab.Len() != want.Len() || tab.Colliding() != want.Colliding() || fmt.Sprint(tab.Collisions()) != fmt.Sprint(want.Collisions()) {
+			t.Fatalf("step %d: len %d/%d colliding %d/%d\n%v\n%v", step, tab.Len(), want.Len(), tab.Colliding(), want.Colliding(), tab.Collisions(), want.Collisions())
+		}
+		for i := range 120 {
+			n := fmt.Sprintf("h%d.demo", i)
+			a, ok := tab.Lookup(n)
+			b, okb := want.Lookup(n)
+			if a != b || ok != okb {
+				t.Fatalf("step %d: %s: %v %v, from scratch %v %v", step, n, a, ok, b, okb)
+			}
+			if ok {
+				if back, _ := tab.Host(a); back != n {
+					t.Fatalf("step %d: Host(%s) = %q, want %s", step, a, back, n)
+				}
+			}
+		}
+		_ = prev
 	}
 }
