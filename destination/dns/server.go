@@ -38,10 +38,14 @@
 // Each answer reads one registry snapshot (a go-memdb read transaction), so
 // it never mixes two states of a change, and resolves it with the same
 // federation rules as Get. What it read for a name (a view) is reused until
-// a commit changes one of the rows it came from (see Server.view). The list of every name (for empty non-terminals
-// and virtual IPs) is an index rebuilt from the registry whenever a service
-// is added or removed: in the background, and before an answer that needs
-// it if the background has not caught up yet.
+// a commit changes one of the rows it came from (see Server.view).
+//
+// The list of every name (for empty non-terminals and virtual IPs) is an
+// index derived from the registry whenever a service is added or removed:
+// in the background, and before an answer that needs it, within a budget
+// of a fifth of a core (see rebuildShare). Beyond the budget — services
+// coming and going faster than the index can follow — those answers use
+// the newest index built, at most a few rebuilds behind.
 package dns
 
 import (
