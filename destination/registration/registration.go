@@ -76,7 +76,7 @@ func (s *Server) Attach(g *grpc.Server) { pb.RegisterRegistrationServer(g, s) }
 // caller is who is calling.
 type caller struct {
 	id   string // SPIFFE ID with mTLS, else ""
-	name string // id, or the peer's address
+	name string // id, or the peer's IP address
 }
 
 // who identifies the caller and refuses one the API is off for.
@@ -97,7 +97,7 @@ func (s *Server) who(ctx context.Context) (caller, error) {
 		return caller{}, status.Errorf(codes.PermissionDenied,
 			"the registration API is off without mTLS for %s: list its network in the %s source's insecure_networks, or call with mTLS", p.Addr, s.reg.Name())
 	}
-	return caller{name: p.Addr.String()}, nil
+	return caller{name: addr.String()}, nil
 }
 
 func addrOf(a net.Addr) netip.Addr {

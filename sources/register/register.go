@@ -64,7 +64,7 @@ type Registration struct {
 	Endpoint discovery.Endpoint
 	// TTL of the lease.
 	TTL time.Duration
-	// By names the caller: its SPIFFE ID with mTLS, else its address.
+	// By names the caller: its SPIFFE ID with mTLS, else its IP address.
 	By string
 }
 

@@ -590,7 +590,7 @@ type Lease struct {
 	LeaseId  string                 `protobuf:"bytes,1,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
 	Endpoint *Endpoint              `protobuf:"bytes,2,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
 	Ttl      *durationpb.Duration   `protobuf:"bytes,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
-	// Who registered it: the caller's SPIFFE ID with mTLS, else its address.
+	// Who registered it: the caller's SPIFFE ID with mTLS, else its IP address.
 	RegisteredBy  string `protobuf:"bytes,4,opt,name=registered_by,json=registeredBy,proto3" json:"registered_by,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
