@@ -14,7 +14,7 @@ CONFIG   ?= examples/tributary.yaml
 # (outside the repo); see tools/peers.sh and docs/testing.md.
 export TRIBUTARY_PEERS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tributary-peers
 
-.PHONY: all build release run test test-unit test-integration test-fuzz bench soak fuzz lint fmt peers clean proto dns-clients
+.PHONY: all build release run test test-unit test-integration test-fuzz bench soak fuzz lint fmt peers clean proto dns-clients unit-tools
 
 all: build
 
@@ -49,7 +49,7 @@ test-unit:
 
 # The binary under test is built with the race detector; the harness fails a
 # test whose tributary process reports a data race.
-test-integration: dns-clients
+test-integration: dns-clients unit-tools
 	$(GO) build -race -o bin/tributary-race ./cmd/tributary
 	TRIBUTARY_BIN=$(CURDIR)/bin/tributary-race $(GO) test -race -count=1 -tags integration -timeout 30m ./integration/...
 
@@ -61,6 +61,14 @@ dns-clients:
 		echo "installing dig and dnsmasq (bind9-dnsutils, dnsmasq-base) for integration/dns"; \
 		$(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bind9-dnsutils dnsmasq-base; }
+
+# systemd-analyze verifies deploy/systemd's unit in integration/operator;
+# Debian's systemd package, installed when missing (it needs no running systemd).
+unit-tools:
+	@command -v systemd-analyze >/dev/null || { \
+		echo "installing systemd-analyze (systemd) for integration/operator"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd; }
 
 ## test-fuzz: every fuzz target briefly (seed corpora plus 3,000 inputs each;
 ## a count, not a duration, so Go 1.26's fuzz-deadline race cannot fail CI)
