@@ -62,11 +62,13 @@ type Options struct {
 	// negative value, no bound.
 	MaxStreams int
 
-	// VirtualIPs, when set, turns a virtual IP back into its service:
+	// VirtualIPs turn a virtual IP back into its service: the DNS
+	// interface's virtual IPs, a Kubernetes source's ClusterIPs.
 	// GetProfile(VIP:port) answers as GetProfile(host:port), so that a
 	// proxy that discovers by the IP the application dialled calls Get
-	// with the service's name.
-	VirtualIPs VirtualIPs
+	// with the service's name. They are asked in order; the first that
+	// knows the IP answers.
+	VirtualIPs []VirtualIPs
 
 	// now and jitter, when set, replace the clock and math/rand in
 	// admission (tests).
@@ -74,8 +76,8 @@ type Options struct {
 	jitter func(n int64) int64
 }
 
-// VirtualIPs maps virtual IPs (the DNS interface's, destination/vip) to
-// the hosts they stand for.
+// VirtualIPs maps virtual IPs (the DNS interface's, destination/vip, or a
+// Kubernetes Service's cluster IPs) to the hosts they stand for.
 type VirtualIPs interface {
 	// LookupVIP returns the host ip stands for, and a channel that closes
 	// when that may change.
@@ -108,7 +110,7 @@ type Server struct {
 	log     *slog.Logger
 	metrics *Metrics
 	zones   discovery.NodeZoner
-	vips    VirtualIPs
+	vips    []VirtualIPs
 	hub     *hub
 
 	sendTimeout time.Duration
@@ -379,7 +381,7 @@ func (s *Server) openProfile(req *pb.GetDestination, streamCtx context.Context) 
 func (s *Server) profileStep(ps *profileStream, stream grpc.ServerStream, ws memdb.WatchSet) error {
 	var p *pb.DestinationProfile
 	if host, ok := s.virtualIP(ws, ps.ip); ok {
-		p = s.serviceProfile(ws, discovery.Authority{Host: host, Port: ps.ip.Port()})
+		p = s.virtualIPProfile(ws, discovery.Authority{Host: host, Port: ps.ip.Port()})
 	} else if ps.ip.IsValid() {
 		p = s.endpointProfile(ws, ps.ip, ps.zone)
 	} else {
@@ -597,17 +599,37 @@ func (s *Server) serviceProfile(ws memdb.WatchSet, a discovery.Authority) *pb.De
 	return p
 }
 
-// virtualIP returns the host ip is the virtual IP of, if it is one; ws
-// then watches for a change of that.
+// virtualIPProfile is the profile of GetProfile(VIP:port) for the service
+// a the VIP stands for: its name, opaque_protocol for the port and the
+// retry budget, as Linkerd's controller answers for a ClusterIP
+// (getProfileByIP). For a port the service does not serve, the profile is
+// empty, again as Linkerd's (svcDefinesPort), so the proxy neither calls
+// Get with the name nor treats the port as the service's.
+func (s *Server) virtualIPProfile(ws memdb.WatchSet, a discovery.Authority) *pb.DestinationProfile {
+	p := s.serviceProfile(ws, a)
+	if p.FullyQualifiedName == "" {
+		return &pb.DestinationProfile{}
+	}
+	return p
+}
+
+// virtualIP returns the host ip is the virtual IP of, if it is one. ws
+// watches every lookup asked, up to the one that answered: a change in any
+// of them may change the answer.
 func (s *Server) virtualIP(ws memdb.WatchSet, ip netip.AddrPort) (string, bool) {
-	if s.vips == nil || !ip.IsValid() {
+	if !ip.IsValid() {
 		return "", false
 	}
-	host, changed, ok := s.vips.LookupVIP(ip.Addr().Unmap())
-	if changed != nil {
-		ws.Add(changed)
+	for _, l := range s.vips {
+		host, changed, ok := l.LookupVIP(ip.Addr().Unmap())
+		if changed != nil {
+			ws.Add(changed)
+		}
+		if ok {
+			return host, true
+		}
 	}
-	return host, ok
+	return "", false
 }
 
 func (s *Server) endpointProfile(ws memdb.WatchSet, ip netip.AddrPort, clientZone string) *pb.DestinationProfile {

@@ -125,16 +125,20 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, pprofOn bool) 
 	if cfg.Server.Streams != nil {
 		streams = *cfg.Server.Streams
 	}
-	// dns: the DNS interface, whose virtual IPs GetProfile turns back into names.
+	// GetProfile(VIP:port) turns a virtual IP back into its service's name:
+	// first the DNS interface's virtual IPs (dns:), then the cluster IPs of
+	// every source that knows some (the kubernetes sources' Services), in
+	// config order.
 	var dnsServer *dnsedge.Server
-	var vips destination.VirtualIPs
+	var vips []destination.VirtualIPs
 	if cfg.DNS != nil {
 		if dnsServer, err = dnsedge.New(dnsedge.Options{Store: store, Federation: fed, Authorities: ruleAuthorities(cfg.Federation),
 			Settings: cfg.DNS, Synced: mgr.Synced(), StartupTimeout: time.Duration(cfg.Server.StartupTimeout), Logger: logger, Registerer: reg}); err != nil {
 			return err
 		}
-		vips = dnsServer
+		vips = append(vips, dnsServer)
 	}
+	vips = append(vips, sourceVIPs(instances)...)
 	dest := destination.NewServer(destination.Options{
 		VirtualIPs:          vips,
 		SendTimeout:         time.Duration(streams.SendTimeout),
@@ -268,6 +272,18 @@ func ruleAuthorities(rules []discovery.FederationRule) []discovery.Authority {
 	out := make([]discovery.Authority, 0, len(rules))
 	for _, r := range rules {
 		out = append(out, r.Authority)
+	}
+	return out
+}
+
+// sourceVIPs are the sources that map virtual IPs to names (a kubernetes
+// source's LookupVIP: its Services' cluster IPs), in config order.
+func sourceVIPs(instances []discovery.Instance) []destination.VirtualIPs {
+	var out []destination.VirtualIPs
+	for _, in := range instances {
+		if v, ok := in.Source.(destination.VirtualIPs); ok {
+			out = append(out, v)
+		}
 	}
 	return out
 }
