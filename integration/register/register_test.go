@@ -307,3 +307,37 @@ func waitStale(t *testing.T, s *harness.Server, want bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestEtcdLeaseExpiry: with the etcd backend, etcd expires an unrenewed
+// lease and every replica withdraws the endpoint. The time from the last
+// renewal is logged (etcd checks for expired leases every 500ms), not
+// asserted.
+func TestEtcdLeaseExpiry(t *testing.T) {
+	m := etcd.StartMember(t)
+	a := harness.Start(t, t.TempDir(), etcdSource(m.Client))
+	b := harness.Start(t, t.TempDir(), etcdSource(m.Client))
+	st := b.Get("web.vm.test:8080")
+	if got := st.Next(); got != "none:false" {
+		t.Fatal(got)
+	}
+	ctx := context.Background()
+	c := client(t, a)
+	resp, err := c.Register(ctx, web("127.0.0.1:18095", 2*time.Second))
+	must(t, err)
+	if got := st.Next(); got != "add:127.0.0.1:18095" {
+		t.Fatal(got)
+	}
+	ka, err := c.KeepAlive(ctx)
+	must(t, err)
+	must(t, ka.Send(&rpb.KeepAliveRequest{LeaseId: resp.GetLeaseId()}))
+	r, err := ka.Recv()
+	if err != nil || r.GetUnknown() {
+		t.Fatalf("keepalive: %v %v", r, err)
+	}
+	last := time.Now()
+	if got := st.Next(); got != "none:false" {
+		t.Fatal(got)
+	}
+	t.Logf("withdrawn on the other replica %v after the last renewal (TTL %v granted)",
+		time.Since(last).Round(10*time.Millisecond), r.GetTtl().AsDuration())
+}
