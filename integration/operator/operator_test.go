@@ -228,7 +228,8 @@ func checkNames(t *testing.T, what, expr string, names map[string]bool) {
 }
 
 // TestPrometheusRules checks the rules and runs their unit tests with
-// promtool, built from the Prometheus module (tools/peers.sh, cached).
+// promtool, built from the Prometheus module (tools/peers.sh, cached), and
+// has it parse every query of the dashboard.
 func TestPrometheusRules(t *testing.T) {
 	promtool := filepath.Join(harness.Peer(t, "promtool"), "promtool")
 	dir := filepath.Join(repo(t), "deploy", "prometheus")
@@ -242,6 +243,39 @@ func TestPrometheusRules(t *testing.T) {
 		if err != nil {
 			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
+	}
+
+	// The dashboard's queries are PromQL too: promtool parses them as
+	// recording rules, with Grafana's variables replaced as Grafana would.
+	data, err := os.ReadFile(filepath.Join(repo(t), "deploy", "grafana", "tributary.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []struct {
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(data, &dash); err != nil {
+		t.Fatal(err)
+	}
+	grafana := strings.NewReplacer("$__rate_interval", "5m", "$job", ".*", "$instance", ".*")
+	var rules strings.Builder
+	rules.WriteString("groups:\n  - name: dashboard\n    rules:\n")
+	for i, p := range dash.Panels {
+		for j, tg := range p.Targets {
+			q, _ := json.Marshal(grafana.Replace(tg.Expr)) // a JSON string is a YAML string
+			fmt.Fprintf(&rules, "      - record: dashboard:panel%d:query%d\n        expr: %s\n", i, j, q)
+		}
+	}
+	file := filepath.Join(t.TempDir(), "dashboard-queries.yaml")
+	if err := os.WriteFile(file, []byte(rules.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(promtool, "check", "rules", file).CombinedOutput(); err != nil {
+		t.Errorf("a dashboard query is not valid PromQL: %v\n%s", err, out)
 	}
 }
 
