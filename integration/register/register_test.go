@@ -341,3 +341,34 @@ func TestEtcdLeaseExpiry(t *testing.T) {
 	t.Logf("withdrawn on the other replica %v after the last renewal (TTL %v granted)",
 		time.Since(last).Round(10*time.Millisecond), r.GetTtl().AsDuration())
 }
+
+// TestActiveChecks: a register source with health_check, as any source:
+// a registered endpoint that stops accepting connections is evicted from
+// the stream while its lease lives on, and comes back when it listens again.
+func TestActiveChecks(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	addr := ln.Addr().String()
+	// panic_threshold 0%: evict even the only endpoint.
+	s := harness.Start(t, t.TempDir(), "health:\n  panic_threshold: 0%\n"+memorySource+
+		"    health_check: {type: tcp, interval: 100ms, unhealthy_threshold: 2, healthy_threshold: 1, hold_down: 0s}\n")
+	st := s.Get("web.vm.test:8080")
+	if got := st.Next(); got != "none:false" {
+		t.Fatal(got)
+	}
+	_, err = client(t, s).Register(context.Background(), web(addr, time.Minute))
+	must(t, err)
+	if got := st.Next(); got != "add:"+addr {
+		t.Fatal(got)
+	}
+	ln.Close()
+	if got := st.Next(); got != "remove:"+addr && got != "none:true" && got != "none:false" {
+		t.Fatal(got)
+	}
+	ln, err = net.Listen("tcp", addr)
+	must(t, err)
+	defer ln.Close()
+	if got := st.Next(); got != "add:"+addr {
+		t.Fatal(got)
+	}
+}
