@@ -300,8 +300,10 @@ func (a *apiserver) args() []string {
 		"--service-account-issuer=https://127.0.0.1:" + strconv.Itoa(a.port),
 		"--service-account-key-file=" + filepath.Join(d, "sa.key"),
 		"--service-account-signing-key-file=" + filepath.Join(d, "sa.key"),
-		// Room for the benchmark's 2,000 ClusterIPs.
-		"--service-cluster-ip-range=10.96.0.0/16",
+		// Room for the benchmark's 2,000 ClusterIPs; dual-stack, so that
+		// GetProfile by a ClusterIP is tested with IPv6 and dual-stack
+		// Services too (Services stay IPv4 unless they ask).
+		"--service-cluster-ip-range=10.96.0.0/16,fd00:10:96::/108",
 		// No controller-manager creates default service accounts.
 		"--disable-admission-plugins=ServiceAccount",
 		"--profiling=false",

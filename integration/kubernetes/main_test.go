@@ -60,6 +60,7 @@ func TestKubernetes(t *testing.T) {
 		{"NotReadyUntilSynced", testNotReadyUntilSynced},
 		{"DeployManifests", testDeployManifests},
 		{"MeshExpansion", testMeshExpansion},
+		{"ProfileByClusterIP", testProfileByClusterIP},
 		{"WithoutWorkloadCRD", testWithoutWorkloadCRD},
 		{"Outage", testOutage},
 	} {

@@ -247,15 +247,18 @@ func testMeshExpansion(t *testing.T, e *env) {
 	check(db, "10.6.1.2:3306", want{})
 	check(db, "10.9.0.1:3306", want{id: vmID, server: vmServer, uri: true, hint: "opaque"})
 	for addr, port := range map[string]uint32{"10.6.1.1:3306": 4143, "10.9.0.1:3306": 4200} {
-		ot := db.addr(addr).GetProtocolHint().GetOpaqueTransport()
-		switch {
-		case ot == nil:
-			// The registry carries the port (Endpoint.OpaqueTransport);
-			// destination/wire.go does not encode the field yet.
-			t.Logf("%s: no opaque_transport on the wire yet (want inbound port %d)", addr, port)
-		case ot.GetInboundPort() != port:
-			t.Errorf("%s: opaque transport port %d, want %d", addr, ot.GetInboundPort(), port)
+		if ot := db.addr(addr).GetProtocolHint().GetOpaqueTransport(); ot == nil || ot.GetInboundPort() != port {
+			t.Errorf("%s: opaque_transport %v, want inbound port %d", addr, ot, port)
 		}
+	}
+	// Not on ports that are not opaque, nor for the unmeshed pod.
+	for _, addr := range []string{"10.6.1.1:8080", "10.9.0.1:8080"} {
+		if ot := web.addr(addr).GetProtocolHint().GetOpaqueTransport(); ot != nil {
+			t.Errorf("%s (h2): opaque_transport %v, want none", addr, ot)
+		}
+	}
+	if h := db.addr("10.6.1.2:3306").GetProtocolHint(); h != nil {
+		t.Errorf("unmeshed pod on an opaque port: hint %v, want none", h)
 	}
 
 	// Ready False: the workload goes; True: it is back.
