@@ -316,8 +316,11 @@ func watch(ctx context.Context, out, warn io.Writer, o watchOptions) error {
 			if cerr := set.Apply(u); cerr != nil {
 				fmt.Fprintln(warn, "warning:", cerr)
 			}
+			// Health as of this update: an address added, or removed (an
+			// eviction shows as critical; an address gone from the
+			// registry as -).
 			var health registryHealth
-			if hr != nil && u.GetAdd() != nil {
+			if hr != nil && (u.GetAdd() != nil || (u.GetRemove() != nil && !o.asJSON)) {
 				health = hr.read(ctx)
 			}
 			if o.asJSON {
@@ -499,6 +502,9 @@ func printTable(t *table, u *pb.Update, total int, health registryHealth, withHe
 			r, ok := shown[ap.String()]
 			if !ok {
 				r = row{address: ap.String(), zone: "-", health: "-", weight: "-", source: "-", identity: "-"}
+			}
+			if withHealth && health != nil {
+				r.health = health.of(r.address, r.source)
 			}
 			r.extra = ""
 			delete(shown, ap.String())
