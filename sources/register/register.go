@@ -8,7 +8,7 @@
 //	    kind: register
 //	    backend: memory             # or etcd (below)
 //	    ttl: {min: 1s, max: 5m}     # the TTLs a registration may ask for
-//	    insecure_networks: [127.0.0.0/8, ::1/128]  # without mTLS: who may register
+//	    insecure_networks: [127.0.0.0/8, "::1/128"]  # without mTLS: who may register
 //	    allow:                      # with mTLS: who may register what
 //	      - ids: [spiffe://example.org/vm/*]
 //	        authorities: ["*.vm.internal:*"]
