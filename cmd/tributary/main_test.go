@@ -194,9 +194,9 @@ func startDestination(t *testing.T) (string, *cache.Store) {
 
 // The table watch prints for webDemo without the admin API (no health).
 const (
-	watchHeader = "EVENT   ADDRESS                ZONE    HEALTH   WEIGHT  SOURCE  IDENTITY\n"
-	watchWeb1   = "ADD     10.0.0.1:8080          zone-a  -        10000   local   spiffe://example.org/ns/demo/sa/web (sni web.demo.example.org)\n"
-	watchWeb2   = "ADD     10.0.0.2:8080          -       -        5000    local   -\n"
+	watchHeader = "EVENT   ADDRESS                ZONE    HEALTH    WEIGHT  SOURCE  IDENTITY\n"
+	watchWeb1   = "ADD     10.0.0.1:8080          zone-a  -         10000   local   spiffe://example.org/ns/demo/sa/web (sni web.demo.example.org)\n"
+	watchWeb2   = "ADD     10.0.0.2:8080          -       -         5000    local   -\n"
 )
 
 func TestWatchOutput(t *testing.T) {
@@ -222,7 +222,7 @@ func TestWatchOutput(t *testing.T) {
 				}
 			},
 			want: watchHeader + watchWeb1 + watchWeb2 + "# 2 endpoints\n" +
-				"REMOVE  10.0.0.2:8080          -       -        5000    local   -\n" +
+				"REMOVE  10.0.0.2:8080          -       -         5000    local   -\n" +
 				"# 1 endpoints\n",
 		},
 		{

@@ -445,7 +445,7 @@ type table struct {
 	w      [6]int
 }
 
-var tableMin = [6]int{6, 21, 6, 7, 6, 6} // EVENT ADDRESS ZONE HEALTH WEIGHT SOURCE
+var tableMin = [6]int{6, 21, 6, 8, 6, 6} // EVENT ADDRESS ZONE HEALTH (critical) WEIGHT SOURCE
 
 func (t *table) print(event string, r row) {
 	cols := [6]string{event, r.address, r.zone, r.health, r.weight, r.source}

@@ -80,10 +80,10 @@ func TestWatchHealth(t *testing.T) {
 	got, warn := runWatch(t, watchOptions{addr: addr, admin: adminAddr, authority: "web.demo:8080", healthEvery: 20 * time.Millisecond},
 		"HEALTH  10.0.0.2", 1, change)
 	want := watchHeader +
-		"ADD     10.0.0.1:8080          zone-a  unknown  10000   local   spiffe://example.org/ns/demo/sa/web (sni web.demo.example.org)\n" +
-		"ADD     10.0.0.2:8080          -       unknown  5000    local   -\n" +
+		"ADD     10.0.0.1:8080          zone-a  unknown   10000   local   spiffe://example.org/ns/demo/sa/web (sni web.demo.example.org)\n" +
+		"ADD     10.0.0.2:8080          -       unknown   5000    local   -\n" +
 		"# 2 endpoints\n" +
-		"HEALTH  10.0.0.2:8080          -       warning  5000    local   -\n"
+		"HEALTH  10.0.0.2:8080          -       warning   5000    local   -\n"
 	if got != want {
 		t.Errorf("output:\n%s\nwant:\n%s", got, want)
 	}

@@ -47,9 +47,9 @@ func TestGettingStartedWatch(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("watch: %v (stderr %s)", err, stderr.String())
 	}
-	want := "EVENT   ADDRESS                ZONE    HEALTH   WEIGHT  SOURCE  IDENTITY\n" +
-		"ADD     127.0.0.1:8080         -       passing  10000   consul  -  consul_dc=dc1 consul_node=dc1-node consul_service=web\n" +
-		"ADD     127.0.0.2:8080         -       passing  10000   consul  -  consul_dc=dc1 consul_node=dc1-node consul_service=web\n" +
+	want := "EVENT   ADDRESS                ZONE    HEALTH    WEIGHT  SOURCE  IDENTITY\n" +
+		"ADD     127.0.0.1:8080         -       passing   10000   consul  -  consul_dc=dc1 consul_node=dc1-node consul_service=web\n" +
+		"ADD     127.0.0.2:8080         -       passing   10000   consul  -  consul_dc=dc1 consul_node=dc1-node consul_service=web\n" +
 		"# 2 endpoints\n" +
 		"REMOVE  127.0.0.2:8080         -       critical  10000   consul  -\n" +
 		"# 1 endpoints\n"

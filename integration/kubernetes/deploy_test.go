@@ -116,7 +116,7 @@ func testGettingStartedWatch(t *testing.T, c *cluster) {
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("watch: %v (stderr %s)", err, stderr.String())
 	}
-	want := "ADD     10.42.0.17:8080        zone-a  passing  10000   local   web." + f.ns +
+	want := "ADD     10.42.0.17:8080        zone-a  passing   10000   local   web." + f.ns +
 		".serviceaccount.identity.linkerd.cluster.local  protocol=h2 cluster=local control_plane_ns=linkerd namespace=" + f.ns + " pod=web-0"
 	if !strings.Contains(out.String(), want) {
 		t.Errorf("watch printed:\n%s\nwant a row starting:\n%s", out.String(), want)

@@ -376,8 +376,8 @@ func TestWatchAndStatus(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Errorf("watch: %v (stderr %s)", err, stderr.String())
 	}
-	want := "EVENT   ADDRESS                ZONE    HEALTH   WEIGHT  SOURCE  IDENTITY\n" +
-		"ADD     127.0.0.1:1            zone-a  unknown  10000   local   -\n# 1 endpoints\n"
+	want := "EVENT   ADDRESS                ZONE    HEALTH    WEIGHT  SOURCE  IDENTITY\n" +
+		"ADD     127.0.0.1:1            zone-a  unknown   10000   local   -\n# 1 endpoints\n"
 	if stdout.String() != want {
 		t.Errorf("watch printed:\n%s\nwant:\n%s", stdout.String(), want)
 	}
