@@ -41,7 +41,7 @@ commands:
   registrations [--addr ADDR] [--authority HOST:PORT]
         list the live registrations
   version
-        print the version
+        print the version, and the commit and build date when stamped in
 
 Run 'tributary <command> -h' for a command's flags.
 `
