@@ -178,6 +178,8 @@ func backendError(err error) error {
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, register.ErrUnknownLease):
 		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, register.ErrTaken):
+		return status.Error(codes.PermissionDenied, err.Error())
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return status.FromContextError(err).Err()
 	default:
@@ -203,7 +205,7 @@ func (s *Server) Register(ctx context.Context, req *pb.RegisterRequest) (*pb.Reg
 			return nil, status.Errorf(codes.PermissionDenied, "%s may not register under %s: no allow rule of the %s source gives it that authority", c.id, r.Authority, s.reg.Name())
 		}
 	}
-	r.By = c.name
+	r.By, r.Exclusive = c.name, c.id != ""
 	l, err := s.reg.Register(ctx, r)
 	if err != nil {
 		return nil, backendError(err)

@@ -210,6 +210,8 @@ func TestMTLS(t *testing.T) {
 	// Another workload can neither renew nor end web's lease.
 	db := ca.Issue(t, tlstest.LeafOptions{ID: "spiffe://ex.org/vm/db"})
 	dbc := dial(t, addr, credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{db.TLS}, RootCAs: ca.Pool(), ServerName: "localhost"}))
+	_, err = dbc.Register(ctx, req("web.vm.internal:8080", "10.0.0.1", 8080, 10*time.Second))
+	wantCode(t, err, codes.PermissionDenied, "registered by another caller (spiffe://ex.org/vm/web)")
 	_, err = dbc.Deregister(ctx, &pb.DeregisterRequest{LeaseId: lease.GetLeaseId()})
 	wantCode(t, err, codes.PermissionDenied, "was registered by spiffe://ex.org/vm/web")
 	ka, err := dbc.KeepAlive(ctx)

@@ -122,18 +122,55 @@ func (b *etcdBackend) register(ctx context.Context, r Registration) (Lease, erro
 	if err != nil {
 		return Lease{}, unavailable{err}
 	}
-	val, _ := json.Marshal(toRecord(r))
-	resp, err := cli.Put(ctx, b.prefix+r.Key(), string(val), clientv3.WithLease(g.ID), clientv3.WithPrevKV())
+	prev, err := b.put(ctx, cli, r, g.ID)
 	if err != nil {
 		_, _ = cli.Revoke(context.WithoutCancel(ctx), g.ID)
-		return Lease{}, unavailable{err}
+		return Lease{}, err
 	}
 	// The key moved to the new lease; the old one has nothing left to keep.
-	if resp.PrevKv != nil && resp.PrevKv.Lease != 0 && clientv3.LeaseID(resp.PrevKv.Lease) != g.ID {
-		_, _ = cli.Revoke(ctx, clientv3.LeaseID(resp.PrevKv.Lease))
+	if prev != nil && prev.Lease != 0 && clientv3.LeaseID(prev.Lease) != g.ID {
+		_, _ = cli.Revoke(ctx, clientv3.LeaseID(prev.Lease))
 	}
 	r.TTL = time.Duration(g.TTL) * time.Second
 	return Lease{ID: leaseID(g.ID), Registration: r}, nil
+}
+
+// put writes r's key on lease and returns what the key held before. An
+// Exclusive registration writes only if the key is absent or its record
+// has r's By: a transaction on the key's revision as read, retried if the
+// key changed in between.
+func (b *etcdBackend) put(ctx context.Context, cli *clientv3.Client, r Registration, lease clientv3.LeaseID) (*mvccpb.KeyValue, error) {
+	key := b.prefix + r.Key()
+	val, _ := json.Marshal(toRecord(r))
+	if !r.Exclusive {
+		resp, err := cli.Put(ctx, key, string(val), clientv3.WithLease(lease), clientv3.WithPrevKV())
+		if err != nil {
+			return nil, unavailable{err}
+		}
+		return resp.PrevKv, nil
+	}
+	for {
+		cur, err := cli.Get(ctx, key)
+		if err != nil {
+			return nil, unavailable{err}
+		}
+		var prev *mvccpb.KeyValue
+		rev := int64(0)
+		if len(cur.Kvs) > 0 {
+			prev, rev = cur.Kvs[0], cur.Kvs[0].ModRevision
+			if old, err := b.decode(prev); err == nil && old.By != r.By {
+				return nil, fmt.Errorf("%w (%s)", ErrTaken, old.By)
+			}
+		}
+		txn, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
+			Then(clientv3.OpPut(key, string(val), clientv3.WithLease(lease))).Commit()
+		if err != nil {
+			return nil, unavailable{err}
+		}
+		if txn.Succeeded {
+			return prev, nil
+		}
+	}
 }
 
 func (b *etcdBackend) keepAlive(ctx context.Context, id string) (time.Duration, error) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -48,6 +49,9 @@ func (m *memory) register(_ context.Context, r Registration) (Lease, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if old := m.byKey[r.Key()]; old != nil {
+		if r.Exclusive && old.By != r.By && m.now().Before(old.Expires) {
+			return Lease{}, fmt.Errorf("%w (%s)", ErrTaken, old.By)
+		}
 		delete(m.byID, old.ID)
 	}
 	m.byID[l.ID], m.byKey[r.Key()] = l, l

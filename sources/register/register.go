@@ -66,6 +66,10 @@ type Registration struct {
 	TTL time.Duration
 	// By names the caller: its SPIFFE ID with mTLS, else its IP address.
 	By string
+	// Exclusive: replace a live registration of the same key only if By
+	// made it too (ErrTaken otherwise). The API sets it for mTLS callers,
+	// so that one workload cannot take over, and then end, another's.
+	Exclusive bool
 }
 
 // Key is the registration's group key: its authority and address. A
@@ -90,6 +94,9 @@ var (
 	ErrInvalid = errors.New("invalid registration")
 	// ErrNotRunning: the backend is not running (yet, or any more).
 	ErrNotRunning = errors.New("the registration source is not running")
+	// ErrTaken: an Exclusive registration found the endpoint registered,
+	// and alive, by another caller.
+	ErrTaken = errors.New("the endpoint is registered by another caller")
 )
 
 // Limits on a registration's content.

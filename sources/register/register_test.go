@@ -191,6 +191,38 @@ func TestMemoryLeases(t *testing.T) {
 	}
 }
 
+// TestExclusive: an exclusive registration does not replace a live one of
+// another caller; a trusted (non-exclusive) one does.
+func TestExclusive(t *testing.T) {
+	te := etcdtest.Start(t)
+	clk := &clock{now: time.Unix(1000, 0)}
+	mem, _ := memorySource(t, clk)
+	ets := etcdSource(t, te.Endpoint())
+	runSource(t, ets).next(t, "replace")
+	for name, s := range map[string]*Source{"memory": mem, "etcd": ets} {
+		ctx := context.Background()
+		r := reg("web.vm:8080", "10.0.0.1:8080", 10*time.Second)
+		r.By, r.Exclusive = "spiffe://ex.org/a", true
+		if _, err := s.Register(ctx, r); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if _, err := s.Register(ctx, r); err != nil {
+			t.Fatalf("%s: the same caller again: %v", name, err)
+		}
+		r.By = "spiffe://ex.org/b"
+		if _, err := s.Register(ctx, r); !errors.Is(err, ErrTaken) || !strings.Contains(err.Error(), "spiffe://ex.org/a") {
+			t.Fatalf("%s: another caller: %v", name, err)
+		}
+		r.By, r.Exclusive = "127.0.0.1", false
+		if _, err := s.Register(ctx, r); err != nil {
+			t.Fatalf("%s: a trusted caller: %v", name, err)
+		}
+		if ls, _ := s.List(ctx); len(ls) != 1 || ls[0].By != "127.0.0.1" {
+			t.Fatalf("%s: list %+v", name, ls)
+		}
+	}
+}
+
 // TestMemoryRestart: a new memory backend (a restarted replica) knows no
 // lease; the client's keepalive says so and it registers again.
 func TestMemoryRestart(t *testing.T) {
