@@ -232,9 +232,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // rebuildShare×d has passed (at least minRebuildGap), so rebuilds take at
 // most 1/rebuildShare of a core. At 1,000 names a rebuild takes well under
 // a millisecond; at 100,000, about 200 ms (more with virtual IPs).
+// A rebuild under cheapRebuild (any registry of a few thousand names)
+// does not count against the budget.
 const (
 	rebuildShare  = 5
 	minRebuildGap = 20 * time.Millisecond
+	cheapRebuild  = 2 * time.Millisecond
 )
 
 // follow rebuilds the name index whenever a service is added to or removed
@@ -307,17 +310,22 @@ func (s *Server) refresh(ctx context.Context) {
 }
 
 // rebuild builds the index from the registry as it is now and publishes
-// it, closing the previous index's changed channel. rebuildMu is held.
+// it, closing the previous index's changed channel if its virtual IP
+// table changed. rebuildMu is held.
 func (s *Server) rebuild(ctx context.Context) {
 	start := time.Now()
 	defer func() {
 		d := time.Since(start)
+		if d < cheapRebuild {
+			s.rebuildAfter.Store(0) // never deferred: small registries are always exact
+			return
+		}
 		s.rebuildAfter.Store(time.Now().Add(rebuildShare * d).UnixNano())
 	}()
 	ws := memdb.NewWatchSet()
 	hosts := s.store.Snapshot().Hosts(ws)
 	next := s.buildIndex(ctx, s.idx.Load(), hosts, ws)
-	if old := s.idx.Swap(next); old != nil {
+	if old := s.idx.Swap(next); old != nil && old.changed != next.changed {
 		close(old.changed)
 	}
 	if n := next.vips.Colliding(); n != s.collisions {
@@ -347,7 +355,9 @@ type index struct {
 	vips     *vip.Table
 	vipHosts []string
 	watch    memdb.WatchSet
-	changed  chan struct{} // closed when a newer index replaces this one
+	// changed is closed when a newer index has another virtual IP table
+	// (indexes with the same table share it).
+	changed chan struct{}
 }
 
 // has reports whether a name exists or is an empty non-terminal.
@@ -369,7 +379,7 @@ func (s *Server) buildIndex(ctx context.Context, prev *index, hosts []string, ws
 	if prev == nil {
 		prev = &index{}
 	}
-	idx := &index{hosts: mergeSorted(hosts, s.extraHosts), watch: ws, changed: make(chan struct{})}
+	idx := &index{hosts: mergeSorted(hosts, s.extraHosts), watch: ws, changed: prev.changed}
 	added, removed := diffSorted(prev.hosts, idx.hosts)
 	e := prev.names.Edit()
 	for _, h := range removed {
@@ -380,6 +390,9 @@ func (s *Server) buildIndex(ctx context.Context, prev *index, hosts []string, ws
 	}
 	idx.names = e.Done()
 	idx.vips, idx.vipHosts = prev.vips, prev.vipHosts
+	if idx.changed == nil {
+		idx.changed = make(chan struct{})
+	}
 	if s.set.Allocator == nil {
 		return idx
 	}
@@ -394,6 +407,7 @@ func (s *Server) buildIndex(ctx context.Context, prev *index, hosts []string, ws
 		return idx
 	}
 	idx.vips, idx.vipHosts = t, want
+	idx.changed = make(chan struct{}) // a new table: GetProfile streams look again
 	return idx
 }
 
@@ -474,8 +488,8 @@ func mergeSorted(a, b []string) []string {
 }
 
 // LookupVIP returns the host a virtual IP stands for, and a channel that
-// closes when the answer may change (the destination server's GetProfile
-// watches it). ok is false for an address that is no virtual IP of a host.
+// closes when the answer may change — when hosts of the zones with virtual
+// IPs come or go (the destination server's GetProfile watches it). ok is false for an address that is no virtual IP of a host.
 func (s *Server) LookupVIP(ip netip.Addr) (host string, changed <-chan struct{}, ok bool) {
 	idx := s.current()
 	host, ok = idx.vips.Host(ip)

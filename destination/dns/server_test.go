@@ -706,3 +706,27 @@ func TestIndexIncremental(t *testing.T) {
 		t.Fatal("a configured authority's name is missing")
 	}
 }
+
+// GetProfile streams of virtual IPs wake when the virtual IP table
+// changes, not for every service that comes or goes.
+func TestVIPChangedChannel(t *testing.T) {
+	cfg := Config{Zones: []ZoneConfig{{Zone: "demo."}, {Zone: "virtual.demo.", Hosts: "demo", VirtualIPs: true}, {Zone: "other."}},
+		VirtualIPs: &VIPConfig{CIDR: "240.0.0.0/16"}}
+	e := start(t, cfg, nil, func(e *env) { e.apply("file", "k", svc("web.demo:80", ep("10.0.0.1:80"))) })
+	vipAddr, ok := e.srv.VIP("web.demo")
+	if !ok {
+		t.Fatal("no VIP")
+	}
+	_, changed, _ := e.srv.LookupVIP(vipAddr)
+	e.apply("file", "k2", svc("x.other:80", ep("10.0.0.2:80"))) // no name in the VIP zone
+	if _, again, _ := e.srv.LookupVIP(vipAddr); again != changed {
+		t.Fatal("a host outside the zones with virtual IPs replaced the table's channel")
+	}
+	e.apply("file", "k3", svc("api.demo:80", ep("10.0.0.3:80")))
+	e.srv.LookupVIP(vipAddr) // brings the index up to date
+	select {
+	case <-changed:
+	default:
+		t.Fatal("a new host with a virtual IP did not close the channel")
+	}
+}
