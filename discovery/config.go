@@ -334,10 +334,11 @@ func parseDocument(data []byte) (*yaml.Node, error) {
 	return &doc, nil
 }
 
-// yamlSyntaxError turns yaml.v3's "yaml: line N: msg" into a ConfigError.
+// yamlSyntaxError turns yaml.v3's "yaml: line N: msg" into a ConfigError
+// on the line the services file parser and an editor would name.
 func yamlSyntaxError(err error) error {
-	line, msg := splitYAMLLine(err.Error())
-	return &ConfigError{Line: line, Err: errors.New(strings.TrimPrefix(msg, "yaml: "))}
+	line, msg, _ := YAMLSyntaxLine(err)
+	return &ConfigError{Line: line, Err: errors.New(msg)}
 }
 
 type configParser struct {

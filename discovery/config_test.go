@@ -410,3 +410,18 @@ func TestLoadConfig(t *testing.T) {
 		t.Errorf("error = %v", err)
 	}
 }
+
+// TestConfigSyntaxErrorLine: yaml.v3 prints a parser error's line 0-based;
+// the config names the 1-based line, as the services file parser does.
+func TestConfigSyntaxErrorLine(t *testing.T) {
+	for _, tc := range []struct{ yaml, want string }{
+		{"server:\n  listen: a\n  admin: [b\nsources: []\n", "c.yaml:3: did not find expected ',' or ']'"},
+		{"x:\n  - a\n  b: c\n", "c.yaml:2: did not find expected '-' indicator"},
+		{"a: 1\n b: 2\n", "c.yaml:2: mapping values are not allowed in this context"}, // a scanner error: 1-based already
+	} {
+		_, err := ParseConfig([]byte(tc.yaml), "c.yaml")
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%q: got %v, want %s", tc.yaml, err, tc.want)
+		}
+	}
+}

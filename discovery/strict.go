@@ -436,6 +436,37 @@ func appendDecodeErrors(into []*ConfigError, err error, n *yaml.Node, path strin
 	return into
 }
 
+// YAMLSyntaxLine reads the line and message of a yaml.v3 syntax error
+// ("yaml: line N: message"), with the line 1-based: yaml.v3 prints a
+// parser error's line 0-based and a scanner error's 1-based. ok is false
+// when the error carries no line.
+func YAMLSyntaxLine(err error) (line int, msg string, ok bool) {
+	line, msg = splitYAMLLine(err.Error())
+	if line == 0 {
+		return 0, strings.TrimPrefix(msg, "yaml: "), false
+	}
+	if yamlParserProblems[msg] {
+		line++
+	}
+	return line, msg, true
+}
+
+// yamlParserProblems are yaml.v3's parser (not scanner) messages, the ones
+// whose line it prints 0-based.
+var yamlParserProblems = map[string]bool{
+	"did not find expected ',' or ']'":       true,
+	"did not find expected ',' or '}'":       true,
+	"did not find expected '-' indicator":    true,
+	"did not find expected <document start>": true,
+	"did not find expected <stream-start>":   true,
+	"did not find expected key":              true,
+	"did not find expected node content":     true,
+	"found duplicate %TAG directive":         true,
+	"found duplicate %YAML directive":        true,
+	"found incompatible YAML document":       true,
+	"found undefined tag handle":             true,
+}
+
 // splitYAMLLine splits yaml.v3's "line N: message" (optionally after a
 // "yaml: " prefix) into N and the message; 0 and msg when it has no line.
 func splitYAMLLine(msg string) (int, string) {

@@ -112,25 +112,8 @@ func (p *parser) err() error {
 func (p *parser) stop() bool { return len(p.errs) > maxErrors || p.budget < 0 }
 
 var (
-	yamlLineRE      = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 	unknownAnchorRE = regexp.MustCompile(`^unknown anchor '(.*)' referenced$`)
 )
-
-// parserProblems are the yaml.v3 parser (not scanner) messages. yaml.v3
-// prints a parser error's line 0-based and a scanner error's 1-based.
-var parserProblems = map[string]bool{
-	"did not find expected ',' or ']'":       true,
-	"did not find expected ',' or '}'":       true,
-	"did not find expected '-' indicator":    true,
-	"did not find expected <document start>": true,
-	"did not find expected <stream-start>":   true,
-	"did not find expected key":              true,
-	"did not find expected node content":     true,
-	"found duplicate %TAG directive":         true,
-	"found duplicate %YAML directive":        true,
-	"found incompatible YAML document":       true,
-	"found undefined tag handle":             true,
-}
 
 // syntaxError records a yaml.v3 error with a 1-based line.
 // yaml.v3 leaves the line out when its marks are on the first line (0 means
@@ -138,15 +121,11 @@ var parserProblems = map[string]bool{
 // line either, so a missing line is line 1. An error at the end of the
 // input is put on the last line.
 func (p *parser) syntaxError(err error, data []byte) {
-	msg := strings.TrimPrefix(err.Error(), "yaml: ")
-	line := 1
-	if m := yamlLineRE.FindStringSubmatch(err.Error()); m != nil {
-		line, _ = strconv.Atoi(m[1])
-		msg = m[2]
-		if parserProblems[msg] {
-			line++
-		}
-	} else if m := unknownAnchorRE.FindStringSubmatch(msg); m != nil {
+	line, msg, ok := discovery.YAMLSyntaxLine(err)
+	if !ok {
+		line = 1
+	}
+	if m := unknownAnchorRE.FindStringSubmatch(msg); !ok && m != nil {
 		// Reported without a line: find the first use of the alias.
 		if i := bytes.Index(data, []byte("*"+m[1])); i >= 0 {
 			line = 1 + bytes.Count(data[:i], []byte("\n"))
