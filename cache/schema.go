@@ -40,6 +40,7 @@ type serviceRow struct {
 	provider, key string
 	auth          discovery.Authority
 	opaque        bool
+	profile       *discovery.Profile // shared with the source; nil: none
 }
 
 // endpointRow is one endpoint of a service row; ep.Source and ep.Key hold

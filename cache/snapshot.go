@@ -29,6 +29,10 @@ type ServiceState struct {
 	Exists bool
 	// Opaque: some matching assertion marks the service opaque.
 	Opaque bool
+	// Profile: the declared profile of the first matching assertion that
+	// has one, rows of the exact port before those of any port, then by
+	// provider and key. Shared and immutable; nil: none.
+	Profile *discovery.Profile
 	// Endpoints of every provider and health state (eviction is the
 	// reader's business), sorted by Addr, then Source, then Key. Shared and
 	// immutable.
@@ -52,6 +56,7 @@ type ServiceRow struct {
 	Provider, Key string
 	Authority     discovery.Authority
 	Opaque        bool
+	Profile       *discovery.Profile
 	Endpoints     []*discovery.Endpoint
 }
 
@@ -89,8 +94,12 @@ func (sn *Snapshot) Service(ws memdb.WatchSet, a discovery.Authority) ServiceSta
 	visit := func(svcIndex string, q idPrefix) {
 		it := sn.get(ws, tableServices, svcIndex, q)
 		for obj := it.Next(); obj != nil; obj = it.Next() {
+			r := obj.(*serviceRow)
 			st.Exists = true
-			st.Opaque = st.Opaque || obj.(*serviceRow).opaque
+			st.Opaque = st.Opaque || r.opaque
+			if st.Profile == nil {
+				st.Profile = r.profile
+			}
 		}
 		it = sn.get(ws, tableEndpoints, indexID+prefix, q)
 		for obj := it.Next(); obj != nil; obj = it.Next() {
@@ -159,7 +168,7 @@ func (sn *Snapshot) Dump() []ServiceRow {
 	for obj := it.Next(); obj != nil; obj = it.Next() {
 		r := obj.(*serviceRow)
 		at[serviceID{provider: r.provider, key: r.key, auth: r.auth}] = len(out)
-		out = append(out, ServiceRow{Provider: r.provider, Key: r.key, Authority: r.auth, Opaque: r.opaque})
+		out = append(out, ServiceRow{Provider: r.provider, Key: r.key, Authority: r.auth, Opaque: r.opaque, Profile: r.profile})
 	}
 	it = sn.get(nil, tableEndpoints, indexID, nil)
 	for obj := it.Next(); obj != nil; obj = it.Next() {

@@ -224,8 +224,9 @@ type groupPlan struct {
 }
 
 type svcWant struct {
-	auth   discovery.Authority
-	opaque bool
+	auth    discovery.Authority
+	opaque  bool
+	profile *discovery.Profile
 }
 
 type epWant struct {
@@ -258,7 +259,12 @@ func plan(groups []discovery.Group) ([]groupPlan, error) {
 				return nil, fmt.Errorf("group %q: service %q: %w", g.Key, svc.Authority, err)
 			}
 			auth := discovery.Authority{Host: host, Port: svc.Authority.Port}
-			svcs = append(svcs, svcWant{auth: auth, opaque: svc.Opaque})
+			if svc.Profile != nil {
+				if err := svc.Profile.Validate(); err != nil {
+					return nil, fmt.Errorf("%w: group %q: service %q: profile: %w", ErrInvalid, g.Key, svc.Authority, err)
+				}
+			}
+			svcs = append(svcs, svcWant{auth: auth, opaque: svc.Opaque, profile: svc.Profile})
 			for ei := range svc.Endpoints {
 				ep := &svc.Endpoints[ei]
 				if err := checkAddr(ep.Addr); err != nil {
@@ -295,11 +301,14 @@ func cmpAuth(a, b discovery.Authority) int {
 }
 
 func uniqueServices(s []svcWant) []svcWant {
-	slices.SortFunc(s, func(a, b svcWant) int { return cmpAuth(a.auth, b.auth) })
+	slices.SortStableFunc(s, func(a, b svcWant) int { return cmpAuth(a.auth, b.auth) })
 	out := s[:0]
 	for _, w := range s {
 		if n := len(out); n > 0 && out[n-1].auth == w.auth {
 			out[n-1].opaque = out[n-1].opaque || w.opaque
+			if w.profile != nil {
+				out[n-1].profile = w.profile // the last declared wins
+			}
 			continue
 		}
 		out = append(out, w)
@@ -427,14 +436,14 @@ func (w *writer) syncGroup(p *groupPlan) (changed bool, err error) {
 			i++
 		case c > 0:
 			w.touch(want[j].auth.Host)
-			err = w.txn.Insert(tableServices, &serviceRow{provider: w.provider, key: p.key, auth: want[j].auth, opaque: want[j].opaque})
+			err = w.txn.Insert(tableServices, &serviceRow{provider: w.provider, key: p.key, auth: want[j].auth, opaque: want[j].opaque, profile: want[j].profile})
 			j++
-		case old[i].opaque == want[j].opaque:
+		case old[i].opaque == want[j].opaque && old[i].profile.Equal(want[j].profile):
 			i, j = i+1, j+1
 			continue
 		default:
 			w.touch(want[j].auth.Host)
-			err = w.txn.Insert(tableServices, &serviceRow{provider: w.provider, key: p.key, auth: want[j].auth, opaque: want[j].opaque})
+			err = w.txn.Insert(tableServices, &serviceRow{provider: w.provider, key: p.key, auth: want[j].auth, opaque: want[j].opaque, profile: want[j].profile})
 			i, j = i+1, j+1
 		}
 		if err != nil {

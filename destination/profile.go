@@ -22,8 +22,9 @@ import (
 // field by field, its TTL left unset when zero; a traffic-split authority
 // without a port gets the requested one.
 //
-// No source declares profiles yet (see discovery.Profile), so GetProfile
-// does not call this yet.
+// GetProfile calls it for a service's authority and for a virtual IP's
+// service (serviceProfile), with the profile the registry holds for the
+// service (cache.ServiceState.Profile).
 
 // applyProfile adds prof's routes, retry budget and traffic split for port
 // to p.

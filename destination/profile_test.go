@@ -1,6 +1,8 @@
 package destination
 
 import (
+	"context"
+	"net/netip"
 	"testing"
 	"time"
 
@@ -127,5 +129,61 @@ func TestProfileValidate(t *testing.T) {
 	ok := class(discovery.ResponseMatch{Status: &discovery.StatusRange{Min: 500}, All: []discovery.ResponseMatch{}})
 	if err := ok.Validate(); err != nil {
 		t.Errorf("an open-ended range and an empty all: %v", err)
+	}
+}
+
+// GetProfile serves the profile the registry holds for the service, by
+// name and by virtual IP, and a new one when it changes or goes.
+func TestGetProfileServesDeclaredRoutes(t *testing.T) {
+	vip := netip.MustParseAddr("240.0.0.9")
+	vips := &fakeVIPs{hosts: map[netip.Addr]string{vip: "web.demo"}, changed: make(chan struct{})}
+	h := newHarness(t, Options{VirtualIPs: []VirtualIPs{vips}})
+	decl := func(timeout time.Duration) discovery.Group {
+		g := group("f", "web.demo", 8080, "10.0.0.1:8080")
+		g.Services[0].Profile = &discovery.Profile{
+			Routes:       []discovery.Route{{Name: "books", Condition: discovery.RequestMatch{PathRegex: "/books"}, IsRetryable: true, Timeout: timeout}},
+			RetryBudget:  &discovery.RetryBudget{RetryRatio: 0.5, MinRetriesPerSecond: 3, TTL: time.Minute},
+			DstOverrides: []discovery.WeightedDst{{Authority: "web-v2.demo", Weight: 10000}},
+		}
+		return g
+	}
+	h.apply("p", decl(time.Second))
+
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	var streams []pb.Destination_GetProfileClient
+	for _, path := range []string{"web.demo:8080", "240.0.0.9:8080"} {
+		st, err := h.client.GetProfile(ctx, &pb.GetDestination{Path: path})
+		if err != nil {
+			t.Fatal(err)
+		}
+		streams = append(streams, st)
+	}
+	for i, st := range streams {
+		p, err := st.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := p.GetRoutes()
+		if p.GetFullyQualifiedName() != "web.demo" || len(r) != 1 || !r[0].GetIsRetryable() ||
+			r[0].GetTimeout().AsDuration() != time.Second || r[0].GetCondition().GetPath().GetRegex() != "/books" ||
+			p.GetRetryBudget().GetRetryRatio() != 0.5 || len(p.GetDstOverrides()) != 1 ||
+			p.GetDstOverrides()[0].GetAuthority() != "web-v2.demo:8080" {
+			t.Fatalf("stream %d: %v", i, p)
+		}
+	}
+	h.apply("p", decl(2*time.Second))
+	for i, st := range streams {
+		if p, err := st.Recv(); err != nil || p.GetRoutes()[0].GetTimeout().AsDuration() != 2*time.Second {
+			t.Fatalf("stream %d after the change: %v %v", i, p, err)
+		}
+	}
+	h.apply("p", group("f", "web.demo", 8080, "10.0.0.1:8080"))
+	for i, st := range streams {
+		p, err := st.Recv()
+		if err != nil || len(p.GetRoutes()) != 0 || len(p.GetDstOverrides()) != 0 ||
+			p.GetRetryBudget().GetRetryRatio() != 0.2 || p.GetFullyQualifiedName() != "web.demo" {
+			t.Fatalf("stream %d after removal: %v %v", i, p, err)
+		}
 	}
 }

@@ -543,6 +543,9 @@ func (s *Server) view(snap *cache.Snapshot, ws memdb.WatchSet, a discovery.Autho
 		v.version = max(v.version, st.Version)
 		v.exists = v.exists || st.Exists
 		v.opaque = v.opaque || st.Opaque
+		if v.profile == nil {
+			v.profile = st.Profile
+		}
 		if st.Changed.After(v.changed) {
 			v.changed = st.Changed
 		}
@@ -595,6 +598,7 @@ func (s *Server) serviceProfile(ws memdb.WatchSet, a discovery.Authority) *pb.De
 	p := &pb.DestinationProfile{RetryBudget: defaultRetryBudget(), OpaqueProtocol: v.opaque}
 	if v.exists {
 		p.FullyQualifiedName = a.Host
+		applyProfile(p, v.profile, a.Port)
 	}
 	return p
 }

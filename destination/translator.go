@@ -15,6 +15,7 @@ import (
 type view struct {
 	exists    bool
 	opaque    bool
+	profile   *discovery.Profile    // the first member's that has one; GetProfile's
 	endpoints []*discovery.Endpoint // serving only, one per address, sorted by address
 	changed   time.Time             // when the newest change in it was handed to the store
 	// version is the newest store version among its members' hosts. Store

@@ -210,8 +210,8 @@ func ValidateAddr(a netip.AddrPort) error {
 // ValidateGroup checks a group by the rules the registry applies to what a
 // source hands over (cache.Store.Apply rejects exactly these groups): a key
 // ValidateName accepts, hosts CanonicalHost accepts, endpoint addresses
-// ValidateAddr accepts. Hosts need not be canonical: the registry makes
-// them so.
+// ValidateAddr accepts, profiles Profile.Validate accepts. Hosts need not
+// be canonical: the registry makes them so.
 func ValidateGroup(g *Group) error {
 	if err := ValidateName("group key", g.Key); err != nil {
 		return err
@@ -220,6 +220,11 @@ func ValidateGroup(g *Group) error {
 		svc := &g.Services[si]
 		if _, err := CanonicalHost(svc.Authority.Host); err != nil {
 			return fmt.Errorf("group %q: service %q: %w", g.Key, svc.Authority, err)
+		}
+		if svc.Profile != nil {
+			if err := svc.Profile.Validate(); err != nil {
+				return fmt.Errorf("group %q: service %q: profile: %w", g.Key, svc.Authority, err)
+			}
 		}
 		for ei := range svc.Endpoints {
 			if err := ValidateAddr(svc.Endpoints[ei].Addr); err != nil {
@@ -422,7 +427,11 @@ type Service struct {
 	Authority Authority
 	// Opaque marks the service as opaque (no protocol detection), which
 	// GetProfile reports as opaque_protocol.
-	Opaque    bool
+	Opaque bool
+	// Profile is the service's declared routes, retry budget and traffic
+	// split (a Kubernetes ServiceProfile), which GetProfile sends; nil for
+	// none. Immutable once handed over, like the endpoints.
+	Profile   *Profile
 	Endpoints []Endpoint
 }
 

@@ -3,6 +3,7 @@ package discovery
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"time"
 )
 
@@ -12,10 +13,10 @@ import (
 // GetProfile sends it (destination/profile.go) as Linkerd's controller
 // does (controller/api/destination/profile_translator.go).
 //
-// No source hands one over yet: the Kubernetes source's ServiceProfile
-// informer, and the registry's carrying of a Profile with a Service, are
-// the steps still to come (docs/wire-contract.md). Like an Endpoint, a
-// Profile is immutable once handed over.
+// A source hands one over as Service.Profile; the registry keeps it with
+// the service row, rewriting the row only when the profile is not Equal
+// to the one it holds. Like an Endpoint, a Profile is immutable once
+// handed over.
 type Profile struct {
 	Routes []Route
 	// RetryBudget replaces Linkerd's default (0.2, 10/s, 10 s) when set.
@@ -77,6 +78,19 @@ type RetryBudget struct {
 type WeightedDst struct {
 	Authority string
 	Weight    uint32
+}
+
+// Equal reports whether p and o declare the same thing; nil equals only
+// nil. A nil list and an empty one differ, as they do on the wire (an
+// empty all or any is still set).
+func (p *Profile) Equal(o *Profile) bool {
+	if p == o {
+		return true
+	}
+	if p == nil || o == nil {
+		return false
+	}
+	return reflect.DeepEqual(p, o)
 }
 
 // Validate applies the rules Linkerd's controller checks before it sends a
