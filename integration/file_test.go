@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -300,7 +301,7 @@ func TestWatchCommandPrintsTheStream(t *testing.T) {
 	s := harness.Start(t, dir, "sources:\n"+fileSource("local", "*.yaml", 0))
 
 	out := &harness.SyncBuffer{}
-	watch := exec.Command(harness.Bin, "watch", "--addr", s.API, "web.demo:8080")
+	watch := exec.Command(harness.Bin, "watch", "--addr", s.API, "--admin", s.Admin, "web.demo:8080")
 	watch.Stdout, watch.Stderr = out, out
 	if err := watch.Start(); err != nil {
 		t.Fatal(err)
@@ -309,7 +310,8 @@ func TestWatchCommandPrintsTheStream(t *testing.T) {
 	waitOutput(t, out, "ADD     10.0.0.1:8080")
 	harness.WriteAtomic(t, demo, services("web.demo:8080=10.0.0.2:8080"))
 	waitOutput(t, out, "REMOVE  10.0.0.1:8080")
-	if !strings.Contains(out.String(), "ADD     10.0.0.2:8080") || !strings.Contains(out.String(), "source=local") {
+	// The table's row: address, zone, health (from the admin API), weight, source.
+	if !regexp.MustCompile(`(?m)^ADD +10\.0\.0\.2:8080 +- +unknown +10000 +local `).MatchString(out.String()) {
 		t.Fatalf("watch output:\n%s", out.String())
 	}
 
