@@ -86,7 +86,7 @@ BENCH ?= .
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./cache/ ./destination/ ./discovery/
 	TRIBUTARY_BIN=$(CURDIR)/$(BIN) $(GO) test -tags integration -run '^$$' -bench '$(BENCH)' -benchtime 1x -timeout 30m ./integration/bench/
-	TRIBUTARY_BIN=$(CURDIR)/$(BIN) $(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout 30m ./integration/health/ ./integration/consul/ ./integration/kubernetes/ ./integration/dns/
+	TRIBUTARY_BIN=$(CURDIR)/$(BIN) $(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout 30m ./integration/health/ ./integration/consul/ ./integration/kubernetes/ ./integration/dns/ ./integration/register/
 
 ## soak: long runs with every correctness check on: the steady workload at
 ## 50,000 streams for 10 minutes, reconnect storms, and 10 minutes of fuzzing per target.
