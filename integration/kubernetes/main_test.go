@@ -61,6 +61,7 @@ func TestKubernetes(t *testing.T) {
 		{"DeployManifests", testDeployManifests},
 		{"MeshExpansion", testMeshExpansion},
 		{"ProfileByClusterIP", testProfileByClusterIP},
+		{"ServiceProfiles", testServiceProfiles},
 		{"WithoutWorkloadCRD", testWithoutWorkloadCRD},
 		{"Outage", testOutage},
 	} {

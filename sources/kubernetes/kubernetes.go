@@ -22,6 +22,7 @@ package kubernetes
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -76,6 +77,7 @@ type Source struct {
 	inCluster    func() (*rest.Config, error)
 	newClient    func(*rest.Config) (listWatchFunc, error)
 	newWorkloads func(*rest.Config) (workloadAPI, error) // nil: no ExternalWorkloads
+	newProfiles  func(*rest.Config) (profileAPI, error)  // nil: no ServiceProfiles
 	crdRecheck   time.Duration                           // 0: DefaultCRDRecheck
 
 	nodes      atomic.Pointer[cache.SharedIndexInformer] // set while Run runs with node_zones
@@ -103,6 +105,7 @@ func NewSource(cfg Config, bc discovery.BuildContext) (*Source, error) {
 		inCluster:    rest.InClusterConfig,
 		newClient:    restListWatch,
 		newWorkloads: restWorkloads,
+		newProfiles:  restProfiles,
 		clusterIPs:   newClusterIPState(),
 	}, nil
 }
@@ -141,12 +144,13 @@ func nodeZone(n *corev1.Node) (string, bool) {
 
 // Run implements discovery.Source.
 func (s *Source) Run(ctx context.Context, sink discovery.Sink) {
-	client, workloads, reach := s.connect(ctx, sink)
+	client, workloads, profiles, reach := s.connect(ctx, sink)
 	if client == nil {
 		return
 	}
 	r := s.newRun(client, sink, reach)
 	r.setupWorkloads(workloads)
+	r.setupProfiles(profiles)
 	r.setupClusterIPs()
 	r.run(ctx)
 }
@@ -155,7 +159,7 @@ func (s *Source) Run(ctx context.Context, sink discovery.Sink) {
 // reachability; in-cluster configuration that is not there yet (or a
 // client that cannot be built) is retried with backoff: 1s doubling to
 // 30s, jittered (retry.Backoff).
-func (s *Source) connect(ctx context.Context, sink discovery.Sink) (listWatchFunc, workloadAPI, *reachability) {
+func (s *Source) connect(ctx context.Context, sink discovery.Sink) (listWatchFunc, workloadAPI, profileAPI, *reachability) {
 	bo := retry.Backoff{Min: time.Second, Max: 30 * time.Second}
 	for {
 		rc := s.set.restConfig
@@ -176,8 +180,9 @@ func (s *Source) connect(ctx context.Context, sink discovery.Sink) (listWatchFun
 			if rc.QPS == 0 {
 				rc.QPS, rc.Burst = 50, 100
 			}
-			// ExternalWorkloads are optional: their requests are not
-			// observed for reachability (workloadWatchError).
+			// ExternalWorkloads and ServiceProfiles are optional: their
+			// requests are not observed for reachability
+			// (workloadWatchError, profileWatchError).
 			plain := rest.CopyConfig(rc)
 			reach := newReachability(sink, rc.Host)
 			rc.Wrap(reach.wrap)
@@ -191,13 +196,20 @@ func (s *Source) connect(ctx context.Context, sink discovery.Sink) (listWatchFun
 						s.log.Warn("serving pods without ExternalWorkloads", "error", werr)
 					}
 				}
-				return client, workloads, reach
+				var profiles profileAPI
+				if s.newProfiles != nil {
+					var perr error
+					if profiles, perr = s.newProfiles(plain); perr != nil {
+						s.log.Warn("serving Services without ServiceProfiles", "error", perr)
+					}
+				}
+				return client, workloads, profiles, reach
 			}
 			err = fmt.Errorf("kubernetes client: %w", err)
 		}
 		sink.Failed(err)
 		if retry.Wait(ctx, bo.Next()) != nil {
-			return nil, nil, nil
+			return nil, nil, nil, nil
 		}
 	}
 }
@@ -208,6 +220,7 @@ type nsInformers struct {
 	slices    cache.SharedIndexInformer
 	pods      cache.SharedIndexInformer
 	workloads cache.SharedIndexInformer // nil without a workloadAPI
+	profiles  cache.SharedIndexInformer // nil without a profileAPI
 }
 
 // run is one Run call's state.
@@ -224,6 +237,9 @@ type run struct {
 
 	workloadAPI      workloadAPI
 	workloadsRefused atomic.Bool // an ExternalWorkload list was forbidden or not found
+
+	profileAPI      profileAPI
+	profilesRefused atomic.Bool // a ServiceProfile list was forbidden or not found
 
 	// Owned by the worker (Run's goroutine).
 	seed   maphash.Seed
@@ -328,6 +344,7 @@ func (r *run) run(ctx context.Context) {
 		return // cancelled before the caches synced
 	}
 	r.startWorkloads(ctx, logCtx, &wg)
+	r.startProfiles(ctx, logCtx, &wg)
 	if ctx.Err() != nil {
 		return
 	}
@@ -406,6 +423,16 @@ func (r *run) group(key string) (discovery.Group, bool) {
 		if obj, ok, _ := set.services.GetIndexer().GetByKey(key); ok {
 			if svc, isSvc := obj.(*corev1.Service); isSvc {
 				services = r.set.builder.buildWith(svc, r.slicesOf(set, key), r.lookups(), r.problem)
+				if len(services) > 0 {
+					host := r.set.builder.host(svc.Namespace, svc.Name)
+					if prof := r.profile(svc.Namespace, host); prof != nil {
+						for i := range services {
+							if services[i].Authority.Host == host {
+								services[i].Profile = prof
+							}
+						}
+					}
+				}
 			}
 		}
 	}
@@ -665,6 +692,14 @@ func hashServices(seed maphash.Seed, services []discovery.Service) uint64 {
 		num(uint64(svc.Authority.Port))
 		if svc.Opaque {
 			h.WriteByte(1)
+		} else {
+			h.WriteByte(0)
+		}
+		if svc.Profile != nil {
+			// Rare, and small: its JSON form stands for its content.
+			b, _ := json.Marshal(svc.Profile)
+			h.WriteByte(1)
+			h.Write(b)
 		} else {
 			h.WriteByte(0)
 		}

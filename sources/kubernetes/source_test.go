@@ -133,6 +133,7 @@ func runWith(t *testing.T, cfg Config, cs *fake.Clientset) *running {
 	src.inCluster = func() (*rest.Config, error) { return &rest.Config{Host: "https://k8s.invalid"}, nil }
 	src.newClient = func(*rest.Config) (listWatchFunc, error) { return fakeListWatch(cs), nil }
 	src.newWorkloads = nil
+	src.newProfiles = nil
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{t: t, src: src, cs: cs, sink: newFakeSink(), cancel: cancel, done: make(chan struct{})}
 	go func() {
@@ -254,6 +255,7 @@ func TestRunMalformedObjectsAreSkippedAndCounted(t *testing.T) {
 	}
 	src.newClient = func(*rest.Config) (listWatchFunc, error) { return fakeListWatch(cs), nil }
 	src.newWorkloads = nil
+	src.newProfiles = nil
 	src.inCluster = func() (*rest.Config, error) { return &rest.Config{Host: "https://k8s.invalid"}, nil }
 	sink := newFakeSink()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -342,6 +344,7 @@ func TestRunInClusterConfigRetried(t *testing.T) {
 		return fakeListWatch(cs), nil
 	}
 	src.newWorkloads = nil
+	src.newProfiles = nil
 	sink := newFakeSink()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

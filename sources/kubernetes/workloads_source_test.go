@@ -95,6 +95,7 @@ func runWithWorkloads(t *testing.T, wl *fakeWorkloads, objects ...runtime.Object
 	src.inCluster = func() (*rest.Config, error) { return &rest.Config{Host: "https://k8s.invalid"}, nil }
 	src.newClient = func(*rest.Config) (listWatchFunc, error) { return fakeListWatch(cs), nil }
 	src.newWorkloads = func(*rest.Config) (workloadAPI, error) { return wl, nil }
+	src.newProfiles = nil
 	src.crdRecheck = 20 * time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &running{t: t, src: src, cs: cs, sink: newFakeSink(), cancel: cancel, done: make(chan struct{})}
