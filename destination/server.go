@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"math"
 	"net/netip"
-	"slices"
 	"sync/atomic"
 	"time"
 
@@ -161,7 +160,7 @@ func NewServer(opts Options) *Server {
 	s.hub = &hub{store: s.store, fed: s.fed, entries: map[hubKey]*hubEntry{}, serve: s.serve,
 		build: func(snap *cache.Snapshot, ws memdb.WatchSet, key hubKey, members []discovery.Authority) view {
 			v := s.view(snap, ws, key.authority, members)
-			v.endpoints = preferZone(v.endpoints, key.zone)
+			v.endpoints = discovery.PreferZone(v.endpoints, key.zone)
 			return v
 		}}
 	if s.startup <= 0 {
@@ -557,34 +556,6 @@ func (s *Server) view(snap *cache.Snapshot, ws memdb.WatchSet, a discovery.Autho
 	}
 	v.endpoints = s.fed.Resolve(a, all)
 	return v
-}
-
-// preferZone applies topology hints as kube-proxy does: when the client's
-// zone is known and every endpoint carries hints, serve those hinted for
-// that zone; if there are none, or any endpoint has no hints, serve all.
-func preferZone(eps []*discovery.Endpoint, zone string) []*discovery.Endpoint {
-	if zone == "" || len(eps) == 0 {
-		return eps
-	}
-	n := 0
-	for _, e := range eps {
-		if len(e.ForZones) == 0 {
-			return eps
-		}
-		if slices.Contains(e.ForZones, zone) {
-			n++
-		}
-	}
-	if n == 0 || n == len(eps) {
-		return eps
-	}
-	out := make([]*discovery.Endpoint, 0, n)
-	for _, e := range eps {
-		if slices.Contains(e.ForZones, zone) {
-			out = append(out, e)
-		}
-	}
-	return out
 }
 
 // defaultRetryBudget is Linkerd's default: 20% extra load, at least 10

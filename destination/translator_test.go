@@ -269,7 +269,7 @@ func TestPreferZone(t *testing.T) {
 		{"none for the zone: all", []*discovery.Endpoint{a, b}, "z3", []*discovery.Endpoint{a, b}},
 		{"an endpoint without hints: all", []*discovery.Endpoint{a, b, plain}, "z1", []*discovery.Endpoint{a, b, plain}},
 	} {
-		if got := preferZone(tc.eps, tc.zone); !slices.Equal(got, tc.want) {
+		if got := discovery.PreferZone(tc.eps, tc.zone); !slices.Equal(got, tc.want) {
 			t.Errorf("%s: got %d endpoints, want %d", tc.name, len(got), len(tc.want))
 		}
 	}

@@ -474,3 +474,32 @@ func healthRank(h Health) int {
 	}
 	return 3
 }
+
+// PreferZone applies topology hints as kube-proxy does, for every edge
+// alike (Get streams and DNS answers): when the client's zone is known and
+// every endpoint carries hints, serve those hinted for that zone; if there
+// are none, or any endpoint has no hints, serve all.
+func PreferZone(eps []*Endpoint, zone string) []*Endpoint {
+	if zone == "" || len(eps) == 0 {
+		return eps
+	}
+	n := 0
+	for _, e := range eps {
+		if len(e.ForZones) == 0 {
+			return eps
+		}
+		if slices.Contains(e.ForZones, zone) {
+			n++
+		}
+	}
+	if n == 0 || n == len(eps) {
+		return eps
+	}
+	out := make([]*Endpoint, 0, n)
+	for _, e := range eps {
+		if slices.Contains(e.ForZones, zone) {
+			out = append(out, e)
+		}
+	}
+	return out
+}

@@ -565,32 +565,3 @@ func decodeHexAddr(s string) (netip.Addr, bool) {
 	ip, ok := netip.AddrFromSlice(b)
 	return ip, ok
 }
-
-// preferZone applies topology hints as the destination server does (and
-// kube-proxy): when the client's zone is known and every endpoint carries
-// hints, serve those hinted for that zone; if none are, or any endpoint
-// has no hints, serve all.
-func preferZone(eps []*discovery.Endpoint, zone string) []*discovery.Endpoint {
-	if zone == "" || len(eps) == 0 {
-		return eps
-	}
-	n := 0
-	for _, e := range eps {
-		if len(e.ForZones) == 0 {
-			return eps
-		}
-		if slices.Contains(e.ForZones, zone) {
-			n++
-		}
-	}
-	if n == 0 || n == len(eps) {
-		return eps
-	}
-	out := make([]*discovery.Endpoint, 0, n)
-	for _, e := range eps {
-		if slices.Contains(e.ForZones, zone) {
-			out = append(out, e)
-		}
-	}
-	return out
-}

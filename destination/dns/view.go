@@ -81,7 +81,7 @@ func (s *Server) readView(host string, port uint16, zone string) *view {
 		for _, m := range s.fed.Members(auth) {
 			all = append(all, snap.Service(ws, m).Endpoints...)
 		}
-		v.byPort = append(v.byPort, portView{auth: auth, served: preferZone(s.fed.Resolve(auth, all), zone), all: all})
+		v.byPort = append(v.byPort, portView{auth: auth, served: discovery.PreferZone(s.fed.Resolve(auth, all), zone), all: all})
 	}
 	v.watch = make([]<-chan struct{}, 0, len(ws))
 	for ch := range ws {
