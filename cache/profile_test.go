@@ -105,3 +105,44 @@ func TestApplyRejectsInvalidProfile(t *testing.T) {
 		t.Fatal("ValidateGroup accepted it")
 	}
 }
+
+// Client profiles are held with the service row like its own profile:
+// compared by content, a change wakes watchers, an empty map is none.
+func TestClientProfilesCarriedWithService(t *testing.T) {
+	s := New()
+	withClients := func(timeout time.Duration) discovery.Service {
+		v := withProfile(svc("web.demo:80"), profileV(time.Second))
+		v.ClientProfiles = map[string]*discovery.Profile{"dev": profileV(timeout)}
+		return v
+	}
+	apply(t, s, "k", group("web", withClients(time.Minute)))
+	st := s.Snapshot().Service(nil, auth("web.demo:80"))
+	if !st.Profile.Equal(profileV(time.Second)) || len(st.ClientProfiles) != 1 || !st.ClientProfiles["dev"].Equal(profileV(time.Minute)) {
+		t.Fatalf("Service() = %+v", st)
+	}
+	ws := watch(s, "web.demo:80")
+	if apply(t, s, "k", group("web", withClients(time.Minute))) {
+		t.Fatal("equal client profiles reported a change")
+	}
+	if !apply(t, s, "k", group("web", withClients(time.Hour))) || !watchFired(ws) {
+		t.Fatal("a changed client profile was not a change")
+	}
+	empty := withProfile(svc("web.demo:80"), profileV(time.Second))
+	empty.ClientProfiles = map[string]*discovery.Profile{}
+	if !apply(t, s, "k", group("web", empty)) {
+		t.Fatal("dropping the client profiles reported no change")
+	}
+	if st := s.Snapshot().Service(nil, auth("web.demo:80")); st.ClientProfiles != nil {
+		t.Fatalf("an empty map is held: %+v", st.ClientProfiles)
+	}
+	if apply(t, s, "k", group("web", withProfile(svc("web.demo:80"), profileV(time.Second)))) {
+		t.Fatal("nil vs empty client profiles reported a change")
+	}
+	for _, bad := range []map[string]*discovery.Profile{{"": profileV(time.Second)}, {"dev": nil}, {"dev": {Routes: []discovery.Route{{Name: "x"}}}}} {
+		v := svc("web.demo:80")
+		v.ClientProfiles = bad
+		if _, err := s.Apply("k", []discovery.Group{group("web", v)}); !errors.Is(err, ErrInvalid) {
+			t.Errorf("client profiles %v: Apply: %v, want ErrInvalid", bad, err)
+		}
+	}
+}

@@ -40,7 +40,8 @@ type serviceRow struct {
 	provider, key string
 	auth          discovery.Authority
 	opaque        bool
-	profile       *discovery.Profile // shared with the source; nil: none
+	profile       *discovery.Profile            // shared with the source; nil: none
+	clients       map[string]*discovery.Profile // ClientProfiles, shared with the source
 }
 
 // endpointRow is one endpoint of a service row; ep.Source and ep.Key hold

@@ -33,6 +33,10 @@ type ServiceState struct {
 	// has one, rows of the exact port before those of any port, then by
 	// provider and key. Shared and immutable; nil: none.
 	Profile *discovery.Profile
+	// ClientProfiles: the client profiles (discovery.Service.ClientProfiles)
+	// of the same assertion as Profile when it has any, else of the first
+	// that has some, in the same order. Shared and immutable.
+	ClientProfiles map[string]*discovery.Profile
 	// Endpoints of every provider and health state (eviction is the
 	// reader's business), sorted by Addr, then Source, then Key. Shared and
 	// immutable.
@@ -57,6 +61,7 @@ type ServiceRow struct {
 	Authority     discovery.Authority
 	Opaque        bool
 	Profile       *discovery.Profile
+	Clients       map[string]*discovery.Profile // ClientProfiles
 	Endpoints     []*discovery.Endpoint
 }
 
@@ -97,8 +102,8 @@ func (sn *Snapshot) Service(ws memdb.WatchSet, a discovery.Authority) ServiceSta
 			r := obj.(*serviceRow)
 			st.Exists = true
 			st.Opaque = st.Opaque || r.opaque
-			if st.Profile == nil {
-				st.Profile = r.profile
+			if st.Profile == nil && st.ClientProfiles == nil {
+				st.Profile, st.ClientProfiles = r.profile, r.clients
 			}
 		}
 		it = sn.get(ws, tableEndpoints, indexID+prefix, q)
@@ -168,7 +173,7 @@ func (sn *Snapshot) Dump() []ServiceRow {
 	for obj := it.Next(); obj != nil; obj = it.Next() {
 		r := obj.(*serviceRow)
 		at[serviceID{provider: r.provider, key: r.key, auth: r.auth}] = len(out)
-		out = append(out, ServiceRow{Provider: r.provider, Key: r.key, Authority: r.auth, Opaque: r.opaque, Profile: r.profile})
+		out = append(out, ServiceRow{Provider: r.provider, Key: r.key, Authority: r.auth, Opaque: r.opaque, Profile: r.profile, Clients: r.clients})
 	}
 	it = sn.get(nil, tableEndpoints, indexID, nil)
 	for obj := it.Next(); obj != nil; obj = it.Next() {

@@ -227,6 +227,7 @@ type svcWant struct {
 	auth    discovery.Authority
 	opaque  bool
 	profile *discovery.Profile
+	clients map[string]*discovery.Profile
 }
 
 type epWant struct {
@@ -259,12 +260,14 @@ func plan(groups []discovery.Group) ([]groupPlan, error) {
 				return nil, fmt.Errorf("group %q: service %q: %w", g.Key, svc.Authority, err)
 			}
 			auth := discovery.Authority{Host: host, Port: svc.Authority.Port}
-			if svc.Profile != nil {
-				if err := svc.Profile.Validate(); err != nil {
-					return nil, fmt.Errorf("%w: group %q: service %q: profile: %w", ErrInvalid, g.Key, svc.Authority, err)
-				}
+			if err := svc.ValidateProfiles(); err != nil {
+				return nil, fmt.Errorf("%w: group %q: service %q: %w", ErrInvalid, g.Key, svc.Authority, err)
 			}
-			svcs = append(svcs, svcWant{auth: auth, opaque: svc.Opaque, profile: svc.Profile})
+			w := svcWant{auth: auth, opaque: svc.Opaque, profile: svc.Profile}
+			if len(svc.ClientProfiles) > 0 {
+				w.clients = svc.ClientProfiles
+			}
+			svcs = append(svcs, w)
 			for ei := range svc.Endpoints {
 				ep := &svc.Endpoints[ei]
 				if err := checkAddr(ep.Addr); err != nil {
@@ -308,6 +311,9 @@ func uniqueServices(s []svcWant) []svcWant {
 			out[n-1].opaque = out[n-1].opaque || w.opaque
 			if w.profile != nil {
 				out[n-1].profile = w.profile // the last declared wins
+			}
+			if len(w.clients) > 0 {
+				out[n-1].clients = w.clients // the last declared wins
 			}
 			continue
 		}
@@ -436,14 +442,15 @@ func (w *writer) syncGroup(p *groupPlan) (changed bool, err error) {
 			i++
 		case c > 0:
 			w.touch(want[j].auth.Host)
-			err = w.txn.Insert(tableServices, &serviceRow{provider: w.provider, key: p.key, auth: want[j].auth, opaque: want[j].opaque, profile: want[j].profile})
+			err = w.txn.Insert(tableServices, &serviceRow{provider: w.provider, key: p.key, auth: want[j].auth, opaque: want[j].opaque, profile: want[j].profile, clients: want[j].clients})
 			j++
-		case old[i].opaque == want[j].opaque && old[i].profile.Equal(want[j].profile):
+		case old[i].opaque == want[j].opaque && old[i].profile.Equal(want[j].profile) &&
+			discovery.SameProfiles(old[i].clients, want[j].clients):
 			i, j = i+1, j+1
 			continue
 		default:
 			w.touch(want[j].auth.Host)
-			err = w.txn.Insert(tableServices, &serviceRow{provider: w.provider, key: p.key, auth: want[j].auth, opaque: want[j].opaque, profile: want[j].profile})
+			err = w.txn.Insert(tableServices, &serviceRow{provider: w.provider, key: p.key, auth: want[j].auth, opaque: want[j].opaque, profile: want[j].profile, clients: want[j].clients})
 			i, j = i+1, j+1
 		}
 		if err != nil {

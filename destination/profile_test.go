@@ -187,3 +187,29 @@ func TestGetProfileServesDeclaredRoutes(t *testing.T) {
 		}
 	}
 }
+
+// A client whose namespace has its own profile for the service gets it;
+// others get the service's, as Linkerd prefers the client's namespace.
+func TestGetProfilePrefersClientNamespace(t *testing.T) {
+	h := newHarness(t, Options{})
+	g := group("f", "web.demo", 8080, "10.0.0.1:8080")
+	route := func(name string) []discovery.Route {
+		return []discovery.Route{{Name: name, Condition: discovery.RequestMatch{Method: "GET"}}}
+	}
+	g.Services[0].Profile = &discovery.Profile{Routes: route("own")}
+	g.Services[0].ClientProfiles = map[string]*discovery.Profile{"dev": {Routes: route("dev's")}}
+	h.apply("p", g)
+
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	for token, want := range map[string]string{`{"ns":"dev"}`: "dev's", `{"ns":"prod"}`: "own", "": "own"} {
+		st, err := h.client.GetProfile(ctx, &pb.GetDestination{Path: "web.demo:8080", ContextToken: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := st.Recv()
+		if err != nil || len(p.GetRoutes()) != 1 || p.GetRoutes()[0].GetMetricsLabels()["route"] != want {
+			t.Errorf("token %q: %v %v, want route %q", token, p, err, want)
+		}
+	}
+}

@@ -354,6 +354,7 @@ type profileStream struct {
 	a     discovery.Authority
 	ip    netip.AddrPort // valid: a profile for an endpoint address
 	zone  string
+	ns    string                 // the client's namespace (context token)
 	last  *pb.DestinationProfile // what the stream was last sent
 }
 
@@ -372,6 +373,7 @@ func (s *Server) openProfile(req *pb.GetDestination, streamCtx context.Context) 
 		return nil, err
 	}
 	ps.zone = s.clientZone(tok)
+	ps.ns = tok.NS
 	return ps, nil
 }
 
@@ -380,11 +382,11 @@ func (s *Server) openProfile(req *pb.GetDestination, streamCtx context.Context) 
 func (s *Server) profileStep(ps *profileStream, stream grpc.ServerStream, ws memdb.WatchSet) error {
 	var p *pb.DestinationProfile
 	if host, ok := s.virtualIP(ws, ps.ip); ok {
-		p = s.virtualIPProfile(ws, discovery.Authority{Host: host, Port: ps.ip.Port()})
+		p = s.virtualIPProfile(ws, discovery.Authority{Host: host, Port: ps.ip.Port()}, ps.ns)
 	} else if ps.ip.IsValid() {
 		p = s.endpointProfile(ws, ps.ip, ps.zone)
 	} else {
-		p = s.serviceProfile(ws, ps.a)
+		p = s.serviceProfile(ws, ps.a, ps.ns)
 	}
 	if ps.last != nil && proto.Equal(ps.last, p) {
 		return nil
@@ -542,8 +544,8 @@ func (s *Server) view(snap *cache.Snapshot, ws memdb.WatchSet, a discovery.Autho
 		v.version = max(v.version, st.Version)
 		v.exists = v.exists || st.Exists
 		v.opaque = v.opaque || st.Opaque
-		if v.profile == nil {
-			v.profile = st.Profile
+		if v.profile == nil && v.clients == nil {
+			v.profile, v.clients = st.Profile, st.ClientProfiles
 		}
 		if st.Changed.After(v.changed) {
 			v.changed = st.Changed
@@ -564,12 +566,20 @@ func defaultRetryBudget() *pb.RetryBudget {
 	return &pb.RetryBudget{RetryRatio: 0.2, MinRetriesPerSecond: 10, Ttl: durationpb.New(10 * time.Second)}
 }
 
-func (s *Server) serviceProfile(ws memdb.WatchSet, a discovery.Authority) *pb.DestinationProfile {
+// serviceProfile is the profile of service a for a client in namespace ns
+// (the context token's): the service's client profile for ns when it has
+// one, else its own, as Linkerd prefers the ServiceProfile in the client's
+// namespace.
+func (s *Server) serviceProfile(ws memdb.WatchSet, a discovery.Authority, ns string) *pb.DestinationProfile {
 	v := s.view(s.store.Snapshot(), ws, a, s.fed.Members(a))
 	p := &pb.DestinationProfile{RetryBudget: defaultRetryBudget(), OpaqueProtocol: v.opaque}
 	if v.exists {
 		p.FullyQualifiedName = a.Host
-		applyProfile(p, v.profile, a.Port)
+		prof := v.profile
+		if cp, ok := v.clients[ns]; ok && ns != "" {
+			prof = cp
+		}
+		applyProfile(p, prof, a.Port)
 	}
 	return p
 }
@@ -580,8 +590,8 @@ func (s *Server) serviceProfile(ws memdb.WatchSet, a discovery.Authority) *pb.De
 // (getProfileByIP). For a port the service does not serve, the profile is
 // empty, again as Linkerd's (svcDefinesPort), so the proxy neither calls
 // Get with the name nor treats the port as the service's.
-func (s *Server) virtualIPProfile(ws memdb.WatchSet, a discovery.Authority) *pb.DestinationProfile {
-	p := s.serviceProfile(ws, a)
+func (s *Server) virtualIPProfile(ws memdb.WatchSet, a discovery.Authority, ns string) *pb.DestinationProfile {
+	p := s.serviceProfile(ws, a, ns)
 	if p.FullyQualifiedName == "" {
 		return &pb.DestinationProfile{}
 	}

@@ -15,9 +15,10 @@ import (
 type view struct {
 	exists    bool
 	opaque    bool
-	profile   *discovery.Profile    // the first member's that has one; GetProfile's
-	endpoints []*discovery.Endpoint // serving only, one per address, sorted by address
-	changed   time.Time             // when the newest change in it was handed to the store
+	profile   *discovery.Profile            // the first member's that has one; GetProfile's
+	clients   map[string]*discovery.Profile // that member's client profiles
+	endpoints []*discovery.Endpoint         // serving only, one per address, sorted by address
+	changed   time.Time                     // when the newest change in it was handed to the store
 	// version is the newest store version among its members' hosts. Store
 	// versions are global and increase with every change, so it moves
 	// whenever any member changes: it identifies the view.

@@ -210,7 +210,7 @@ func ValidateAddr(a netip.AddrPort) error {
 // ValidateGroup checks a group by the rules the registry applies to what a
 // source hands over (cache.Store.Apply rejects exactly these groups): a key
 // ValidateName accepts, hosts CanonicalHost accepts, endpoint addresses
-// ValidateAddr accepts, profiles Profile.Validate accepts. Hosts need not
+// ValidateAddr accepts, profiles Service.ValidateProfiles accepts. Hosts need not
 // be canonical: the registry makes them so.
 func ValidateGroup(g *Group) error {
 	if err := ValidateName("group key", g.Key); err != nil {
@@ -221,10 +221,8 @@ func ValidateGroup(g *Group) error {
 		if _, err := CanonicalHost(svc.Authority.Host); err != nil {
 			return fmt.Errorf("group %q: service %q: %w", g.Key, svc.Authority, err)
 		}
-		if svc.Profile != nil {
-			if err := svc.Profile.Validate(); err != nil {
-				return fmt.Errorf("group %q: service %q: profile: %w", g.Key, svc.Authority, err)
-			}
+		if err := svc.ValidateProfiles(); err != nil {
+			return fmt.Errorf("group %q: service %q: %w", g.Key, svc.Authority, err)
 		}
 		for ei := range svc.Endpoints {
 			if err := ValidateAddr(svc.Endpoints[ei].Addr); err != nil {
@@ -431,8 +429,14 @@ type Service struct {
 	// Profile is the service's declared routes, retry budget and traffic
 	// split (a Kubernetes ServiceProfile), which GetProfile sends; nil for
 	// none. Immutable once handed over, like the endpoints.
-	Profile   *Profile
-	Endpoints []Endpoint
+	Profile *Profile
+	// ClientProfiles are profiles declared for the service by its clients'
+	// namespaces (Linkerd's ServiceProfile of the service's FQN in the
+	// client's namespace): a client whose namespace, as its context token
+	// names it, is a key gets that profile instead of Profile. Immutable
+	// once handed over.
+	ClientProfiles map[string]*Profile
+	Endpoints      []Endpoint
 }
 
 // Group is the complete state a source knows under one key: a file, a Consul

@@ -93,6 +93,41 @@ func (p *Profile) Equal(o *Profile) bool {
 	return reflect.DeepEqual(p, o)
 }
 
+// SameProfiles reports whether two maps of client profiles are Equal key
+// by key; nil equals empty.
+func SameProfiles(a, b map[string]*Profile) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, p := range a {
+		q, ok := b[k]
+		if !ok || !p.Equal(q) {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidateProfiles applies the registry's rules to a service's profiles
+// (see ValidateGroup): each Validate accepts, and a client profile is
+// non-nil, under a non-empty namespace.
+func (s *Service) ValidateProfiles() error {
+	if s.Profile != nil {
+		if err := s.Profile.Validate(); err != nil {
+			return fmt.Errorf("profile: %w", err)
+		}
+	}
+	for ns, p := range s.ClientProfiles {
+		if ns == "" || p == nil {
+			return fmt.Errorf("client profile %q: a client profile needs a namespace and a profile", ns)
+		}
+		if err := p.Validate(); err != nil {
+			return fmt.Errorf("client profile %q: %w", ns, err)
+		}
+	}
+	return nil
+}
+
 // Validate applies the rules Linkerd's controller checks before it sends a
 // profile (pkg/profiles ValidateRequestMatch and ValidateResponseMatch):
 // every match sets some kind, status bounds lie in 100..599 and are

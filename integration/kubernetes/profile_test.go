@@ -29,8 +29,14 @@ type profiles struct {
 
 func openProfile(t *testing.T, client pb.DestinationClient, path string) *profiles {
 	t.Helper()
+	return openProfileFrom(t, client, path, "client")
+}
+
+// openProfileFrom opens a GetProfile stream as a client in namespace ns.
+func openProfileFrom(t *testing.T, client pb.DestinationClient, path, ns string) *profiles {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	c, err := client.GetProfile(ctx, &pb.GetDestination{Scheme: "k8s", Path: path, ContextToken: `{"ns":"client"}`})
+	c, err := client.GetProfile(ctx, &pb.GetDestination{Scheme: "k8s", Path: path, ContextToken: `{"ns":"` + ns + `"}`})
 	if err != nil {
 		cancel()
 		t.Fatal(err)

@@ -90,11 +90,13 @@ func booksWire(fqn string, timeout time.Duration) *pb.DestinationProfile {
 // testServiceProfiles: a ServiceProfile for a Service is served by
 // GetProfile of its ClusterIP and of its name, with its routes, retry
 // budget and traffic split, updated live when it changes, and gone when it
-// is deleted.
+// is deleted. A client whose namespace has a ServiceProfile of the same
+// name gets that one instead, as with Linkerd.
 func testServiceProfiles(t *testing.T, e *env) {
 	installCRDs(t, e.east)
 	d := e.east.dynamic(t)
 	f := newFixture(t, e.east)
+	client := fixtureIn(t, e.east, f.ns+"-client")
 	svc := f.createService(&corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "books"},
 		Spec: corev1.ServiceSpec{
@@ -114,10 +116,38 @@ func testServiceProfiles(t *testing.T, e *env) {
 		t.Fatal(err)
 	}
 
-	s := start(t, source("east", e.east.kubeconfig(t, t.TempDir(), tributaryToken), "namespaces: ["+f.ns+"]"))
+	clientSpec := booksProfile("7s")
+	clientSpec["dstOverrides"] = []any{}
+	clientSP := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "linkerd.io/v1alpha2", "kind": "ServiceProfile",
+		"metadata": map[string]any{"name": fqn, "namespace": client.ns},
+		"spec":     clientSpec,
+	}}
+	if _, err := d.Resource(serviceProfileGVR).Namespace(client.ns).Create(t.Context(), clientSP, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	s := start(t, source("east", e.east.kubeconfig(t, t.TempDir(), tributaryToken), "namespaces: ["+f.ns+", "+client.ns+"]"))
 	c := s.Client()
-	byIP := openProfile(t, c, netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), 80).String())
+	ipPort := netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), 80).String()
+	byIP := openProfile(t, c, ipPort)
 	byName := openProfile(t, c, fqn+":80")
+
+	// A client in the namespace with its own ServiceProfile gets it, by IP
+	// and by name; when it goes, the Service's.
+	clientWire := booksWire(fqn, 7*time.Second)
+	clientWire.DstOverrides = nil
+	for _, path := range []string{ipPort, fqn + ":80"} {
+		openProfileFrom(t, c, path, client.ns).expectFinal("the client's namespace's ServiceProfile", clientWire,
+			&pb.DestinationProfile{RetryBudget: linkerdRetryBudget()}, &pb.DestinationProfile{})
+	}
+	fromClient := openProfileFrom(t, c, fqn+":80", client.ns)
+	fromClient.expect("the client's namespace's ServiceProfile", clientWire)
+	if err := d.Resource(serviceProfileGVR).Namespace(client.ns).Delete(t.Context(), fqn, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	fromClient.expect("the client's namespace's ServiceProfile deleted", booksWire(fqn, 300*time.Millisecond))
+
 	bare := &pb.DestinationProfile{FullyQualifiedName: fqn, RetryBudget: linkerdRetryBudget()}
 	for _, p := range []*profiles{byIP, byName} {
 		// The first answer may precede the source's first hand-over.

@@ -425,10 +425,10 @@ func (r *run) group(key string) (discovery.Group, bool) {
 				services = r.set.builder.buildWith(svc, r.slicesOf(set, key), r.lookups(), r.problem)
 				if len(services) > 0 {
 					host := r.set.builder.host(svc.Namespace, svc.Name)
-					if prof := r.profile(svc.Namespace, host); prof != nil {
+					if prof, clients := r.profiles(svc.Namespace, host); prof != nil || clients != nil {
 						for i := range services {
 							if services[i].Authority.Host == host {
-								services[i].Profile = prof
+								services[i].Profile, services[i].ClientProfiles = prof, clients
 							}
 						}
 					}
@@ -695,10 +695,13 @@ func hashServices(seed maphash.Seed, services []discovery.Service) uint64 {
 		} else {
 			h.WriteByte(0)
 		}
-		if svc.Profile != nil {
-			// Rare, and small: its JSON form stands for its content.
+		if svc.Profile != nil || svc.ClientProfiles != nil {
+			// Rare, and small: their JSON form stands for their content
+			// (map keys sorted).
 			b, _ := json.Marshal(svc.Profile)
 			h.WriteByte(1)
+			h.Write(b)
+			b, _ = json.Marshal(svc.ClientProfiles)
 			h.Write(b)
 		} else {
 			h.WriteByte(0)

@@ -22,9 +22,11 @@ import (
 
 // ServiceProfiles (linkerd.io/v1alpha2) declare a service's HTTP routes,
 // retry budget and traffic split. Linkerd names one by the FQN of the
-// Service it describes (<svc>.<ns>.svc.<cluster-domain>); the source reads
-// those in the Service's own namespace and hands the parsed profile over
-// with the Service (discovery.Service.Profile).
+// Service it describes (<svc>.<ns>.svc.<cluster-domain>), and serves the
+// one in the client's namespace before the one in the Service's. The
+// source hands them over with the Service: the one in the Service's
+// namespace as discovery.Service.Profile, those in other watched
+// namespaces as ClientProfiles, by namespace.
 
 // ServiceProfileGVR is the resource the source reads.
 var ServiceProfileGVR = schema.GroupVersionResource{Group: "linkerd.io", Version: "v1alpha2", Resource: "serviceprofiles"}
@@ -242,14 +244,18 @@ func responseMatches(ms []*rawResponseMatch) []discovery.ResponseMatch {
 	return out
 }
 
-// serviceOfProfile is the Service a ServiceProfile in namespace ns
-// describes, when its name is that Service's FQN in ns under domain.
-func serviceOfProfile(ns, name, domain string) (string, bool) {
-	svc, ok := strings.CutSuffix(name, "."+ns+".svc."+domain)
-	if !ok || svc == "" || strings.Contains(svc, ".") {
-		return "", false
+// serviceOfProfile is the Service (namespace and name) a ServiceProfile
+// named name describes, when the name is a Service's FQN under domain.
+func serviceOfProfile(name, domain string) (ns, svc string, ok bool) {
+	rest, ok := strings.CutSuffix(name, ".svc."+domain)
+	if !ok {
+		return "", "", false
 	}
-	return svc, true
+	svc, ns, ok = strings.Cut(rest, ".")
+	if !ok || svc == "" || ns == "" || strings.Contains(ns, ".") {
+		return "", "", false
+	}
+	return ns, svc, true
 }
 
 // profileAPI is how the source reaches ServiceProfiles; tests inject

@@ -32,6 +32,7 @@ func (r *run) setupProfiles(api profileAPI) {
 			where = "namespace " + ns
 		}
 		inf := cache.NewSharedIndexInformerWithOptions(api.listWatch(ns), &unstructured.Unstructured{}, cache.SharedIndexInformerOptions{
+			Indexers:          cache.Indexers{byProfileName: profileNameIndex},
 			ObjectDescription: "serviceprofiles in " + where,
 		})
 		_ = inf.SetTransform(profileFromUnstructured)
@@ -179,29 +180,56 @@ func (r *run) profileEvent(obj any) {
 	if !ok {
 		return
 	}
-	if svc, ok := serviceOfProfile(p.Namespace, p.Name, r.set.builder.domain); ok {
-		r.queue.Add(p.Namespace + "/" + svc)
+	if ns, svc, ok := serviceOfProfile(p.Name, r.set.builder.domain); ok {
+		r.queue.Add(ns + "/" + svc)
 	}
 }
 
-// profile returns the served profile of the Service ns/name: its
-// ServiceProfile in its namespace, when there is one and it is valid.
-// Problems of the ServiceProfile are reported (once each).
-func (r *run) profile(ns, host string) *discovery.Profile {
-	set := r.setFor(ns)
-	if set == nil || set.profiles == nil {
-		return nil
+// byProfileName indexes ServiceProfiles by name (a Service's FQN), to find
+// those of every namespace.
+const byProfileName = "name"
+
+func profileNameIndex(obj any) ([]string, error) {
+	if p, ok := obj.(*serviceProfile); ok {
+		return []string{p.Name}, nil
 	}
-	obj, ok, _ := set.profiles.GetIndexer().GetByKey(ns + "/" + host)
-	if !ok {
-		return nil
+	return nil, nil
+}
+
+// profiles returns the profiles of the Service of FQN host in namespace
+// ns: its ServiceProfile in ns, when there is one and it is valid, and
+// those of the same name in the other watched namespaces, by namespace.
+// An invalid one in another namespace is there as an empty profile: as
+// with Linkerd, a client's namespace's ServiceProfile shadows the
+// Service's even when it cannot be served. Problems are reported (once
+// each).
+func (r *run) profiles(ns, host string) (own *discovery.Profile, clients map[string]*discovery.Profile) {
+	for _, set := range r.sets {
+		if set.profiles == nil {
+			continue
+		}
+		objs, _ := set.profiles.GetIndexer().ByIndex(byProfileName, host)
+		for _, obj := range objs {
+			p, _ := obj.(*serviceProfile)
+			if p == nil {
+				continue
+			}
+			for _, msg := range p.problems {
+				r.problem(objName("serviceprofile", p.Namespace, p.Name), msg)
+			}
+			switch {
+			case p.Namespace == ns:
+				own = p.profile
+			case p.Namespace == "":
+			default:
+				if clients == nil {
+					clients = map[string]*discovery.Profile{}
+				}
+				if clients[p.Namespace] = p.profile; p.profile == nil {
+					clients[p.Namespace] = &discovery.Profile{}
+				}
+			}
+		}
 	}
-	p, _ := obj.(*serviceProfile)
-	if p == nil {
-		return nil
-	}
-	for _, msg := range p.problems {
-		r.problem(objName("serviceprofile", p.Namespace, p.Name), msg)
-	}
-	return p.profile
+	return own, clients
 }

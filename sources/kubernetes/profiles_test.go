@@ -113,17 +113,18 @@ func TestParseServiceProfile(t *testing.T) {
 
 func TestServiceOfProfile(t *testing.T) {
 	for _, tc := range []struct {
-		ns, name, want string
-		ok             bool
+		name, ns, svc string
+		ok            bool
 	}{
-		{"prod", "web.prod.svc.cluster.local", "web", true},
-		{"prod", "web.dev.svc.cluster.local", "", false}, // another namespace's Service: a client-namespace profile
-		{"prod", "a.web.prod.svc.cluster.local", "", false},
-		{"prod", "web.prod.svc.example.org", "", false},
-		{"prod", ".prod.svc.cluster.local", "", false},
+		{"web.prod.svc.cluster.local", "prod", "web", true},
+		{"web.dev.svc.cluster.local", "dev", "web", true},
+		{"a.web.prod.svc.cluster.local", "", "", false},
+		{"web.prod.svc.example.org", "", "", false},
+		{".prod.svc.cluster.local", "", "", false},
+		{"web..svc.cluster.local", "", "", false},
 	} {
-		if got, ok := serviceOfProfile(tc.ns, tc.name, "cluster.local"); got != tc.want || ok != tc.ok {
-			t.Errorf("%s/%s: %q %v", tc.ns, tc.name, got, ok)
+		if ns, svc, ok := serviceOfProfile(tc.name, "cluster.local"); ns != tc.ns || svc != tc.svc || ok != tc.ok {
+			t.Errorf("%s: %q %q %v", tc.name, ns, svc, ok)
 		}
 	}
 }
@@ -186,8 +187,13 @@ func (f *fakeProfiles) update(t *testing.T, ns, name string, spec map[string]any
 
 func runWithProfiles(t *testing.T, sp *fakeProfiles, objects ...runtime.Object) *running {
 	t.Helper()
+	return runWithProfilesIn(t, []string{"prod"}, sp, objects...)
+}
+
+func runWithProfilesIn(t *testing.T, namespaces []string, sp *fakeProfiles, objects ...runtime.Object) *running {
+	t.Helper()
 	cs := fake.NewClientset(objects...)
-	src, err := NewSource(Config{Namespaces: []string{"prod"}, NodeZones: ptr(false)}, discovery.BuildContext{Name: "east", Logger: slog.New(slog.DiscardHandler)})
+	src, err := NewSource(Config{Namespaces: namespaces, NodeZones: ptr(false)}, discovery.BuildContext{Name: "east", Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -210,6 +216,13 @@ func runWithProfiles(t *testing.T, sp *fakeProfiles, objects ...runtime.Object) 
 // profile of its services (all the same), checking the op.
 func (r *running) nextProfile(op string) *discovery.Profile {
 	r.t.Helper()
+	p, _ := r.nextProfiles(op)
+	return p
+}
+
+// nextProfiles is nextProfile with the client profiles.
+func (r *running) nextProfiles(op string) (*discovery.Profile, map[string]*discovery.Profile) {
+	r.t.Helper()
 	for {
 		c := r.sink.next(r.t, true)
 		if c.Op != op {
@@ -222,16 +235,16 @@ func (r *running) nextProfile(op string) *discovery.Profile {
 			if len(g.Services) == 0 {
 				r.t.Fatalf("prod/web withdrawn: %s", show(c))
 			}
-			p := g.Services[0].Profile
+			p, cp := g.Services[0].Profile, g.Services[0].ClientProfiles
 			for _, s := range g.Services[1:] {
-				if s.Profile != p {
+				if s.Profile != p || !discovery.SameProfiles(s.ClientProfiles, cp) {
 					r.t.Fatalf("services of one Service with different profiles: %s", show(c))
 				}
 			}
 			if err := discovery.ValidateGroup(&g); err != nil {
 				r.t.Fatal(err)
 			}
-			return p
+			return p, cp
 		}
 	}
 }
@@ -306,5 +319,36 @@ func TestRunServiceProfileCRDLaterAndForbidden(t *testing.T) {
 	sp2.forbidden.Store(false)
 	if p := r2.nextProfile("update"); p == nil {
 		t.Fatal("no profile once the list is allowed")
+	}
+}
+
+// ServiceProfiles of the Service's FQN in other watched namespaces are
+// handed over as client profiles, by namespace; an invalid one as an
+// empty profile (it shadows the Service's for that namespace, as in
+// Linkerd); one of another name touches nothing.
+func TestRunWithClientNamespaceProfiles(t *testing.T) {
+	sp := newFakeProfiles()
+	sp.present.Store(true)
+	sp.create(t, "dev", "web.prod.svc.cluster.local", booksSpec("5s"))
+	r := runWithProfilesIn(t, []string{"prod", "dev"}, sp, selectingService(), podSlice())
+	own, clients := r.nextProfiles("replace")
+	if own != nil || len(clients) != 1 || clients["dev"] == nil || clients["dev"].Routes[0].Timeout != 5*time.Second {
+		t.Fatalf("first hand-over: %+v %+v", own, clients)
+	}
+	sp.create(t, "prod", "web.prod.svc.cluster.local", booksSpec("1s"))
+	if own, clients = r.nextProfiles("update"); own == nil || own.Routes[0].Timeout != time.Second || len(clients) != 1 {
+		t.Fatalf("with its own: %+v %+v", own, clients)
+	}
+	bad := booksSpec("2s")
+	delete(bad["routes"].([]any)[0].(map[string]any), "condition")
+	sp.update(t, "dev", "web.prod.svc.cluster.local", bad)
+	if own, clients = r.nextProfiles("update"); own == nil || clients["dev"] == nil || len(clients["dev"].Routes) != 0 {
+		t.Fatalf("an invalid client profile: %+v %+v", own, clients)
+	}
+	if err := sp.dc.Resource(ServiceProfileGVR).Namespace("dev").Delete(context.Background(), "web.prod.svc.cluster.local", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if own, clients = r.nextProfiles("update"); own == nil || clients != nil {
+		t.Fatalf("after the delete: %+v %+v", own, clients)
 	}
 }
