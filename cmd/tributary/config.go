@@ -12,6 +12,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	dnsedge "github.com/tributary-mesh/tributary/destination/dns"
+	"github.com/tributary-mesh/tributary/destination/policy"
 	"github.com/tributary-mesh/tributary/destination/tlsauth"
 	"github.com/tributary-mesh/tributary/discovery"
 	activehealth "github.com/tributary-mesh/tributary/discovery/health"
@@ -84,6 +85,9 @@ type ServerConfig struct {
 	// the time a client may stop reading; nil means the defaults (0 values
 	// in the section mean the destination package's defaults too).
 	Streams *StreamsConfig `yaml:"streams"`
+	// InboundPolicy is the default inbound authorization the policy API
+	// (destination/policy) gives a standalone proxy, per port.
+	InboundPolicy policy.Inbound `yaml:"inbound_policy"`
 }
 
 // StreamsConfig is server.streams.
@@ -219,6 +223,9 @@ func parseServer(sec discovery.Section) (ServerConfig, *tlsauth.Config, error) {
 	}
 	if s.Streams != nil {
 		errs = s.Streams.check(sec.Key("streams"), errs)
+	}
+	if err := s.InboundPolicy.Check(); err != nil {
+		fail("inbound_policy", "%v", err)
 	}
 	return s, tls, errors.Join(errs...)
 }

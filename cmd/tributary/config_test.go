@@ -336,3 +336,29 @@ func checkServerConfig(t *testing.T, c *config) {
 		}
 	}
 }
+
+func TestInboundPolicyConfig(t *testing.T) {
+	c, err := parseTestConfig([]byte("server:\n  inbound_policy:\n    default: deny\n    ports: {8080: all-authenticated}\n"), "c.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Server.InboundPolicy.Mode(8080); got != "all-authenticated" {
+		t.Errorf("port 8080: %q", got)
+	}
+	if got := c.Server.InboundPolicy.Mode(80); got != "deny" {
+		t.Errorf("port 80: %q", got)
+	}
+	for _, bad := range []string{
+		"server:\n  inbound_policy: {default: allow}\n",
+		"server:\n  inbound_policy: {ports: {80: open}}\n",
+		"server:\n  inbound_policy: {ports: {0: deny}}\n",
+		"server:\n  inbound_policy: {ports: {70000: deny}}\n",
+		"server:\n  inbound_policy: {zz: 1}\n",
+	} {
+		if _, err := parseTestConfig([]byte(bad), "c.yaml"); err == nil {
+			t.Errorf("%q accepted", bad)
+		} else if !strings.Contains(err.Error(), "inbound_policy") && !strings.Contains(err.Error(), "zz") {
+			t.Logf("%q: %v", bad, err)
+		}
+	}
+}

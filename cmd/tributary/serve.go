@@ -28,6 +28,7 @@ import (
 	"github.com/tributary-mesh/tributary/destination"
 	"github.com/tributary-mesh/tributary/destination/admin"
 	dnsedge "github.com/tributary-mesh/tributary/destination/dns"
+	"github.com/tributary-mesh/tributary/destination/policy"
 	"github.com/tributary-mesh/tributary/destination/tlsauth"
 	"github.com/tributary-mesh/tributary/discovery"
 	activehealth "github.com/tributary-mesh/tributary/discovery/health"
@@ -175,6 +176,13 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, pprofOn bool) 
 	if err := attachRegistration(grpcServer, instances, logger); err != nil {
 		return err
 	}
+	// linkerd2-proxy's policy API, for proxies without a Linkerd control
+	// plane: the same virtual IPs as GetProfile (docs/policy.md).
+	pol, err := policy.New(policy.Options{VirtualIPs: policyVIPs(vips), Opaque: opaquePort(store, fed), Inbound: cfg.Server.InboundPolicy})
+	if err != nil {
+		return fmt.Errorf("server.inbound_policy: %w", err)
+	}
+	pol.Register(grpcServer)
 	healthSrv := health.NewServer()
 	healthSrv.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	healthpb.RegisterHealthServer(grpcServer, healthSrv)
@@ -278,6 +286,30 @@ func ruleAuthorities(rules []discovery.FederationRule) []discovery.Authority {
 
 // sourceVIPs are the sources that map virtual IPs to names (a kubernetes
 // source's LookupVIP: its Services' cluster IPs), in config order.
+// policyVIPs gives the policy API the virtual IPs GetProfile uses.
+func policyVIPs(vips []destination.VirtualIPs) []policy.VirtualIPs {
+	out := make([]policy.VirtualIPs, len(vips))
+	for i, v := range vips {
+		out[i] = v
+	}
+	return out
+}
+
+// opaquePort tells the policy API whether host:port is opaque, as
+// GetProfile's opaque_protocol: some member of its federation marks it so.
+func opaquePort(store *cache.Store, fed *discovery.Federation) func(host string, port uint16) bool {
+	return func(host string, port uint16) bool {
+		a := discovery.Authority{Host: host, Port: port}
+		snap := store.Snapshot()
+		for _, m := range fed.Members(a) {
+			if snap.Service(nil, m).Opaque {
+				return true
+			}
+		}
+		return false
+	}
+}
+
 func sourceVIPs(instances []discovery.Instance) []destination.VirtualIPs {
 	var out []destination.VirtualIPs
 	for _, in := range instances {

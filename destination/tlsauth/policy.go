@@ -10,7 +10,9 @@ import (
 // The APIs a peer is authorized for. Every gRPC method and admin path maps
 // to one of them (MethodAPI).
 const (
-	// APIDestination is Linkerd's Destination service: Get and GetProfile.
+	// APIDestination is Linkerd's Destination service (Get and
+	// GetProfile) and its policy API (OutboundPolicies,
+	// InboundServerPolicies).
 	APIDestination = "destination"
 	// APIAdmin is the admin HTTP endpoints (with tls.admin) and gRPC
 	// server reflection on the API port.
@@ -25,6 +27,10 @@ const (
 // client certificate needed (health checks, which probes make without one).
 var methodAPIs = []struct{ prefix, api string }{
 	{"/io.linkerd.proxy.destination.Destination/", APIDestination},
+	// linkerd2-proxy's policy API (destination/policy): the proxies
+	// that may discover may fetch their policies.
+	{"/io.linkerd.proxy.outbound.OutboundPolicies/", APIDestination},
+	{"/io.linkerd.proxy.inbound.InboundServerPolicies/", APIDestination},
 	{"/grpc.health.v1.Health/", ""},
 	{"/grpc.reflection.v1.ServerReflection/", APIAdmin},
 	{"/grpc.reflection.v1alpha.ServerReflection/", APIAdmin},
