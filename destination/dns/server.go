@@ -164,16 +164,8 @@ func (s *Server) Start() error {
 	s.refresh(ctx) // the first index before the first answer
 	s.wg.Go(func() { s.follow(ctx) })
 
-	pc, err := net.ListenPacket("udp", s.set.Listen)
+	pc, ln, err := listenPair(s.set.Listen)
 	if err != nil {
-		cancel()
-		s.wg.Wait()
-		return fmt.Errorf("dns: %w", err)
-	}
-	// TCP on the port UDP got (they differ only when asked for port 0).
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		pc.Close()
 		cancel()
 		s.wg.Wait()
 		return fmt.Errorf("dns: %w", err)
@@ -499,4 +491,28 @@ func (s *Server) LookupVIP(ip netip.Addr) (host string, changed <-chan struct{},
 // VIP returns the virtual IP of a registry host, if it has one.
 func (s *Server) VIP(host string) (netip.Addr, bool) {
 	return s.current().vips.Lookup(host)
+}
+
+// listenPair opens UDP and TCP on one port. With port 0 the port UDP picks
+// may be taken for TCP (by any connection's ephemeral port), so a few
+// ports are tried; a fixed port is tried once.
+func listenPair(addr string) (net.PacketConn, net.Listener, error) {
+	_, port, _ := net.SplitHostPort(addr)
+	tries := 1
+	if port == "0" {
+		tries = 10
+	}
+	var err error
+	for range tries {
+		var pc net.PacketConn
+		if pc, err = net.ListenPacket("udp", addr); err != nil {
+			return nil, nil, err
+		}
+		var ln net.Listener
+		if ln, err = net.Listen("tcp", pc.LocalAddr().String()); err == nil {
+			return pc, ln, nil
+		}
+		pc.Close()
+	}
+	return nil, nil, err
 }
