@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/hashicorp/go-memdb"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"google.golang.org/grpc"
@@ -178,7 +179,7 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, pprofOn bool) 
 	}
 	// linkerd2-proxy's policy API, for proxies without a Linkerd control
 	// plane: the same virtual IPs as GetProfile (docs/policy.md).
-	pol, err := policy.New(policy.Options{VirtualIPs: policyVIPs(vips), Opaque: opaquePort(store, fed), Inbound: cfg.Server.InboundPolicy})
+	pol, err := policy.New(policy.Options{VirtualIPs: policyVIPs(vips), Port: policyPort(store, fed), Inbound: cfg.Server.InboundPolicy})
 	if err != nil {
 		return fmt.Errorf("server.inbound_policy: %w", err)
 	}
@@ -295,18 +296,34 @@ func policyVIPs(vips []destination.VirtualIPs) []policy.VirtualIPs {
 	return out
 }
 
-// opaquePort tells the policy API whether host:port is opaque, as
-// GetProfile's opaque_protocol: some member of its federation marks it so.
-func opaquePort(store *cache.Store, fed *discovery.Federation) func(host string, port uint16) bool {
-	return func(host string, port uint16) bool {
+// policyPort tells the policy API what the registry says of host:port,
+// from the same rows as GetProfile: opaque when some member of its
+// federation marks it so (opaque_protocol); undefined when the members'
+// hosts have service rows, none for this port nor for any port. Changed
+// holds the watch channels of those rows, so a Watch wakes when they do.
+func policyPort(store *cache.Store, fed *discovery.Federation) func(host string, port uint16) policy.Port {
+	return func(host string, port uint16) policy.Port {
 		a := discovery.Authority{Host: host, Port: port}
 		snap := store.Snapshot()
+		ws := memdb.NewWatchSet()
+		var pt policy.Port
+		declared, served := false, false
 		for _, m := range fed.Members(a) {
-			if snap.Service(nil, m).Opaque {
-				return true
+			if snap.Service(ws, m).Opaque {
+				pt.Opaque = true
+			}
+			for _, p := range snap.Ports(ws, m.Host) {
+				declared = true
+				if p == 0 || p == m.Port {
+					served = true
+				}
 			}
 		}
-		return false
+		pt.Undefined = declared && !served
+		for ch := range ws {
+			pt.Changed = append(pt.Changed, ch)
+		}
+		return pt
 	}
 }
 

@@ -7,8 +7,10 @@
 // answers and what is not supported.
 //
 // Outbound: a target that is a virtual IP (Options.VirtualIPs) gets a
-// policy whose one backend is a p2c balancer over Get(host:port); an
-// authority target (host:port) the same; any other IP a forward to that
+// policy whose one backend is a p2c balancer over Get(host:port) — or, on
+// a port its service is not declared with (Options.Port), Linkerd's
+// undefined-port policy, which refuses the connection; an authority
+// target (host:port) the balancer; any other IP a forward to that
 // address, as Linkerd's controller answers for a target it does not know
 // (its "egress-fallback"). Inbound: every port gets the configured default
 // authorization (all-unauthenticated, all-authenticated or deny).
@@ -28,6 +30,7 @@ import (
 	"github.com/linkerd/linkerd2-proxy-api/go/inbound"
 	"github.com/linkerd/linkerd2-proxy-api/go/meta"
 	pbnet "github.com/linkerd/linkerd2-proxy-api/go/net"
+	"github.com/linkerd/linkerd2-proxy-api/go/opaque_route"
 	"github.com/linkerd/linkerd2-proxy-api/go/outbound"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -58,11 +61,25 @@ type VirtualIPs interface {
 type Options struct {
 	// VirtualIPs are asked in order; the first that knows an IP answers.
 	VirtualIPs []VirtualIPs
-	// Opaque, when set, tells whether host:port is opaque (no HTTP
-	// detection: the policy is opaque). Nil: every port is detected.
-	Opaque func(host string, port uint16) bool
+	// Port, when set, reads what the registry says of host:port: whether
+	// it is opaque, whether the service is declared without it, and the
+	// channels that close when that may change. Nil: every port is served
+	// and detected.
+	Port func(host string, port uint16) Port
 	// Inbound is the default inbound authorization per port.
 	Inbound Inbound
+}
+
+// Port is what the registry says of a service's port.
+type Port struct {
+	// Opaque: no HTTP detection, the policy is opaque.
+	Opaque bool
+	// Undefined: the host has service rows, none for this port (nor for
+	// any port): a virtual IP's target gets Linkerd's undefined-port
+	// policy, which refuses every connection.
+	Undefined bool
+	// Changed close when Opaque or Undefined may change.
+	Changed []<-chan struct{}
 }
 
 // Server serves both policy services.
@@ -93,7 +110,8 @@ func (s *Server) Get(_ context.Context, spec *outbound.TrafficSpec) (*outbound.O
 }
 
 // Watch sends the outbound policy at once, and again whenever the virtual
-// IP behind it may have changed and the policy did.
+// IP behind it or the registry rows of its port (opaque, declared) may
+// have changed and the policy did.
 func (s *Server) Watch(spec *outbound.TrafficSpec, stream grpc.ServerStreamingServer[outbound.OutboundPolicy]) error {
 	var last *outbound.OutboundPolicy
 	for {
@@ -160,7 +178,12 @@ func (s *Server) outboundPolicy(spec *outbound.TrafficSpec) (*outbound.OutboundP
 				changed = append(changed, ch)
 			}
 			if ok {
-				return s.balanced(host, ap.Port()), changed, nil
+				pt := s.port(host, ap.Port())
+				changed = append(changed, pt.Changed...)
+				if pt.Undefined {
+					return undefinedPort(), changed, nil
+				}
+				return balanced(host, ap.Port(), pt.Opaque), changed, nil
 			}
 		}
 		return forward(ap), changed, nil
@@ -174,7 +197,8 @@ func (s *Server) outboundPolicy(spec *outbound.TrafficSpec) (*outbound.OutboundP
 		if host == "" || perr != nil || n == 0 {
 			return nil, nil, status.Errorf(codes.InvalidArgument, "authority %q: want host:port", t.Authority)
 		}
-		return s.balanced(host, uint16(n)), nil, nil
+		pt := s.port(host, uint16(n))
+		return balanced(host, uint16(n), pt.Opaque), pt.Changed, nil
 	}
 	return nil, nil, status.Error(codes.InvalidArgument, "target is required")
 }
@@ -225,9 +249,17 @@ func queue() *outbound.Queue {
 	return &outbound.Queue{Capacity: queueCapacity, FailfastTimeout: durationpb.New(failfastTimeout)}
 }
 
+// port asks Options.Port about host:port.
+func (s *Server) port(host string, port uint16) Port {
+	if s.opts.Port == nil {
+		return Port{}
+	}
+	return s.opts.Port(host, port)
+}
+
 // balanced is the policy of a service: one backend, a p2c balancer (peak
 // EWMA) over Get(host:port).
-func (s *Server) balanced(host string, port uint16) *outbound.OutboundPolicy {
+func balanced(host string, port uint16, opaque bool) *outbound.OutboundPolicy {
 	authority := net.JoinHostPort(host, strconv.Itoa(int(port)))
 	backend := &outbound.Backend{
 		Metadata: defaultMeta("service"),
@@ -242,8 +274,33 @@ func (s *Server) balanced(host string, port uint16) *outbound.OutboundPolicy {
 			}},
 		}},
 	}
-	opaque := s.opts.Opaque != nil && s.opts.Opaque(host, port)
 	return policyFor("service", backend, opaque)
+}
+
+// undefinedPort is the policy of a virtual IP's port its service does not
+// declare, as Linkerd's controller answers a Service port that does not
+// exist (policy-controller/grpc/src/outbound.rs, undefined_port): opaque,
+// one route "undefined-port" with no backends and a forbidden filter, so
+// the proxy refuses the connection at once. Linkerd names the Service in
+// the policy metadata; Tributary has no resource to name and says
+// "undefined-port" there too.
+func undefinedPort() *outbound.OutboundPolicy {
+	return &outbound.OutboundPolicy{
+		Metadata: defaultMeta("undefined-port"),
+		Protocol: &outbound.ProxyProtocol{Kind: &outbound.ProxyProtocol_Opaque_{Opaque: &outbound.ProxyProtocol_Opaque{
+			Routes: []*outbound.OpaqueRoute{{
+				Metadata: defaultMeta("undefined-port"),
+				Rules: []*outbound.OpaqueRoute_Rule{{
+					Backends: &outbound.OpaqueRoute_Distribution{Kind: &outbound.OpaqueRoute_Distribution_Empty_{
+						Empty: &outbound.OpaqueRoute_Distribution_Empty{},
+					}},
+					Filters: []*outbound.OpaqueRoute_Filter{{Kind: &outbound.OpaqueRoute_Filter_Forbidden{
+						Forbidden: &opaque_route.Forbidden{},
+					}}},
+				}},
+			}},
+		}}},
+	}
 }
 
 // forward is the policy of an address that is no service: every

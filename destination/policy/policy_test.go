@@ -191,7 +191,7 @@ func TestOutboundVirtualIP(t *testing.T) {
 	vip := netip.MustParseAddr("240.0.0.7")
 	table := newVIPs(map[netip.Addr]string{vip: "web.demo"})
 	s := newServer(t, policy.Options{VirtualIPs: []policy.VirtualIPs{table},
-		Opaque: func(host string, port uint16) bool { return port == 5432 }})
+		Port: func(host string, port uint16) policy.Port { return policy.Port{Opaque: port == 5432} }})
 	c := outbound.NewOutboundPoliciesClient(serve(t, s))
 
 	p, err := c.Get(ctx(t), addrSpec(netip.AddrPortFrom(vip, 8080)))
@@ -290,6 +290,146 @@ func TestOutboundWatch(t *testing.T) {
 	if got := dstPath(t, backends(t, p, true)[0]); got != "db.demo:80" {
 		t.Errorf("dst path %q, want db.demo:80", got)
 	}
+}
+
+// registry is what Options.Port reads, and can change.
+type registry struct {
+	mu      sync.Mutex
+	ports   map[uint16]policy.Port
+	changed chan struct{}
+}
+
+func newRegistry(m map[uint16]policy.Port) *registry {
+	return &registry{ports: m, changed: make(chan struct{})}
+}
+
+func (r *registry) port(host string, port uint16) policy.Port {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	p := r.ports[port]
+	p.Changed = []<-chan struct{}{r.changed}
+	return p
+}
+
+func (r *registry) set(port uint16, p policy.Port) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.ports[port] = p
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
+// touch wakes watchers without changing anything.
+func (r *registry) touch() { r.set(0, policy.Port{}) }
+
+// A Watch follows the registry's opaque marking of the port, and sends
+// again only when the policy changed.
+func TestOutboundWatchOpaque(t *testing.T) {
+	vip := netip.MustParseAddr("240.0.0.7")
+	reg := newRegistry(map[uint16]policy.Port{})
+	s := newServer(t, policy.Options{VirtualIPs: []policy.VirtualIPs{newVIPs(map[netip.Addr]string{vip: "db.demo"})}, Port: reg.port})
+	c := outbound.NewOutboundPoliciesClient(serve(t, s))
+	st, err := c.Watch(ctx(t), addrSpec(netip.AddrPortFrom(vip, 5432)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv := func(wantDetect bool) {
+		t.Helper()
+		p, err := st.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range backends(t, p, wantDetect) {
+			if got := dstPath(t, b); got != "db.demo:5432" {
+				t.Errorf("dst path %q, want db.demo:5432", got)
+			}
+		}
+	}
+	recv(true)
+	reg.touch() // no change: nothing sent
+	reg.set(5432, policy.Port{Opaque: true})
+	recv(false)
+	reg.touch()
+	reg.set(5432, policy.Port{})
+	recv(true)
+	// By authority too.
+	st, err = c.Watch(ctx(t), &outbound.TrafficSpec{Target: &outbound.TrafficSpec_Authority{Authority: "db.demo:5432"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recv(true)
+	reg.set(5432, policy.Port{Opaque: true})
+	recv(false)
+}
+
+// checkUndefinedPort checks p is Linkerd's undefined-port policy: opaque,
+// one route whose one rule has no backends and a forbidden filter.
+func checkUndefinedPort(t *testing.T, p *outbound.OutboundPolicy) {
+	t.Helper()
+	if p.GetMetadata().GetKind() == nil {
+		t.Fatal("missing metadata")
+	}
+	opq := p.GetProtocol().GetOpaque()
+	if opq == nil || len(opq.GetRoutes()) != 1 {
+		t.Fatalf("protocol %v, want opaque with one route", p.GetProtocol())
+	}
+	r := opq.GetRoutes()[0]
+	if r.GetMetadata().GetDefault() != "undefined-port" {
+		t.Errorf("route metadata %v, want default undefined-port", r.GetMetadata())
+	}
+	if len(r.GetRules()) != 1 {
+		t.Fatalf("%d rules, want 1", len(r.GetRules()))
+	}
+	rule := r.GetRules()[0]
+	if rule.GetBackends().GetEmpty() == nil {
+		t.Errorf("distribution %v, want empty", rule.GetBackends())
+	}
+	if len(rule.GetFilters()) != 1 || rule.GetFilters()[0].GetForbidden() == nil {
+		t.Errorf("filters %v, want one forbidden", rule.GetFilters())
+	}
+}
+
+// A virtual IP's port its service does not declare gets Linkerd's
+// undefined-port policy; a Watch moves to and from it as the registry
+// does. An authority target keeps its balancer.
+func TestOutboundUndefinedPort(t *testing.T) {
+	vip := netip.MustParseAddr("240.0.0.7")
+	reg := newRegistry(map[uint16]policy.Port{9999: {Undefined: true}})
+	s := newServer(t, policy.Options{VirtualIPs: []policy.VirtualIPs{newVIPs(map[netip.Addr]string{vip: "web.demo"})}, Port: reg.port})
+	c := outbound.NewOutboundPoliciesClient(serve(t, s))
+	p, err := c.Get(ctx(t), addrSpec(netip.AddrPortFrom(vip, 9999)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkUndefinedPort(t, p)
+	p, err = c.Get(ctx(t), &outbound.TrafficSpec{Target: &outbound.TrafficSpec_Authority{Authority: "web.demo:9999"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := dstPath(t, backends(t, p, true)[0]); got != "web.demo:9999" {
+		t.Errorf("authority: dst path %q, want web.demo:9999", got)
+	}
+
+	st, err := c.Watch(ctx(t), addrSpec(netip.AddrPortFrom(vip, 9999)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, err = st.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	checkUndefinedPort(t, p)
+	reg.set(9999, policy.Port{})
+	if p, err = st.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if got := dstPath(t, backends(t, p, true)[0]); got != "web.demo:9999" {
+		t.Errorf("dst path %q, want web.demo:9999", got)
+	}
+	reg.set(9999, policy.Port{Undefined: true})
+	if p, err = st.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	checkUndefinedPort(t, p)
 }
 
 func TestInboundDefaults(t *testing.T) {
