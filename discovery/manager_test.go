@@ -250,10 +250,8 @@ func TestManagerRejectedGroupDoesNotHoldBackSiblings(t *testing.T) {
 	if got := store.Keys("a"); !slices.Equal(got, []string{"good"}) {
 		t.Fatalf("keys %v", got)
 	}
-	st := m.Status()[0]
-	if !st.Synced || st.Errors == 0 {
-		t.Fatalf("status %+v", st)
-	}
+	// The store has the group before the applier records its status.
+	waitStatus(t, m, func(st SourceStatus) bool { return st.Synced && st.Errors > 0 })
 }
 
 func TestManagerWithoutSourcesIsSynced(t *testing.T) {
