@@ -62,13 +62,19 @@ dns-clients:
 		$(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bind9-dnsutils dnsmasq-base; }
 
-# systemd-analyze verifies deploy/systemd's unit in integration/operator;
-# Debian's systemd package, installed when missing (it needs no running systemd).
+# systemd-analyze verifies deploy/systemd's unit in integration/operator, and
+# iptables with ip (iproute2) run docs/bare-metal.md's interception rules in a
+# network namespace there; Debian's packages, installed when missing (systemd
+# needs no running systemd).
 unit-tools:
 	@command -v systemd-analyze >/dev/null || { \
 		echo "installing systemd-analyze (systemd) for integration/operator"; \
 		$(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends systemd; }
+	@{ command -v iptables || test -x /usr/sbin/iptables; } >/dev/null && { command -v ip || test -x /usr/sbin/ip || test -x /sbin/ip; } >/dev/null || { \
+		echo "installing iptables and iproute2 for integration/operator"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iptables iproute2; }
 
 ## test-fuzz: every fuzz target briefly (seed corpora plus 3,000 inputs each;
 ## a count, not a duration, so Go 1.26's fuzz-deadline race cannot fail CI)
