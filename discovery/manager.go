@@ -213,6 +213,7 @@ type sourceState struct {
 	replace bool      // pending is a complete listing
 	arrived time.Time // when the oldest pending hand-over came in
 	restore bool      // a successful contact while expired: re-apply everything
+	failed  time.Time // when the source last went from fresh to stale
 
 	// Owned by the applier goroutine.
 	applied     map[string]Group // the groups in the store, by key (none empty)
@@ -281,6 +282,12 @@ func (st *sourceState) merge(groups []Group, now time.Time) {
 
 // contact records a successful contact; the caller holds mu.
 func (st *sourceState) contact(now time.Time) {
+	if st.status.Stale {
+		// The counterpart of Failed's warning, so that a log reader sees
+		// the outage end as well as begin.
+		st.m.log.Info("source recovered; serving it fresh again", "source", st.status.Name,
+			"stale_for", now.Sub(st.failed).Round(time.Millisecond), "last_error", st.status.LastError)
+	}
 	st.status.Stale = false
 	st.status.LastSuccess = now
 	if st.status.Expired {
@@ -311,6 +318,9 @@ func (st *sourceState) Failed(err error) {
 	}
 	st.mu.Lock()
 	wasStale := st.status.Stale
+	if !wasStale {
+		st.failed = st.m.now()
+	}
 	st.status.Stale = true
 	st.status.Errors++
 	st.status.LastError = err.Error()

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -655,5 +657,51 @@ func TestGoneCountsBothWays(t *testing.T) {
 		if got, want := gone(old, g), bySet(old, g); got != want {
 			t.Fatalf("case %d: gone = %d, want %d", i, got, want)
 		}
+	}
+}
+
+// lockedBuffer is a log destination written by the manager's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestManagerLogsRecovery: a source that failed logs its recovery once, at
+// the first successful contact, with how long it was stale and what its
+// last error was; a source that never failed logs none.
+func TestManagerLogsRecovery(t *testing.T) {
+	logs := &lockedBuffer{}
+	store := newMemStore()
+	m, sinks := startManagerWith(t, store, 1, SourceConfig{}, ManagerOptions{Logger: slog.New(slog.NewTextHandler(logs, nil))})
+	sinks[0].Replace([]Group{svcGroup("k1", "web")})
+	waitApplied(t, store)
+	sinks[0].Healthy()
+	if strings.Contains(logs.String(), "source recovered") {
+		t.Fatalf("a source that never failed logged a recovery:\n%s", logs)
+	}
+	sinks[0].Failed(errors.New("backend down"))
+	sinks[0].Failed(errors.New("still down"))
+	sinks[0].Healthy()
+	sinks[0].Healthy()
+	if n := strings.Count(logs.String(), "source recovered"); n != 1 {
+		t.Fatalf("%d recovery lines, want 1:\n%s", n, logs)
+	}
+	if !strings.Contains(logs.String(), `last_error="still down"`) || !strings.Contains(logs.String(), "stale_for=") {
+		t.Fatalf("the recovery line lacks its last error or duration:\n%s", logs)
+	}
+	if m.Status()[0].Stale {
+		t.Fatal("still stale after recovering")
 	}
 }
