@@ -235,11 +235,8 @@ type run struct {
 	nodeInf   cache.SharedIndexInformer
 	queue     *workqueue.Typed[string]
 
-	workloadAPI      workloadAPI
-	workloadsRefused atomic.Bool // an ExternalWorkload list was forbidden or not found
-
-	profileAPI      profileAPI
-	profilesRefused atomic.Bool // a ServiceProfile list was forbidden or not found
+	workloadCRD optionalCRD // ExternalWorkloads
+	profileCRD  optionalCRD // ServiceProfiles
 
 	// Owned by the worker (Run's goroutine).
 	seed   maphash.Seed
@@ -343,8 +340,8 @@ func (r *run) run(ctx context.Context) {
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return // cancelled before the caches synced
 	}
-	r.startWorkloads(ctx, logCtx, &wg)
-	r.startProfiles(ctx, logCtx, &wg)
+	r.startCRD(ctx, logCtx, &wg, &r.workloadCRD)
+	r.startCRD(ctx, logCtx, &wg, &r.profileCRD)
 	if ctx.Err() != nil {
 		return
 	}

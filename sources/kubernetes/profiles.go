@@ -258,12 +258,8 @@ func serviceOfProfile(name, domain string) (ns, svc string, ok bool) {
 	return ns, svc, true
 }
 
-// profileAPI is how the source reaches ServiceProfiles; tests inject
-// their own. As workloadAPI: installed says whether the CRD is installed.
-type profileAPI interface {
-	installed(ctx context.Context) (bool, error)
-	listWatch(namespace string) cache.ListerWatcher
-}
+// profileAPI is how the source reaches ServiceProfiles.
+type profileAPI = crdAPI
 
 // dynamicResource is a profileAPI for one custom resource through
 // client-go's dynamic client (JSON: CRDs have no protobuf form).

@@ -370,14 +370,8 @@ func sortWorkloads(ws []*externalWorkload) {
 	})
 }
 
-// workloadAPI is how the source reaches ExternalWorkloads; tests inject
-// their own.
-type workloadAPI interface {
-	// installed reports whether the API server serves ExternalWorkloads
-	// (the CRD is installed). A Forbidden answer is an error.
-	installed(ctx context.Context) (bool, error)
-	listWatch(namespace string) cache.ListerWatcher
-}
+// workloadAPI is how the source reaches ExternalWorkloads.
+type workloadAPI = crdAPI
 
 type dynamicWorkloads struct{ c dynamic.Interface }
 
