@@ -194,6 +194,12 @@ func (f *Federation) PanicThreshold(a Authority) float64 {
 // eps and the endpoints are not modified; the result is a new slice of the
 // same pointers (nil when nothing is served). One allocation per call.
 func (f *Federation) Resolve(a Authority, eps []*Endpoint) []*Endpoint {
+	return f.resolve(a, eps, nil)
+}
+
+// resolve is Resolve; when ex is not nil, every endpoint it drops is
+// recorded there with the step that dropped it, and the panic state.
+func (f *Federation) resolve(a Authority, eps []*Endpoint, ex *Explanation) []*Endpoint {
 	if len(eps) == 0 {
 		return nil
 	}
@@ -202,19 +208,24 @@ func (f *Federation) Resolve(a Authority, eps []*Endpoint) []*Endpoint {
 
 	r := f.lookup(a)
 	if r != nil && len(r.rule.Failover) > 0 {
-		out = r.selectTier(out)
+		out = r.selectTier(out, ex)
 	}
-	out = selectLevels(out)
+	out = selectLevels(out, ex)
 
 	threshold := f.PanicThreshold(a)
 	total, serving := countAddrs(out)
 	panicking := threshold > 0 && float64(serving) < threshold*float64(total)
+	if ex != nil {
+		ex.PanicThreshold, ex.Panic, ex.Addresses, ex.ServingAddresses = threshold, panicking, total, serving
+	}
 	if !panicking {
 		w := 0
 		for _, e := range out {
 			if e.Health.Serving() {
 				out[w] = e
 				w++
+			} else if ex != nil {
+				ex.drop(e, ReasonCritical, nil)
 			}
 		}
 		clear(out[w:])
@@ -229,6 +240,13 @@ func (f *Federation) Resolve(a Authority, eps []*Endpoint) []*Endpoint {
 		for ; j < len(out) && out[j].Addr == best.Addr; j++ {
 			if f.better(out[j], best, panicking) {
 				best = out[j]
+			}
+		}
+		if ex != nil {
+			for _, e := range out[i:j] {
+				if e != best {
+					ex.drop(e, ReasonDuplicate, best)
+				}
 			}
 		}
 		out[w] = best
@@ -284,7 +302,7 @@ func level(e *Endpoint) uint64 {
 // selectLevels keeps, per source, the endpoints of the lowest failover
 // level that has a serving endpoint (the lowest level when none has). out
 // is filtered in place; without any PriorityLabel it is returned as is.
-func selectLevels(out []*Endpoint) []*Endpoint {
+func selectLevels(out []*Endpoint, ex *Explanation) []*Endpoint {
 	labelled := false
 	for _, e := range out {
 		if _, ok := e.Labels[PriorityLabel]; ok {
@@ -322,6 +340,8 @@ func selectLevels(out []*Endpoint) []*Endpoint {
 		if level(e) == want {
 			out[w] = e
 			w++
+		} else if ex != nil {
+			ex.drop(e, ReasonFailoverLevel, nil)
 		}
 	}
 	clear(out[w:])
@@ -337,7 +357,7 @@ func (r *compiledRule) tier(source string) int {
 
 // selectTier keeps the endpoints of the tier to serve. out holds
 // endpoints of every health sorted by address; it is filtered in place.
-func (r *compiledRule) selectTier(out []*Endpoint) []*Endpoint {
+func (r *compiledRule) selectTier(out []*Endpoint, ex *Explanation) []*Endpoint {
 	nt := len(r.minHealthy)
 	var countBuf, lastBuf [8]int
 	var anyBuf [8]bool
@@ -386,11 +406,16 @@ func (r *compiledRule) selectTier(out []*Endpoint) []*Endpoint {
 			}
 		}
 	}
+	if ex != nil {
+		ex.Tier = chosen
+	}
 	w := 0
 	for _, e := range out {
 		if r.tier(e.Source) == chosen {
 			out[w] = e
 			w++
+		} else if ex != nil {
+			ex.drop(e, ReasonFailoverTier, nil)
 		}
 	}
 	clear(out[w:])
@@ -480,6 +505,12 @@ func healthRank(h Health) int {
 // every endpoint carries hints, serve those hinted for that zone; if there
 // are none, or any endpoint has no hints, serve all.
 func PreferZone(eps []*Endpoint, zone string) []*Endpoint {
+	return preferZone(eps, zone, nil)
+}
+
+// preferZone is PreferZone, recording in ex (when not nil) the endpoints
+// the hints leave out and whether the hints applied.
+func preferZone(eps []*Endpoint, zone string, ex *Explanation) []*Endpoint {
 	if zone == "" || len(eps) == 0 {
 		return eps
 	}
@@ -495,10 +526,15 @@ func PreferZone(eps []*Endpoint, zone string) []*Endpoint {
 	if n == 0 || n == len(eps) {
 		return eps
 	}
+	if ex != nil {
+		ex.ZoneHints = true
+	}
 	out := make([]*Endpoint, 0, n)
 	for _, e := range eps {
 		if slices.Contains(e.ForZones, zone) {
 			out = append(out, e)
+		} else if ex != nil {
+			ex.drop(e, ReasonZoneHint, nil)
 		}
 	}
 	return out
