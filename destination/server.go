@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/tributary-mesh/tributary/cache"
+	"github.com/tributary-mesh/tributary/destination/fanout"
 	"github.com/tributary-mesh/tributary/discovery"
 )
 
@@ -117,7 +118,7 @@ type Server struct {
 	maxStreams  int64
 	open        atomic.Int64
 	conns       connRegistry
-	stalls      stallWatch
+	stalls      *fanout.StallWatch
 	// drain ends with Drain; every stream's context is tied to it.
 	drain    context.Context
 	drainNow context.CancelFunc
@@ -144,7 +145,7 @@ func NewServer(opts Options) *Server {
 	if s.sendTimeout == 0 {
 		s.sendTimeout = DefaultSendTimeout
 	}
-	s.stalls = stallWatch{timeout: s.sendTimeout, onStall: s.closeStalled}
+	s.stalls = fanout.NewStallWatch(s.sendTimeout, s.closeStalled)
 	r, b := opts.NewStreamsPerSecond, opts.NewStreamsBurst
 	if r == 0 {
 		r = DefaultNewStreamsPerSecond
@@ -157,12 +158,7 @@ func NewServer(opts Options) *Server {
 	if s.fed == nil {
 		s.fed, _ = discovery.NewFederation(nil, nil)
 	}
-	s.hub = &hub{store: s.store, fed: s.fed, entries: map[hubKey]*hubEntry{}, serve: s.serve,
-		build: func(snap *cache.Snapshot, ws memdb.WatchSet, key hubKey, members []discovery.Authority) view {
-			v := s.view(snap, ws, key.authority, members)
-			v.endpoints = discovery.PreferZone(v.endpoints, key.zone)
-			return v
-		}}
+	s.hub = newHub(s)
 	if s.startup <= 0 {
 		s.startup = DefaultStartupTimeout
 	}
@@ -184,8 +180,8 @@ func (s *Server) Drain() { s.drainNow() }
 // streams have stopped. They stop with their last stream, so call it after
 // the gRPC server has stopped.
 func (s *Server) Wait() {
-	s.hub.wait()
-	s.stalls.wait()
+	s.hub.Wait()
+	s.stalls.Wait()
 }
 
 // Get streams endpoint updates for the authority in req.Path.
@@ -201,9 +197,10 @@ func (s *Server) Get(req *pb.GetDestination, stream pb.Destination_GetServer) er
 		return err
 	}
 	defer s.closeGet(g)
-	g.sub = s.hub.subscribe(g.entry, g, stream)
+	g.stream = stream
+	g.sub = s.hub.Subscribe(g.entry, g)
 	select {
-	case err := <-g.sub.failed:
+	case err := <-g.sub.Failed():
 		return err
 	case <-g.ctx.Done():
 		return nil
@@ -217,17 +214,19 @@ func (s *Server) Get(req *pb.GetDestination, stream pb.Destination_GetServer) er
 // context of its own (that cost every idle stream a cancelCtx and a drain
 // callback).
 type getStream struct {
+	s       *Server
 	start   time.Time
 	ctx     context.Context // the stream's
+	stream  grpc.ServerStream
 	done    func()
-	entry   *hubEntry
-	sub     *subscriber
-	sending *sendState // nil: no send timeout
+	entry   *fanout.Entry[snapshot]
+	sub     *fanout.Subscriber[snapshot]
+	sending *fanout.SendState // nil: no send timeout
 }
 
 //go:noinline
 func (s *Server) openGet(req *pb.GetDestination, streamCtx context.Context) (*getStream, error) {
-	g := &getStream{start: time.Now()}
+	g := &getStream{s: s, start: time.Now()}
 	a, err := parseGetPath(req.GetPath())
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
@@ -240,9 +239,9 @@ func (s *Server) openGet(req *pb.GetDestination, streamCtx context.Context) (*ge
 		return nil, err
 	}
 	g.ctx = streamCtx
-	g.entry = s.hub.acquire(hubKey{authority: a, zone: s.clientZone(tok)})
+	g.entry = s.hub.Acquire(fanout.Key{Authority: a, Zone: s.clientZone(tok)})
 	if s.sendTimeout > 0 {
-		g.sending = s.stalls.add(g.ctx)
+		g.sending = s.stalls.Add(g.ctx)
 	}
 	return g, nil
 }
@@ -250,46 +249,29 @@ func (s *Server) openGet(req *pb.GetDestination, streamCtx context.Context) (*ge
 //go:noinline
 func (s *Server) closeGet(g *getStream) {
 	if g.sub != nil {
-		s.hub.unsubscribe(g.sub)
+		s.hub.Unsubscribe(g.sub)
 	}
 	if g.sending != nil {
-		s.stalls.remove(g.sending)
+		s.stalls.Remove(g.sending)
 	}
-	s.hub.release(g.entry)
+	s.hub.Release(g.entry)
 	g.done()
 }
 
-// serve is a send job: it sends the subscriber's stream the difference
-// from what it last sent to the newest snapshot, again if a newer one is
-// published meanwhile, and ends when the stream has caught up.
-func (s *Server) serve(sub *subscriber) {
-	for {
-		for cur := sub.entry.snap.Load(); cur != sub.last; cur = sub.entry.snap.Load() {
-			if err := s.sendSnapshot(sub, cur); err != nil {
-				sub.fail(err)
-				return
-			}
-			sub.last = cur
-		}
-		if !sub.done() {
-			return
-		}
-	}
-}
-
-// sendSnapshot sends what takes the subscriber's client from sub.last (nil:
-// nothing yet) to cur.
-func (s *Server) sendSnapshot(sub *subscriber, cur *snapshot) error {
-	prev := sub.last
+// Send is the stream's step in a send job of the fan-out engine: it sends
+// what takes the client from prev (nil: nothing yet) to cur — the
+// snapshot's shared, pre-encoded messages.
+func (g *getStream) Send(prev, cur *snapshot) error {
+	s := g.s
 	msgs := cur.messagesFrom(prev)
 	if len(msgs) == 0 {
 		return nil
 	}
-	if err := s.send(sub.g.sending, sub.stream, msgs); err != nil {
+	if err := s.send(g.sending, g.stream, msgs); err != nil {
 		return err
 	}
 	if prev == nil {
-		s.metrics.firstMessage("Get", time.Since(sub.g.start))
+		s.metrics.firstMessage("Get", time.Since(g.start))
 	} else {
 		s.metrics.propagated(time.Since(cur.view.changed))
 	}
@@ -407,17 +389,17 @@ func (s *Server) profileStep(ps *profileStream, stream grpc.ServerStream, ws mem
 // buffers only 64 KiB per stream, so the write stays blocked otherwise, and
 // closing the connection is what unblocks it. Its proxy reconnects and gets
 // a fresh snapshot. The timer is armed only around the write.
-func (s *Server) send(st *sendState, stream grpc.ServerStream, msgs []encoded) error {
+func (s *Server) send(st *fanout.SendState, stream grpc.ServerStream, msgs []encoded) error {
 	if len(msgs) == 0 {
 		return nil
 	}
 	if st == nil {
 		return sendAll(stream, msgs, s.metrics)
 	}
-	st.since.Store(time.Now().UnixNano())
+	st.Begin()
 	err := sendAll(stream, msgs, s.metrics)
-	st.since.Store(0)
-	if err != nil && st.stalled.Load() {
+	st.End()
+	if err != nil && st.Stalled() {
 		return status.Errorf(codes.Unavailable, "client took no update for %v; connection closed (reconnect for a fresh snapshot)", s.sendTimeout)
 	}
 	return err
@@ -425,10 +407,10 @@ func (s *Server) send(st *sendState, stream grpc.ServerStream, msgs []encoded) e
 
 // closeStalled is the stall watch's action on a stream whose send has been
 // blocked for the send timeout.
-func (s *Server) closeStalled(st *sendState) {
+func (s *Server) closeStalled(st *fanout.SendState) {
 	s.metrics.slowClientClosed()
-	s.log.Warn("closing the connection of a client that took no update", "timeout", s.sendTimeout, "peer", peerAddr(st.ctx))
-	s.conns.closePeer(st.ctx)
+	s.log.Warn("closing the connection of a client that took no update", "timeout", s.sendTimeout, "peer", peerAddr(st.Context()))
+	s.conns.closePeer(st.Context())
 }
 
 func sendAll(stream grpc.ServerStream, msgs []encoded, m *Metrics) error {

@@ -445,9 +445,7 @@ func TestSharedSnapshotsConvergeForEveryStream(t *testing.T) {
 			}
 		}
 	}
-	h.srv.hub.mu.Lock()
-	defer h.srv.hub.mu.Unlock()
-	if got := len(h.srv.hub.entries); got != 1 {
+	if got := h.srv.hub.Len(); got != 1 {
 		t.Fatalf("%d hub entries for one service, want 1", got)
 	}
 }
