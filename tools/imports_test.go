@@ -40,10 +40,14 @@ var importRules = []importRule{
 	// The registration edge writes into the register source, which owns
 	// registrations, and speaks our own proto.
 	{pkg: "destination/registration", imports: []string{"discovery", "proto/...", "sources/register"}, tests: []string{"destination/..."}},
+	{pkg: "destination/fanout", imports: []string{"cache", "discovery"}},
 	{pkg: "destination/...", imports: []string{"cache", "discovery", "destination/..."}},
 	{pkg: "integration/harness", imports: []string{"destination/..."}},
 	// Registration tests run etcd with integration/etcd's member and call the API.
 	{pkg: "integration/register", imports: []string{"integration/harness", "integration/etcd", "destination/...", "proto/..."}},
+	// integration/etcd cuts the source off etcd with the proxy the etcd
+	// source's own tests use.
+	{pkg: "integration/etcd", imports: []string{"integration/harness", "sources/etcd/etcdtest"}},
 	{pkg: "integration/...", imports: []string{"integration/harness", "destination/..."}},
 	{pkg: "proto/..."},
 	{pkg: "tools"},

@@ -14,6 +14,7 @@ import (
 	"go.etcd.io/etcd/client/v3/naming/endpoints"
 
 	"github.com/tributary-mesh/tributary/integration/harness"
+	"github.com/tributary-mesh/tributary/sources/etcd/etcdtest"
 )
 
 func TestMain(m *testing.M) { harness.Main(m) }
@@ -115,7 +116,7 @@ func TestCompactionWhileCutOff(t *testing.T) {
 	must(t, em.AddEndpoint(ctx, "services/web/127.0.0.1:8080", endpoints.Endpoint{Addr: "127.0.0.1:8080"}))
 	must(t, em.AddEndpoint(ctx, "services/web/127.0.0.2:8080", endpoints.Endpoint{Addr: "127.0.0.2:8080"}))
 
-	p := NewCutProxy(t, m.Client)
+	p := etcdtest.NewCutProxy(t, m.Client)
 	s := harness.Start(t, t.TempDir(), source(p.Addr))
 	st := s.Get("web.etcd.test:8080")
 	if got := st.Next(); got != "add:127.0.0.1:8080,127.0.0.2:8080" {

@@ -2,18 +2,15 @@
 
 // Package etcd tests the etcd source against the real etcd binary (the
 // cached build of tools/peers.sh) and the real tributary binary. Its
-// helpers — a real etcd member, a TCP proxy that can cut a client off
-// etcd — serve the other integration packages that need etcd too.
+// helper — a real etcd member — serves the other integration packages
+// that need etcd too; the proxy that cuts a client off etcd is the etcd
+// source's own (sources/etcd/etcdtest).
 package etcd
 
 import (
 	"context"
-	"fmt"
-	"io"
-	"net"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -112,83 +109,4 @@ func (m *Member) NewClient() *clientv3.Client {
 		m.t.Fatal(err)
 	}
 	return cli
-}
-
-// CutProxy forwards TCP to a target until Cut: then it drops every
-// connection and refuses new ones, as a partition would, until Restore.
-type CutProxy struct {
-	t      testing.TB
-	Addr   string
-	target string
-	mu     sync.Mutex
-	ln     net.Listener
-	conns  map[net.Conn]bool
-	wg     sync.WaitGroup
-}
-
-// NewCutProxy listens on a free loopback port; it stops with the test.
-func NewCutProxy(t testing.TB, target string) *CutProxy {
-	t.Helper()
-	p := &CutProxy{t: t, target: target, conns: map[net.Conn]bool{}}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Addr = ln.Addr().String()
-	p.serve(ln)
-	t.Cleanup(func() { p.Cut(); p.wg.Wait() })
-	return p
-}
-
-func (p *CutProxy) serve(ln net.Listener) {
-	p.mu.Lock()
-	p.ln = ln
-	p.mu.Unlock()
-	p.wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", p.target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns[c], p.conns[up] = true, true
-			p.mu.Unlock()
-			pipe := func(dst, src net.Conn) {
-				_, _ = io.Copy(dst, src)
-				dst.Close()
-				src.Close()
-			}
-			p.wg.Go(func() { pipe(up, c) })
-			p.wg.Go(func() { pipe(c, up) })
-		}
-	})
-}
-
-// Cut drops every connection and stops accepting.
-func (p *CutProxy) Cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.ln != nil {
-		p.ln.Close()
-		p.ln = nil
-	}
-	for c := range p.conns {
-		c.Close()
-	}
-	clear(p.conns)
-}
-
-// Restore accepts again on the same address.
-func (p *CutProxy) Restore() {
-	p.t.Helper()
-	ln, err := net.Listen("tcp", p.Addr)
-	if err != nil {
-		p.t.Fatal(fmt.Errorf("restoring the proxy: %w", err))
-	}
-	p.serve(ln)
 }
