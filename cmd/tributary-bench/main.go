@@ -43,6 +43,11 @@ workloads (defaults from the performance issue):
   idle       memory per idle stream (W=1k/10k/50k) and per endpoint (0/10k/100k)
   storm      10000 streams connect at once
   profile    memory per open GetProfile stream (W=10000 on C=100)
+  manystreams  steady with W=100000 streams on C=1000 connections
+  million    S=100000 x 10 endpoints, W=10000 streams, R=5000/s: RSS,
+             ready from start, p99
+             (steady, manystreams and million also measure wakecost after
+             the server stops, and report the server's CPU against it)
   all        every workload in turn (but wakecost), one line each
   wakecost   not a workload: the CPU one 850-byte loopback write costs the
              writer when the reader is asleep (a wake) and when it is busy,
