@@ -27,7 +27,7 @@ import (
 )
 
 // Workloads are the names Run accepts.
-var Workloads = []string{"steady", "hotfanout", "ramp", "idle", "storm", "profile"}
+var Workloads = []string{"steady", "hotfanout", "ramp", "idle", "storm", "profile", "manystreams", "million"}
 
 // Options configure a run. DefaultOptions gives each workload the sizes of
 // the issue; a flag that is set overrides them.
@@ -93,6 +93,11 @@ type Options struct {
 	// during churn is written: proof that the client is not the bottleneck.
 	ClientCPUProfile string
 
+	// Floor measures the machine's wake cost (the wakecost figures) once
+	// the server has stopped, in the same run, and reports the server's
+	// CPU against it (floor_… keys; see floorFigures).
+	Floor bool
+
 	// Log receives progress lines; nil discards them.
 	Log io.Writer
 }
@@ -123,6 +128,8 @@ func DefaultOptions(workload string, quick bool) (Options, error) {
 	case "steady", "ramp", "idle", "storm", "profile", "wakecost":
 	case "hotfanout":
 		o.Services, o.Rate = 1, 1
+	case "manystreams", "million":
+		scaleDefaults(&o, quick)
 	default:
 		return o, fmt.Errorf("unknown workload %q (want %s)", workload, strings.Join(Workloads, ", "))
 	}
@@ -135,6 +142,11 @@ func DefaultOptions(workload string, quick bool) (Options, error) {
 		if workload == "hotfanout" {
 			o.Services, o.Endpoints, o.Rate = 1, 10, 5
 		}
+		scaleDefaults(&o, quick)
+	}
+	switch workload {
+	case "steady", "manystreams", "million":
+		o.Floor = !quick
 	}
 	return o, nil
 }
@@ -176,7 +188,7 @@ func Run(ctx context.Context, o Options) *Result {
 	env := r.environment()
 	var err error
 	switch o.Workload {
-	case "steady", "hotfanout":
+	case "steady", "hotfanout", "manystreams", "million":
 		err = r.steady(ctx)
 	case "ramp":
 		err = r.ramp(ctx)
@@ -195,6 +207,16 @@ func Run(ctx context.Context, o Options) *Result {
 		r.res.Fail("%v", err)
 	}
 	r.closeServer()
+	if o.Floor && err == nil && ctx.Err() == nil {
+		// After the server stopped, so that it does not share the cores.
+		r.logf("measuring the machine's wake cost (the floor)")
+		f := newResult("wakecost")
+		if err := measureWakeCost(f, 2000, 850, 5*time.Millisecond); err != nil {
+			r.res.Fail("wakecost: %v", err)
+		} else {
+			floorFigures(r.res, f, o.Streams, o.Services)
+		}
+	}
 	if r.checked {
 		r.res.Set("lost_final_states", r.lost)
 		r.res.Set("contract_errors", r.contract)
@@ -298,6 +320,9 @@ func (r *runner) startServer(ctx context.Context, services, endpoints int) error
 		NewStreamsPerSecond: r.o.NewStreamsPerSecond, NewStreamsBurst: r.o.NewStreamsBurst})
 	if err != nil {
 		return err
+	}
+	if _, ok := r.res.Get("ready_s"); !ok {
+		r.res.Set("ready_s", r.srv.Ready.Seconds())
 	}
 	if _, ok := r.res.Get("server_version"); !ok {
 		r.res.Set("server_version", Version(r.o.Bin))

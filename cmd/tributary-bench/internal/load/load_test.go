@@ -365,3 +365,61 @@ func TestStealPct(t *testing.T) {
 		t.Errorf("machineCPU() = %+v", m)
 	}
 }
+
+func TestScaleDefaults(t *testing.T) {
+	o, err := DefaultOptions("manystreams", false)
+	if err != nil || o.Streams != 100000 || o.Conns != 1000 || o.Services != 1000 || o.Endpoints != 10 || !o.Floor {
+		t.Errorf("manystreams defaults %+v %v", o, err)
+	}
+	o, err = DefaultOptions("million", false)
+	if err != nil || o.Services*o.Endpoints != 1000000 || o.Streams != 10000 || o.Rate != 5000 || !o.Floor {
+		t.Errorf("million defaults %+v %v", o, err)
+	}
+	if o, _ := DefaultOptions("steady", false); !o.Floor {
+		t.Error("steady does not measure the floor in the same run")
+	}
+	for _, w := range []string{"steady", "manystreams", "million"} {
+		o, _ := DefaultOptions(w, true)
+		if o.Floor || o.Streams > 1000 || o.Services*o.Endpoints > 20000 || o.Duration > 5*time.Second {
+			t.Errorf("%s --quick is not quick: %+v", w, o)
+		}
+	}
+	if readyBound(1000000) < 100*time.Second || readyBound(10) != 30*time.Second {
+		t.Errorf("readyBound: %v, %v", readyBound(1000000), readyBound(10))
+	}
+}
+
+func TestFloorFigures(t *testing.T) {
+	f := newResult("wakecost")
+	f.Set("isolated_change_floor_us", 150.0)
+	f.Set("idle_wake_us", 100.0)
+	f.Set("write_to_sleeping_reader_us", 50.0)
+	f.Set("write_to_busy_reader_us", 2.0)
+
+	res := newResult("steady")
+	res.Set("server_cpu_us_per_delivery", 30.0)
+	res.Set("server_cpu_us_per_change", 300.0)
+	floorFigures(res, f, 10000, 1000)
+	want := map[string]float64{
+		"floor_isolated_change_floor_us": 150, "floor_idle_wake_us": 100,
+		"floor_deliveries_per_change": 10, "floor_us_per_delivery": 15,
+		"cpu_per_delivery_vs_floor": 2, "cpu_per_change_vs_floor": 2,
+	}
+	for k, v := range want {
+		if got, ok := res.Get(k); !ok || got != v {
+			t.Errorf("%s = %v, want %v", k, got, v)
+		}
+	}
+
+	// Fewer streams than services: no per-delivery floor, the per-change one stays.
+	res = newResult("million")
+	res.Set("server_cpu_us_per_delivery", 900.0)
+	res.Set("server_cpu_us_per_change", 75.0)
+	floorFigures(res, f, 10000, 100000)
+	if _, ok := res.Get("cpu_per_delivery_vs_floor"); ok {
+		t.Error("a per-delivery floor with most services unwatched")
+	}
+	if got, _ := res.Get("cpu_per_change_vs_floor"); got != 0.5 {
+		t.Errorf("cpu_per_change_vs_floor = %v, want 0.5", got)
+	}
+}

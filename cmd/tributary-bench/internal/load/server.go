@@ -27,6 +27,9 @@ type Server struct {
 	API, Admin, Control string
 	// Pid of the process when this tool started it; 0 when attached.
 	Pid int
+	// Ready is the time from the process's start to its /readyz answering
+	// 200 (every source synced) and the bench control API answering.
+	Ready time.Duration
 
 	cmd    *exec.Cmd
 	dir    string
@@ -105,6 +108,7 @@ sources:
 	}
 	s.cmd = exec.Command(bin, "serve", "--config", cfgPath, "--pprof")
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
+	start := time.Now()
 	if err := s.cmd.Start(); err != nil {
 		logf.Close()
 		os.RemoveAll(dir)
@@ -116,11 +120,12 @@ sources:
 		logf.Close()
 		close(s.exited)
 	}()
-	if err := s.waitReady(ctx, 30*time.Second); err != nil {
+	if err := s.waitReady(ctx, readyBound(spec.Services*spec.Endpoints)); err != nil {
 		s.keep = true
 		s.Stop()
 		return nil, fmt.Errorf("%w (config and log in %s)", err, dir)
 	}
+	s.Ready = time.Since(start)
 	return s, nil
 }
 
@@ -183,7 +188,7 @@ func (s *Server) waitReady(ctx context.Context, bound time.Duration) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(10 * time.Millisecond):
 		}
 	}
 }

@@ -305,6 +305,9 @@ func (c *churnRun) report(res *Result, s *churnStep, prefix string) {
 	if n > 0 {
 		res.Set(prefix+"server_cpu_us_per_delivery", s.cpu*1e6/float64(n))
 	}
+	if s.changes > 0 {
+		res.Set(prefix+"server_cpu_us_per_change", s.cpu*1e6/float64(s.changes))
+	}
 	if secs > 0 {
 		res.Set(prefix+"server_cpu_pct", 100*s.cpu/secs)
 		res.Set(prefix+"client_cpu_pct", 100*s.self/secs)
