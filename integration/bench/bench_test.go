@@ -12,6 +12,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -142,7 +143,52 @@ func TestQuickProfileIsCorrect(t *testing.T) {
 //
 // TRIBUTARY_BENCH_FLAGS adds flags to every run (e.g. "--quick", or
 // "--streams 50000"). A correctness failure fails the benchmark.
-func BenchmarkSteady(b *testing.B) { benchWorkload(b, "steady", latencyFigures) }
+//
+// BenchmarkSteady, BenchmarkManyStreams and BenchmarkMillion also measure
+// the machine's wake-cost floor after the server stops, in the same run,
+// and report the server's CPU against it (vs-floor: the target is
+// at most 2 per delivery at the steady shape).
+func BenchmarkSteady(b *testing.B) { benchWorkload(b, "steady", withFloor(latencyFigures)) }
+
+// BenchmarkManyStreams: 100,000 streams on 1,000 connections over 1,000
+// services × 10, 200 changes/s for 30 s (p99, sync, RSS, lost final states).
+func BenchmarkManyStreams(b *testing.B) {
+	benchWorkload(b, "manystreams", withFloor(latencyFigures, map[string]string{
+		"rss_max_mib":       "rss-max-MiB",
+		"lost_final_states": "lost",
+		"refusals_retried":  "refusals",
+	}))
+}
+
+// BenchmarkMillion: 1,000,000 endpoints (100,000 services × 10) with
+// 10,000 streams and 5,000 changes/s for 30 s (RSS, ready from start, p99).
+func BenchmarkMillion(b *testing.B) {
+	benchWorkload(b, "million", withFloor(latencyFigures, map[string]string{
+		"ready_s":           "ready-s",
+		"rss_max_mib":       "rss-max-MiB",
+		"achieved_rate":     "changes/s",
+		"lost_final_states": "lost",
+		"skipped":           "skipped-changes",
+	}))
+}
+
+// withFloor is figures with the floor's and any more.
+func withFloor(figures map[string]string, more ...map[string]string) map[string]string {
+	out := map[string]string{
+		"floor_isolated_change_floor_us": "floor-µs/change",
+		"floor_us_per_delivery":          "floor-µs/delivery",
+		"cpu_per_delivery_vs_floor":      "cpu/delivery-vs-floor",
+		"server_cpu_us_per_change":       "cpu-µs/change",
+		"cpu_per_change_vs_floor":        "cpu/change-vs-floor",
+		"steal_pct":                      "steal-%",
+		"load1":                          "load1",
+	}
+	maps.Copy(out, figures)
+	for _, m := range more {
+		maps.Copy(out, m)
+	}
+	return out
+}
 
 func BenchmarkHotFanout(b *testing.B) { benchWorkload(b, "hotfanout", latencyFigures) }
 
