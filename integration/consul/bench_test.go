@@ -37,17 +37,24 @@ import (
 //	                time, spread over the catalog; watched-p50-ms and
 //	                overflow-p50-ms split them by how the service is followed
 //	conns           most established TCP connections from tributary to the
-//	                agent's HTTP port (sampled through the run)
+//	                agent's HTTP port (sampled through the run); more than
+//	                the agent's limit per client (200) fails the benchmark
 //	rss-MiB         tributary's resident memory after the changes
 //	setup-s         registering the 5,000 instances (not a tributary figure)
 //
 // Run it once: -benchtime=1x.
-func BenchmarkConsulThousandServices(b *testing.B) {
-	const (
-		services  = 1000
-		instances = 5
-		changes   = 200
-	)
+func BenchmarkConsulThousandServices(b *testing.B) { consulEstate(b, 1000, 5, 200) }
+
+// BenchmarkConsulLargeEstate is issue #17's Consul estate: 5,000 services
+// × 5 instances (150 watched, 4,850 followed as overflow), with the same
+// figures. Its targets: ready ≤ 5 s, check change → stream p99 ≤ 50 ms,
+// within the agent's connection limit.
+func BenchmarkConsulLargeEstate(b *testing.B) { consulEstate(b, 5000, 5, 200) }
+
+// agentConnLimit is the agent's default limits.http_max_conns_per_client.
+const agentConnLimit = 200
+
+func consulEstate(b *testing.B, services, instances, changes int) {
 	a := startAgent(b, agentOptions{})
 
 	// 100 services spread over the catalog; the source watches the
@@ -105,6 +112,9 @@ func BenchmarkConsulThousandServices(b *testing.B) {
 		b.ReportMetric(ms(percentile(watched, 0.50)), "watched-p50-ms")
 		b.ReportMetric(ms(percentile(overflow, 0.50)), "overflow-p50-ms")
 		b.ReportMetric(float64(conns.max), "conns")
+		if conns.max > agentConnLimit {
+			b.Errorf("%d connections to the agent: over its limit of %d per client", conns.max, agentConnLimit)
+		}
 		b.ReportMetric(float64(srv.rssKiB(b))/1024, "rss-MiB")
 		b.ReportMetric(float64(strings.Count(srv.logs.String(), "reading the overflow services again")), "sweeps")
 		srv.stop(b)

@@ -26,15 +26,15 @@ import (
 )
 
 const (
-	benchServices  = 2000
 	benchEndpoints = 10 // per Service
 	benchWriters   = 32 // concurrent creates
 )
 
-// benchAddr is endpoint j of Service i.
+// benchAddr is endpoint j of Service i (10.200.0.0 on, 10.201.… past the
+// 65,536th).
 func benchAddr(i, j int) string {
 	n := i*benchEndpoints + j
-	return netip.AddrFrom4([4]byte{10, 200, byte(n >> 8), byte(n)}).String()
+	return netip.AddrFrom4([4]byte{10, byte(200 + n>>16), byte(n >> 8), byte(n)}).String()
 }
 
 // BenchmarkKubernetesStartup measures a tributary start against a real API
@@ -47,7 +47,14 @@ func benchAddr(i, j int) string {
 //	go test -tags integration -run '^$' -bench KubernetesStartup -benchtime 1x ./integration/kubernetes/
 //
 // TRIBUTARY_BENCH_HEAPPROFILE=FILE saves tributary's heap profile at the end.
-func BenchmarkKubernetesStartup(b *testing.B) {
+func BenchmarkKubernetesStartup(b *testing.B) { kubeStartup(b, 2000) }
+
+// BenchmarkKubernetesLargeEstate is issue #17's Kubernetes estate: 10,000
+// Services × 10 endpoints (100,000), with the same figures; its target is
+// ready-s ≤ 5.
+func BenchmarkKubernetesLargeEstate(b *testing.B) { kubeStartup(b, 10000) }
+
+func kubeStartup(b *testing.B, services int) {
 	c, err := newCluster(b, peerBinaries(b), "bench", 1)
 	if err != nil {
 		b.Fatal(err)
@@ -58,17 +65,17 @@ func BenchmarkKubernetesStartup(b *testing.B) {
 		b.Fatal(err)
 	}
 	fillStart := time.Now()
-	if err := fill(cs, ns); err != nil {
+	if err := fill(cs, ns, services); err != nil {
 		b.Fatal(err)
 	}
 	fillTime := time.Since(fillStart)
 
 	dir := b.TempDir()
 	kc := c.kubeconfig(b, dir, tributaryToken)
-	probe := fmt.Sprintf("svc-%d.%s.svc.cluster.local:80", benchServices-1, ns)
+	probe := fmt.Sprintf("svc-%d.%s.svc.cluster.local:80", services-1, ns)
 	want := map[string]bool{}
 	for j := 0; j < benchEndpoints; j++ {
-		want[benchAddr(benchServices-1, j)+":8080"] = true
+		want[benchAddr(services-1, j)+":8080"] = true
 	}
 
 	b.ResetTimer()
@@ -130,7 +137,7 @@ func BenchmarkKubernetesStartup(b *testing.B) {
 
 // fill creates the Services and their EndpointSlices with benchWriters
 // concurrent writers.
-func fill(cs *k8s.Clientset, ns string) error {
+func fill(cs *k8s.Clientset, ns string, services int) error {
 	ctx := context.Background()
 	jobs := make(chan int)
 	errc := make(chan error, benchWriters)
@@ -166,7 +173,7 @@ func fill(cs *k8s.Clientset, ns string) error {
 	}
 	var err error
 feed:
-	for i := 0; i < benchServices; i++ {
+	for i := 0; i < services; i++ {
 		select {
 		case jobs <- i:
 		case err = <-errc:
