@@ -138,3 +138,43 @@ func BenchmarkServiceRead(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkApplyBacklog is a manager that fell behind a burst: 1,000 groups
+// of 10 endpoints, one weight changed in each, handed over at once to a
+// store of 20,000 services x 10 endpoints. Reported per Apply.
+func BenchmarkApplyBacklog(b *testing.B) {
+	const services, backlog = 20000, 1000
+	group := func(i, version int) discovery.Group {
+		eps := make([]discovery.Endpoint, benchEndpoints)
+		for j := range eps {
+			n := i*benchEndpoints + j
+			eps[j] = discovery.Endpoint{
+				Addr:   netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(n >> 16), byte(n >> 8), byte(n)}), 8080),
+				Weight: 10000,
+			}
+		}
+		eps[0].Weight = uint32(version + 1)
+		return discovery.Group{Key: fmt.Sprintf("svc-%d", i), Services: []discovery.Service{{
+			Authority: discovery.Authority{Host: fmt.Sprintf("svc-%d.demo.svc.cluster.local", i), Port: 8080},
+			Endpoints: eps,
+		}}}
+	}
+	s := New()
+	all := make([]discovery.Group, services)
+	for i := range all {
+		all[i] = group(i, 0)
+	}
+	if _, err := s.Apply("bench", all); err != nil {
+		b.Fatal(err)
+	}
+	batch := make([]discovery.Group, backlog)
+	b.ReportAllocs()
+	for n := 0; b.Loop(); n++ {
+		for k := range batch {
+			batch[k] = group((k*services/backlog+n)%services, n+1) // spread over the registry
+		}
+		if changed, err := s.Apply("bench", batch); err != nil || !changed {
+			b.Fatalf("Apply = %v, %v", changed, err)
+		}
+	}
+}

@@ -46,8 +46,12 @@ func New() *Store {
 	return &Store{db: db}
 }
 
-// Apply writes the groups of one provider (a source instance name) in one
-// memdb write transaction and reports whether anything changed.
+// Apply writes the groups of one provider (a source instance name) and
+// reports whether anything changed. Every host's rows change in one memdb
+// write transaction: a reader sees a host's rows all before or all after
+// the change. A large hand-over is written in several transactions (see
+// txnWrites), each a set of whole groups that shares no host with the
+// others, so that no transaction grows past what go-memdb tracks cheaply.
 //
 // Each group replaces every row the provider had under group.Key; a group
 // without services withdraws the key. When a key is listed twice, the last
@@ -72,9 +76,27 @@ func New() *Store {
 // key or one with a NUL byte, a host ParseAuthority would reject, an
 // endpoint address that is not valid, has port 0, or has a zone with a NUL
 // byte).
+//
+// One provider's groups are written by one caller at a time (the manager
+// has one applier per source): the split reads which hosts a group's rows
+// had before its transactions start.
 func (s *Store) Apply(provider string, groups []discovery.Group) (changed bool, err error) {
 	return s.ApplyAt(provider, groups, time.Now())
 }
+
+// txnWrites is the number of row writes after which Apply ends a
+// transaction at the next boundary between independent groups.
+//
+// go-immutable-radix, under go-memdb, remembers the watch channel of every
+// node a transaction copies, up to 8,192 per index; past that it forgets
+// them and, at commit, walks the whole of the old and the new tree to find
+// what to notify. In a registry of 1,000,000 endpoints that walk cost more
+// than the writes: a manager that fell behind a burst handed over ever
+// larger batches, each commit walked the whole registry, and it fell
+// further behind (12 % of the server's CPU at 5,000 changes/s). A row write
+// copies one path per index, tens of nodes at most, so 512 writes stay
+// well under the bound.
+var txnWrites = 512
 
 // ApplyAt is Apply for a change handed over at time at: every host it
 // changes records at (ServiceState.Changed), so readers can measure how
@@ -90,25 +112,137 @@ func (s *Store) ApplyAt(provider string, groups []discovery.Group, at time.Time)
 	if err != nil {
 		return false, fmt.Errorf("source %q: %w", provider, err)
 	}
+	var order [][]int // sets of plans to write together, in order
+	if len(plans) > 64 || len(plans) > 1 && mayWrite(plans) > txnWrites {
+		order = s.independent(provider, plans)
+	}
+	if len(order) <= 1 {
+		changed, _, err = s.applyPlans(provider, plans, nil, at)
+		return changed, err
+	}
+	// Sets are packed into transactions as they come; a transaction ends
+	// once it has written txnWrites rows.
+	for len(order) > 0 {
+		c, rest, err := s.applyPlans(provider, plans, order, at)
+		changed = changed || c
+		if err != nil {
+			return changed, err
+		}
+		order = rest
+	}
+	return changed, nil
+}
 
+// applyPlans writes, in one transaction, every plan (order nil) or the sets
+// of order until txnWrites rows were written, and returns the sets left.
+func (s *Store) applyPlans(provider string, plans []groupPlan, order [][]int, at time.Time) (changed bool, rest [][]int, err error) {
 	txn := s.db.Txn(true)
 	defer txn.Abort()
 	w := writer{txn: txn, provider: provider}
-	for i := range plans {
+	one := func(i int) error {
 		c, err := w.syncGroup(&plans[i])
 		if err != nil {
-			return false, fmt.Errorf("source %q: group %q: %w", provider, plans[i].key, err)
+			return fmt.Errorf("source %q: group %q: %w", provider, plans[i].key, err)
 		}
 		changed = changed || c
+		return nil
+	}
+	if order == nil {
+		for i := range plans {
+			if err := one(i); err != nil {
+				return false, nil, err
+			}
+		}
+	} else {
+		for len(order) > 0 && w.writes < txnWrites {
+			for _, i := range order[0] {
+				if err := one(i); err != nil {
+					return false, nil, err
+				}
+			}
+			order = order[1:]
+		}
 	}
 	if !changed {
-		return false, nil
+		return false, order, nil
 	}
 	if err := s.bumpHosts(txn, w.touched, at); err != nil {
-		return false, err
+		return false, nil, err
 	}
 	txn.Commit()
-	return true, nil
+	return true, order, nil
+}
+
+// mayWrite is an upper bound of the rows plans write, but for the rows of
+// their groups that go away: with a few groups, what the hand-over cannot
+// exceed (with many, the rows withdrawn could be many).
+func mayWrite(plans []groupPlan) int {
+	n := 0
+	for i := range plans {
+		n += len(plans[i].svcs) + len(plans[i].eps)
+	}
+	return n
+}
+
+// independent splits plans (indexes into it) into sets that share no host,
+// counting the hosts each group's rows have now and will have: writing one
+// set per transaction then changes every host in one transaction. Sets come
+// in the order of their first plan. A single set means no split.
+func (s *Store) independent(provider string, plans []groupPlan) [][]int {
+	parent := make([]int, len(plans))
+	for i := range parent {
+		parent[i] = i
+	}
+	var find func(int) int
+	find = func(i int) int {
+		for parent[i] != i {
+			parent[i] = parent[parent[i]]
+			i = parent[i]
+		}
+		return i
+	}
+	owner := make(map[string]int, len(plans))
+	claim := func(host string, i int) {
+		if j, ok := owner[host]; ok {
+			if a, b := find(i), find(j); a != b {
+				parent[max(a, b)] = min(a, b)
+			}
+			return
+		}
+		owner[host] = i
+	}
+	txn := s.db.Txn(false)
+	args := make([]any, 1)
+	for i := range plans {
+		p := &plans[i]
+		for _, w := range p.svcs {
+			claim(w.auth.Host, i)
+		}
+		for _, w := range p.eps {
+			claim(w.auth.Host, i) // plan gives every endpoint its service: for clarity only
+		}
+		args[0] = groupQuery{provider: provider, key: p.key}
+		it, err := txn.Get(tableServices, indexGroup, args...)
+		if err != nil {
+			panic("cache: " + err.Error())
+		}
+		for obj := it.Next(); obj != nil; obj = it.Next() {
+			claim(obj.(*serviceRow).auth.Host, i)
+		}
+	}
+	var sets [][]int
+	at := make(map[int]int, len(plans))
+	for i := range plans {
+		r := find(i)
+		k, ok := at[r]
+		if !ok {
+			k = len(sets)
+			at[r] = k
+			sets = append(sets, nil)
+		}
+		sets[k] = append(sets[k], i)
+	}
+	return sets
 }
 
 // bumpHosts gives every touched host the next store version; the caller
@@ -382,6 +516,7 @@ func checkAddr(a netip.AddrPort) error {
 type writer struct {
 	txn      *memdb.Txn
 	provider string
+	writes   int            // rows inserted or deleted
 	oldSvcs  []*serviceRow  // scratch, reused across groups
 	oldEps   []*endpointRow // scratch, reused across groups
 	args     []any          // scratch: Get's variadic argument, reused
@@ -456,6 +591,7 @@ func (w *writer) syncGroup(p *groupPlan) (changed bool, err error) {
 		if err != nil {
 			return false, err
 		}
+		w.writes++
 		changed = true
 	}
 
@@ -490,6 +626,7 @@ func (w *writer) syncGroup(p *groupPlan) (changed bool, err error) {
 		if err != nil {
 			return false, err
 		}
+		w.writes++
 		changed = true
 	}
 	return changed, nil

@@ -1053,3 +1053,55 @@ func TestApplyRejectsWhatValidateGroupRejects(t *testing.T) {
 		}
 	}
 }
+
+// A hand-over larger than txnWrites is written in several transactions,
+// each a set of groups sharing no host, and ends as one transaction would.
+func TestLargeApplyIsSplitByHost(t *testing.T) {
+	defer func(n int) { txnWrites = n }(txnWrites)
+	txnWrites = 1
+
+	s := New()
+	// "a" holds web; "b" will take it over in the same hand-over as "a"
+	// gives it up: they must go in one transaction.
+	if _, err := s.Apply("p", []discovery.Group{group("a", svc("web:80", ep("10.0.0.1:80")))}); err != nil {
+		t.Fatal(err)
+	}
+	v0 := s.Snapshot().Service(nil, auth("web:80")).Version
+	handover := []discovery.Group{
+		{Key: "a"},
+		group("b", svc("web:80", ep("10.0.0.2:80"))),
+		group("c", svc("api:80", ep("10.0.0.3:80"))),
+		group("d", svc("db:80", ep("10.0.0.4:80"))),
+	}
+	for i := 0; i < 70; i++ { // enough groups to be split whatever their size
+		handover = append(handover, group(fmt.Sprintf("e%02d", i), svc(fmt.Sprintf("s%d:80", i), ep(fmt.Sprintf("10.0.1.%d:80", i+1)))))
+	}
+	plans, err := plan(handover)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sets := s.independent("p", plans)
+	if len(sets) != len(handover)-1 || len(sets[0]) != 2 || plans[sets[0][0]].key != "a" || plans[sets[0][1]].key != "b" {
+		t.Fatalf("sets %v: want a and b together, every other group alone", sets)
+	}
+	changed, err := s.Apply("p", handover)
+	if err != nil || !changed {
+		t.Fatalf("Apply = %v, %v", changed, err)
+	}
+	sn := s.Snapshot()
+	web := sn.Service(nil, auth("web:80"))
+	if len(web.Endpoints) != 1 || web.Endpoints[0].Key != "b" || web.Endpoints[0].Addr.String() != "10.0.0.2:80" {
+		t.Errorf("web = %+v", web.Endpoints)
+	}
+	// One transaction per set: the last host written is len(sets) versions on.
+	if last := sn.Service(nil, auth("s69:80")).Version; last != v0+uint64(len(sets)) {
+		t.Errorf("version %d after %d sets from %d", last, len(sets), v0)
+	}
+	if got := s.Keys("p"); len(got) != len(handover)-1 {
+		t.Errorf("keys %v", got)
+	}
+	// The same hand-over again changes nothing, in no transaction.
+	if changed, err := s.Apply("p", handover); err != nil || changed {
+		t.Errorf("again: Apply = %v, %v", changed, err)
+	}
+}
