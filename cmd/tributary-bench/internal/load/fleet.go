@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	pb "github.com/linkerd/linkerd2-proxy-api/go/destination"
 	pbnet "github.com/linkerd/linkerd2-proxy-api/go/net"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -36,6 +37,9 @@ type Fleet struct {
 	paths   []string // Get path of service i
 	codec   *sharedDecoder
 	wg      sync.WaitGroup
+	// ads and xds are set for xDS streams (NewXDSFleet; xds.go).
+	ads []discoverygrpc.AggregatedDiscoveryServiceClient
+	xds *xdsState
 
 	mu       sync.Mutex
 	watchers []*watcher
@@ -162,6 +166,10 @@ func (f *Fleet) add(n int) (ws []*watcher, first int) {
 
 // open starts watcher w's stream on connection conn and its receiver.
 func (f *Fleet) open(w *watcher, conn int) {
+	if f.xds != nil {
+		f.openXDS(w, conn)
+		return
+	}
 	w.openNs = time.Now().UnixNano()
 	client := f.clients[conn%len(f.clients)]
 	stream, err := client.Get(f.ctx, f.request(w), grpc.ForceCodecV2(f.codec))
@@ -472,7 +480,11 @@ func (f *Fleet) Verify(t bench.Truth) (mismatched int, examples []string, err er
 			if !ok {
 				return 0, nil, fmt.Errorf("truth: %s: %s is not IPv4", s.Authority, e.Addr)
 			}
-			m[key] = epState{seq: e.Seq, weight: e.Weight}
+			seq := e.Seq
+			if f.xds != nil && f.xds.unlabelled.Load() {
+				seq = 0 // xds.go: the server sends no labels
+			}
+			m[key] = epState{seq: seq, weight: e.Weight}
 		}
 		want[i] = m
 	}

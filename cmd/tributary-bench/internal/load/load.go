@@ -34,6 +34,16 @@ var Workloads = []string{"steady", "hotfanout", "ramp", "idle", "storm", "profil
 type Options struct {
 	Workload string
 
+	// API is the streams' API: APIDestination (the default) or APIXDS,
+	// which runs the steady workload over EDS on Tributary and on
+	// go-control-plane in turn (xds_run.go). Impl, set by that run, is the
+	// server of one turn; GCPBin the comparison server's binary (built
+	// from tools/gcp-xds-v0.14.0 when empty); Rounds the turns of each.
+	API    string
+	Impl   string
+	GCPBin string
+	Rounds int
+
 	// Bin is the tributary binary to start. Addr, Admin and Control
 	// instead attach to a running server whose config has a bench source
 	// with `control:` (its services and endpoints then come from it).
@@ -123,6 +133,7 @@ func DefaultOptions(workload string, quick bool) (Options, error) {
 		IdleEndpoints:  []int{0, 10000, 100000},
 		IdleMaxStreams: 10000,
 		Settle:         30 * time.Second,
+		Rounds:         1,
 	}
 	switch workload {
 	case "steady", "ramp", "idle", "storm", "profile", "wakecost":
@@ -162,7 +173,7 @@ func (o *Options) check() error {
 	case o.Workload == "ramp" && len(o.RampRates) == 0:
 		return errors.New("--ramp-rates is empty")
 	}
-	return nil
+	return o.checkXDS()
 }
 
 func (o *Options) attach() bool { return o.Addr != "" || o.Admin != "" || o.Control != "" }
@@ -189,7 +200,11 @@ func Run(ctx context.Context, o Options) *Result {
 	var err error
 	switch o.Workload {
 	case "steady", "hotfanout", "manystreams", "million":
-		err = r.steady(ctx)
+		if o.API == APIXDS && o.Impl == "" {
+			err = r.steadyXDS(ctx)
+		} else {
+			err = r.steady(ctx)
+		}
 	case "ramp":
 		err = r.ramp(ctx)
 	case "idle":
@@ -317,7 +332,8 @@ func (r *runner) startServer(ctx context.Context, services, endpoints int) error
 		return nil
 	}
 	r.srv, err = StartServer(ctx, ServerSpec{Bin: r.o.Bin, Services: services, Endpoints: endpoints, Host: r.o.Host, Seed: r.o.Seed, Keep: r.o.Keep,
-		NewStreamsPerSecond: r.o.NewStreamsPerSecond, NewStreamsBurst: r.o.NewStreamsBurst})
+		NewStreamsPerSecond: r.o.NewStreamsPerSecond, NewStreamsBurst: r.o.NewStreamsBurst,
+		XDS: r.o.API == APIXDS, Impl: r.o.Impl, GCPBin: r.o.GCPBin})
 	if err != nil {
 		return err
 	}
@@ -325,7 +341,11 @@ func (r *runner) startServer(ctx context.Context, services, endpoints int) error
 		r.res.Set("ready_s", r.srv.Ready.Seconds())
 	}
 	if _, ok := r.res.Get("server_version"); !ok {
-		r.res.Set("server_version", Version(r.o.Bin))
+		if r.o.Impl == ImplGCP {
+			r.res.Set("server_version", implName(ImplGCP))
+		} else {
+			r.res.Set("server_version", Version(r.o.Bin))
+		}
 	}
 	return nil
 }
@@ -340,7 +360,11 @@ func (r *runner) newFleet(ctx context.Context) error {
 	for i, s := range truth.Services {
 		paths[i] = s.Authority
 	}
-	r.fleet, err = NewFleet(r.srv.API, r.o.Conns, paths)
+	if r.o.API == APIXDS {
+		r.fleet, err = NewXDSFleet(r.srv.XDS, r.o.Conns, paths)
+	} else {
+		r.fleet, err = NewFleet(r.srv.API, r.o.Conns, paths)
+	}
 	if err != nil {
 		return err
 	}

@@ -25,6 +25,8 @@ import (
 // (Pid > 0), or an existing one it attached to.
 type Server struct {
 	API, Admin, Control string
+	// XDS is the xDS (ADS) address when the server serves xDS.
+	XDS string
 	// Pid of the process when this tool started it; 0 when attached.
 	Pid int
 	// Ready is the time from the process's start to its /readyz answering
@@ -49,6 +51,10 @@ type ServerSpec struct {
 	// server.streams.new_per_second (the storm workload's admission rate).
 	NewStreamsPerSecond float64
 	NewStreamsBurst     int // server.streams.new_burst, when not 0
+	// XDS adds an xds: section (listen on a free port); Impl ImplGCP
+	// starts go-control-plane's comparison server (GCPBin) instead.
+	XDS          bool
+	Impl, GCPBin string
 	// Keep leaves the folder with the config and the server's log.
 	Keep bool
 }
@@ -59,6 +65,9 @@ var errServerExited = errors.New("tributary exited")
 // `tributary serve --pprof` on free loopback ports; it returns once the
 // server is ready and the bench control API answers.
 func StartServer(ctx context.Context, spec ServerSpec) (*Server, error) {
+	if spec.Impl == ImplGCP {
+		return startGCP(ctx, spec)
+	}
 	if spec.Bin == "" {
 		return nil, errors.New("no tributary binary: give --bin (or --addr, --admin and --control for a running server)")
 	}
@@ -66,7 +75,7 @@ func StartServer(ctx context.Context, spec ServerSpec) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tributary binary: %w", err)
 	}
-	ports, err := freePorts(3)
+	ports, err := freePorts(4)
 	if err != nil {
 		return nil, err
 	}
@@ -92,6 +101,10 @@ sources:
     paused: true
     control: %s
 `, s.API, s.Admin, spec.Services, spec.Endpoints, spec.Host, spec.Seed, s.Control)
+	if spec.XDS {
+		s.XDS = ports[3]
+		cfg += xdsConfig(s.XDS)
+	}
 	if spec.NewStreamsPerSecond != 0 || spec.NewStreamsBurst != 0 {
 		cfg = strings.Replace(cfg, "  log_level: info\n", fmt.Sprintf("  log_level: info\n  streams:\n    new_per_second: %g\n    new_burst: %d\n",
 			spec.NewStreamsPerSecond, spec.NewStreamsBurst), 1)
