@@ -48,6 +48,8 @@ workloads (defaults from the performance issue):
              ready from start, p99
              (steady, manystreams and million also measure wakecost after
              the server stops, and report the server's CPU against it)
+             (--api xds: steady over EDS with ACKs, on tributary and on
+             go-control-plane v0.14.0's LinearCache in turn: gcp_ keys)
   all        every workload in turn (but wakecost), one line each
   wakecost   not a workload: the CPU one 850-byte loopback write costs the
              writer when the reader is asleep (a wake) and when it is busy,
@@ -68,6 +70,8 @@ type flags struct {
 	fs *flag.FlagSet
 
 	bin, addr, admin, control  string
+	api, gcpBin                string
+	rounds                     int
 	quick, keep, quiet         bool
 	jsonPath, cpuprofile       string
 	clientProfile, heapProfile string
@@ -103,6 +107,9 @@ func newFlags(stderr io.Writer) *flags {
 	fs.StringVar(&f.clientProfile, "client-cpuprofile", "", "write a CPU profile of this tool during churn to this file")
 	fs.IntVar(&f.services, "services", 0, "S: bench services")
 	fs.IntVar(&f.endpoints, "endpoints", 0, "E: endpoints per service")
+	fs.StringVar(&f.api, "api", "destination", "steady: the streams' API, destination (Get) or xds (ADS/EDS, against go-control-plane too)")
+	fs.StringVar(&f.gcpBin, "gcp-bin", "", "--api xds: go-control-plane comparison server (default: built from tools/gcp-xds-v0.14.0)")
+	fs.IntVar(&f.rounds, "rounds", 0, "--api xds: turns of each server, alternated (default 1); figures are medians")
 	fs.StringVar(&f.host, "host", "", "bench authority pattern with one %d (default svc-%d.bench:8080)")
 	fs.Uint64Var(&f.seed, "seed", 0, "seed of the bench source's changes")
 	fs.IntVar(&f.streams, "streams", 0, "W: Get streams (watcher i watches service i mod S)")
@@ -202,6 +209,12 @@ func (f *flags) options(workload string) (load.Options, error) {
 			o.SyncTimeout = f.syncTimeout
 		case "settle":
 			o.Settle = f.settle
+		case "api":
+			o.API = f.api
+		case "gcp-bin":
+			o.GCPBin = f.gcpBin
+		case "rounds":
+			o.Rounds = f.rounds
 		}
 	})
 	return o, errors.Join(errs...)
