@@ -117,7 +117,7 @@ type Server struct {
 	admit       *admission
 	maxStreams  int64
 	open        atomic.Int64
-	conns       connRegistry
+	conns       fanout.Conns
 	stalls      *fanout.StallWatch
 	// drain ends with Drain; every stream's context is tied to it.
 	drain    context.Context
@@ -410,7 +410,7 @@ func (s *Server) send(st *fanout.SendState, stream grpc.ServerStream, msgs []enc
 func (s *Server) closeStalled(st *fanout.SendState) {
 	s.metrics.slowClientClosed()
 	s.log.Warn("closing the connection of a client that took no update", "timeout", s.sendTimeout, "peer", peerAddr(st.Context()))
-	s.conns.closePeer(st.Context())
+	s.conns.ClosePeer(st.Context())
 }
 
 func sendAll(stream grpc.ServerStream, msgs []encoded, m *Metrics) error {
