@@ -62,6 +62,8 @@ type Config struct {
 	Health Section
 	// DNS is the dns: section, for destination/dns (the DNS interface).
 	DNS Section
+	// XDS is the xds: section, for destination/xds (the xDS server).
+	XDS Section
 	// Invalid holds the source entries the core found errors in: they are
 	// not built, but a ConfigDecoder reports the problems of its sections
 	// in them too (their structure: not their values, as the source's
@@ -366,6 +368,7 @@ type rawConfig struct {
 	Federation []yaml.Node    `yaml:"federation"`
 	Health     rawHealthGroup `yaml:"health"`
 	DNS        yaml.Node      `yaml:"dns"` // destination/dns's
+	XDS        yaml.Node      `yaml:"xds"` // destination/xds's
 }
 
 type rawHealthGroup struct {
@@ -422,6 +425,7 @@ func (p *configParser) parse(root *yaml.Node) {
 	p.c.Server = section(p.c.File, "server", lookup(root, "server"), root.Line)
 	p.c.Health = section(p.c.File, "health", lookup(root, "health"), root.Line)
 	p.c.DNS = section(p.c.File, "dns", lookup(root, "dns"), root.Line)
+	p.c.XDS = section(p.c.File, "xds", lookup(root, "xds"), root.Line)
 	if raw.Health.PanicThreshold != nil {
 		p.c.PanicThreshold = float64(*raw.Health.PanicThreshold)
 	}

@@ -156,7 +156,7 @@ func TestParseConfigErrors(t *testing.T) {
 		yaml string
 		want [][]string
 	}{
-		{"unknown top-level key", "server: {}\nsorces: []\n", [][]string{{"c.yaml:2: sorces: unknown key (valid keys: server, sources, federation, health, dns)"}}},
+		{"unknown top-level key", "server: {}\nsorces: []\n", [][]string{{"c.yaml:2: sorces: unknown key (valid keys: server, sources, federation, health, dns, xds)"}}},
 		{"sources not a list", "sources: {a: 1}\n", [][]string{{"c.yaml:1: sources: want a list"}}},
 		{"source not a mapping", "sources:\n  - east\n", [][]string{{"c.yaml:2: sources[0]: a source must be a mapping"}}},
 		{"missing name", "sources:\n  - kind: test-kind-x\n", [][]string{{"c.yaml:2: sources[0].name: required"}}},

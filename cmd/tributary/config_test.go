@@ -155,7 +155,7 @@ func TestConfigErrors(t *testing.T) {
 		yaml string
 		want [][]string
 	}{
-		{"unknown top-level key", "server: {}\nsorces: []\n", [][]string{{"c.yaml:2: sorces: unknown key (valid keys: server, sources, federation, health, dns)"}}},
+		{"unknown top-level key", "server: {}\nsorces: []\n", [][]string{{"c.yaml:2: sorces: unknown key (valid keys: server, sources, federation, health, dns, xds)"}}},
 		{"unknown server key", "server:\n  listen: :1\n  lissen: :2\n", [][]string{{"c.yaml:3: server.lissen: unknown key"}}},
 		{"duplicate server key", "server:\n  listen: :1\n  listen: :2\n", [][]string{{"c.yaml:3: server.listen: duplicate key (first at line 2)"}}},
 		{"listen not host:port", "server:\n  listen: localhost\n", [][]string{{"c.yaml:2: server.listen:", "must be host:port"}}},

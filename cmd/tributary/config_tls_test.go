@@ -94,7 +94,7 @@ func TestServerTLSErrors(t *testing.T) {
 		{"both sources", "server:\n  tls:\n    workload_api: unix:///s\n" + files, []string{"c.yaml:3: server.tls.workload_api: use either workload_api or cert_file/key_file/ca_file"}},
 		{"bad workload api", "server:\n  tls:\n    workload_api: /run/agent.sock\n", []string{"c.yaml:3: server.tls.workload_api:", "unix:///"}},
 		{"unknown key", "server:\n  tls:\n    cert: a\n" + files, []string{"c.yaml:3: server.tls.cert: unknown key (valid keys: workload_api, cert_file"}},
-		{"unknown API", "server:\n  tls:\n" + files + "    authorize:\n      tap: {ids: []}\n", []string{"c.yaml:7: server.tls.authorize.tap: unknown key (valid keys: destination, admin, registration)"}},
+		{"unknown API", "server:\n  tls:\n" + files + "    authorize:\n      tap: {ids: []}\n", []string{"c.yaml:7: server.tls.authorize.tap: unknown key (valid keys: destination, admin, registration, xds)"}},
 		{"reload too often", "server:\n  tls:\n" + files + "    reload_interval: 0s\n", []string{"c.yaml:6: server.tls.reload_interval: 0s is too short"}},
 		{"bad trust domain", "server:\n  tls:\n" + files + "    trust_domains:\n      - ok.example\n      - Bad_Domain\n", []string{"c.yaml:8: server.tls.trust_domains[1]:", `"Bad_Domain" is not a trust domain name`}},
 		{"trust domain as an ID", "server:\n  tls:\n" + files + "    trust_domains: [spiffe://prod.example]\n", []string{"c.yaml:6: server.tls.trust_domains[0]:", "not a trust domain name"}},

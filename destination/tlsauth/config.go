@@ -50,6 +50,8 @@ type Authorize struct {
 	Admin APIAccess `yaml:"admin"`
 	// Registration: reserved for the registration API.
 	Registration APIAccess `yaml:"registration"`
+	// XDS: the xDS server's ADS (destination/xds), on its own port.
+	XDS APIAccess `yaml:"xds"`
 }
 
 // APIAccess is who may call one API: a peer whose trust domain is listed
@@ -105,7 +107,7 @@ func ParseConfig(sec discovery.Section) (*Config, error) {
 	for _, api := range []struct {
 		name   string
 		access APIAccess
-	}{{APIDestination, t.Authorize.Destination}, {APIAdmin, t.Authorize.Admin}, {APIRegistration, t.Authorize.Registration}} {
+	}{{APIDestination, t.Authorize.Destination}, {APIAdmin, t.Authorize.Admin}, {APIRegistration, t.Authorize.Registration}, {APIXDS, t.Authorize.XDS}} {
 		as := authorize.Key(api.name)
 		errs = checkTrustDomains(as.Key("trust_domains"), api.access.TrustDomains, errs)
 		ids := as.Key("ids")

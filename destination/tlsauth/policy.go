@@ -21,6 +21,8 @@ const (
 	// tributary.registration.*), so that its access list can be written
 	// today and is enforced the day it lands.
 	APIRegistration = "registration"
+	// APIXDS is Envoy's aggregated discovery service (destination/xds).
+	APIXDS = "xds"
 )
 
 // methodAPIs maps gRPC full-method prefixes to APIs; "" is public: no
@@ -35,6 +37,7 @@ var methodAPIs = []struct{ prefix, api string }{
 	{"/grpc.reflection.v1.ServerReflection/", APIAdmin},
 	{"/grpc.reflection.v1alpha.ServerReflection/", APIAdmin},
 	{"/tributary.registration.", APIRegistration},
+	{"/envoy.service.discovery.v3.AggregatedDiscoveryService/", APIXDS},
 }
 
 // MethodAPI returns the API a gRPC full method name ("/pkg.Service/Method")
@@ -108,6 +111,7 @@ func newPolicy(c *Config) (policy, error) {
 		APIDestination:  c.Authorize.Destination,
 		APIAdmin:        c.Authorize.Admin,
 		APIRegistration: c.Authorize.Registration,
+		APIXDS:          c.Authorize.XDS,
 	} {
 		var acc access
 		if acc.tds, err = trustDomains(a.TrustDomains); err != nil {

@@ -1,0 +1,752 @@
+// Package xds serves Envoy's aggregated discovery service (ADS), state of
+// the world and delta, from the registry: a listener, a route
+// configuration, a cluster and a cluster load assignment per authority,
+// all named host:port (docs/xds.md). It is an edge on the fan-out engine
+// (destination/fanout): the view of an authority for clients of one zone
+// is built once per change and shared by every stream that subscribes to
+// it; a stream keeps only what it last sent of each resource.
+package xds
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/hashicorp/go-memdb"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/tributary-mesh/tributary/cache"
+	"github.com/tributary-mesh/tributary/destination/fanout"
+	"github.com/tributary-mesh/tributary/discovery"
+)
+
+// Defaults.
+const (
+	DefaultStartupTimeout = 2 * time.Second
+	DefaultSendTimeout    = 30 * time.Second
+)
+
+// Options configures a Server.
+type Options struct {
+	Store      *cache.Store
+	Federation *discovery.Federation // nil: no rules
+	Settings   *Settings             // nil: no node zones, plaintext clusters
+	// Synced is closed when every source has synced; nil: already.
+	Synced         <-chan struct{}
+	StartupTimeout time.Duration // the bounded wait for Synced; 0: default
+	// SendTimeout closes the connection of a client that has not taken a
+	// response for this long; 0: default, negative: never.
+	SendTimeout time.Duration
+	Logger      *slog.Logger
+	Registerer  prometheus.Registerer // nil: no metrics
+}
+
+// Server is the ADS server. Register it on a gRPC server served on
+// Listener's listener, and call Drain then Wait to stop.
+type Server struct {
+	discoverypb.UnimplementedAggregatedDiscoveryServiceServer
+
+	store    *cache.Store
+	fed      *discovery.Federation
+	settings *Settings
+	synced   <-chan struct{}
+	startup  time.Duration
+	log      *slog.Logger
+	metrics  *metrics
+	hub      *fanout.Hub[view]
+
+	// staticVersion is the version of listeners, routes and clusters:
+	// they change only with the server's settings.
+	staticVersion string
+
+	sendTimeout time.Duration
+	stalls      *fanout.StallWatch
+	conns       fanout.Conns
+	drain       context.Context
+	drainNow    context.CancelFunc
+	streams     sync.WaitGroup
+	ids         atomic.Uint64
+}
+
+// New returns a server.
+func New(opts Options) *Server {
+	s := &Server{
+		store: opts.Store, fed: opts.Federation, settings: opts.Settings,
+		synced: opts.Synced, startup: opts.StartupTimeout, log: opts.Logger,
+		metrics: newMetrics(opts.Registerer), sendTimeout: opts.SendTimeout,
+		staticVersion: "s1",
+	}
+	if s.fed == nil {
+		s.fed, _ = discovery.NewFederation(nil, nil)
+	}
+	if s.settings == nil {
+		s.settings = &Settings{}
+	}
+	if s.settings.UpstreamTLS != nil {
+		// A cluster's content changes with the TLS settings: a client
+		// that kept a cluster across a restart with other settings must
+		// not take it for the current one (delta initial versions).
+		t := s.settings.UpstreamTLS
+		s.staticVersion = fmt.Sprintf("s1-%s-%s-%s-%s-%v", t.Mode, t.Certificate, t.Validation, t.SDSCluster, t.TrustDomains)
+	}
+	if s.startup <= 0 {
+		s.startup = DefaultStartupTimeout
+	}
+	if s.sendTimeout == 0 {
+		s.sendTimeout = DefaultSendTimeout
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	s.stalls = fanout.NewStallWatch(max(s.sendTimeout, time.Millisecond), s.closeStalled)
+	s.drain, s.drainNow = context.WithCancel(context.Background())
+	s.hub = fanout.New(fanout.Options[view]{
+		Store: s.store, Federation: s.fed,
+		Build: func(snap *cache.Snapshot, ws memdb.WatchSet, key fanout.Key, members []discovery.Authority) (*view, uint64) {
+			return s.build(snap, ws, key.Authority, key.Zone, members)
+		},
+	})
+	return s
+}
+
+// Register adds the ADS service to g.
+func (s *Server) Register(g *grpc.Server) {
+	discoverypb.RegisterAggregatedDiscoveryServiceServer(g, s)
+}
+
+// Listener wraps ln so that a client that stops reading can have its
+// connection closed (send timeout).
+func (s *Server) Listener(ln net.Listener) net.Listener { return s.conns.Listener(ln) }
+
+// Drain ends every stream with Unavailable and refuses new ones.
+func (s *Server) Drain() { s.drainNow() }
+
+// Wait returns once every stream and the goroutines that follow the
+// registry for them have stopped; call it after the gRPC server stopped.
+func (s *Server) Wait() {
+	s.streams.Wait()
+	s.hub.Wait()
+	s.stalls.Wait()
+}
+
+func (s *Server) closeStalled(st *fanout.SendState) {
+	s.metrics.slowClosed.Inc()
+	s.log.Warn("xds: closing the connection of a client that took no response", "timeout", s.sendTimeout, "peer", fanout.PeerAddr(st.Context()))
+	s.conns.ClosePeer(st.Context())
+}
+
+// StreamAggregatedResources serves a state-of-the-world ADS stream.
+func (s *Server) StreamAggregatedResources(st grpc.BidiStreamingServer[discoverypb.DiscoveryRequest, discoverypb.DiscoveryResponse]) error {
+	return s.run(st.Context(), false, func() (request, error) {
+		r, err := st.Recv()
+		return request{sotw: r}, err
+	}, func(r *response) error { return st.Send(r.sotw) })
+}
+
+// DeltaAggregatedResources serves an incremental (delta) ADS stream.
+func (s *Server) DeltaAggregatedResources(st grpc.BidiStreamingServer[discoverypb.DeltaDiscoveryRequest, discoverypb.DeltaDiscoveryResponse]) error {
+	return s.run(st.Context(), true, func() (request, error) {
+		r, err := st.Recv()
+		return request{delta: r}, err
+	}, func(r *response) error { return st.Send(r.delta) })
+}
+
+type request struct {
+	sotw  *discoverypb.DiscoveryRequest
+	delta *discoverypb.DeltaDiscoveryRequest
+}
+
+type response struct {
+	sotw  *discoverypb.DiscoveryResponse
+	delta *discoverypb.DeltaDiscoveryResponse
+}
+
+// run serves one stream: requests are read on a goroutine of their own and
+// handled here; responses are sent from here (answers to requests) and
+// from the fan-out engine's send jobs (changes), one at a time under the
+// stream's lock.
+func (s *Server) run(ctx context.Context, delta bool, recv func() (request, error), send func(*response) error) error {
+	if s.drain.Err() != nil {
+		return status.Error(codes.Unavailable, "server is shutting down")
+	}
+	s.streams.Add(1)
+	defer s.streams.Done()
+	proto := "sotw"
+	if delta {
+		proto = "delta"
+	}
+	s.metrics.streams.WithLabelValues(proto).Inc()
+	defer s.metrics.streams.WithLabelValues(proto).Dec()
+	s.waitSynced(ctx)
+
+	x := &stream{srv: s, ctx: ctx, delta: delta, send: send, id: s.ids.Add(1), auths: map[discovery.Authority]*authSub{}, failed: make(chan error, 1)}
+	for k := range x.types {
+		x.types[k] = &typeState{kind: kind(k), names: map[string]struct{}{}, sent: map[string]string{}}
+	}
+	if s.sendTimeout > 0 {
+		x.sending = s.stalls.Add(ctx)
+		defer s.stalls.Remove(x.sending)
+	}
+	defer x.close()
+
+	reqs := make(chan request)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			r, err := recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- r:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case r := <-reqs:
+			if err := x.handle(r); err != nil {
+				return err
+			}
+		case err := <-recvErr:
+			if status.Code(err) == codes.Canceled || errors.Is(err, context.Canceled) {
+				return nil
+			}
+			return nil // io.EOF: the client closed its side
+		case err := <-x.failed:
+			return err
+		case <-ctx.Done():
+			return nil
+		case <-s.drain.Done():
+			return status.Error(codes.Unavailable, "server is shutting down; reconnect")
+		}
+	}
+}
+
+func (s *Server) waitSynced(ctx context.Context) {
+	if s.synced == nil {
+		return
+	}
+	select {
+	case <-s.synced:
+		return
+	default:
+	}
+	t := time.NewTimer(s.startup)
+	defer t.Stop()
+	select {
+	case <-s.synced:
+	case <-t.C:
+		s.log.Warn("xds: answering before every source synced", "waited", s.startup)
+	case <-ctx.Done():
+	case <-s.drain.Done():
+	}
+}
+
+// stream is one ADS stream's state.
+type stream struct {
+	srv     *Server
+	ctx     context.Context
+	id      uint64
+	delta   bool
+	send    func(*response) error
+	sending *fanout.SendState // nil: no send timeout
+
+	failOnce sync.Once
+	failed   chan error // a send job's failed send
+
+	mu      sync.Mutex // guards what follows, and every send
+	node    bool       // the zone is known (first request seen)
+	zone    string
+	auths   map[discovery.Authority]*authSub
+	types   [numKinds]*typeState
+	nonce   uint64
+	closing bool
+}
+
+// authSub is the stream's subscription to one authority's entry, shared by
+// every resource type that names it.
+type authSub struct {
+	x     *stream
+	name  string
+	a     discovery.Authority
+	refs  int // types subscribing
+	entry *fanout.Entry[view]
+	sub   *fanout.Subscriber[view]
+	cur   *view // the newest view the fan-out engine handed over; nil until then
+	gone  bool
+}
+
+// typeState is what the stream knows of one resource type.
+type typeState struct {
+	kind     kind
+	started  bool // a request of this type was seen
+	wildcard bool
+	names    map[string]struct{} // subscribed names (not wildcard)
+	// sent maps a resource name to the version of it the client was last
+	// sent ("" for delta: told it does not exist).
+	sent    map[string]string
+	nonce   string // of the last response
+	version uint64 // SotW version_info counter
+	acked   string // the last version the client accepted
+	// answerPending: the first request waits for views to be answered.
+	answerPending bool
+}
+
+// Send is the fan-out engine's send job for one authority of the stream:
+// it sends the resources of every type that changed with the new view.
+func (a *authSub) Send(_, cur *view) error {
+	x := a.x
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if a.gone || x.closing {
+		return nil
+	}
+	a.cur = cur
+	for _, t := range x.types {
+		if t.started && t.subscribed(a.name) {
+			if err := x.flush(t, false, a.name); err != nil {
+				x.fail(err)
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func (t *typeState) subscribed(name string) bool {
+	if t.wildcard {
+		return true
+	}
+	_, ok := t.names[name]
+	return ok
+}
+
+// close ends every subscription of the stream.
+func (x *stream) close() {
+	x.mu.Lock()
+	x.closing = true
+	subs := make([]*authSub, 0, len(x.auths))
+	for _, a := range x.auths {
+		a.gone = true
+		subs = append(subs, a)
+	}
+	x.auths = nil
+	x.mu.Unlock()
+	for _, a := range subs {
+		if a.sub != nil {
+			x.srv.hub.Unsubscribe(a.sub)
+		}
+		x.srv.hub.Release(a.entry)
+	}
+}
+
+// fail is called by a send job whose send failed: the stream ends.
+func (x *stream) fail(err error) {
+	x.failOnce.Do(func() { x.failed <- err })
+}
+
+// handle processes one request.
+func (x *stream) handle(r request) error {
+	var (
+		typeURL     string
+		nonce       string
+		errDetail   *status.Status
+		node        *corepb.Node
+		subscribe   []string
+		unsubscribe []string
+		sotwNames   []string
+		initialVers map[string]string
+	)
+	if r.delta != nil {
+		d := r.delta
+		typeURL, nonce, node = d.GetTypeUrl(), d.GetResponseNonce(), d.GetNode()
+		if d.GetErrorDetail() != nil {
+			errDetail = status.FromProto(d.GetErrorDetail())
+		}
+		subscribe, unsubscribe, initialVers = d.GetResourceNamesSubscribe(), d.GetResourceNamesUnsubscribe(), d.GetInitialResourceVersions()
+	} else {
+		q := r.sotw
+		typeURL, nonce, node = q.GetTypeUrl(), q.GetResponseNonce(), q.GetNode()
+		if q.GetErrorDetail() != nil {
+			errDetail = status.FromProto(q.GetErrorDetail())
+		}
+		sotwNames = q.GetResourceNames()
+	}
+	k, ok := kindOf(typeURL)
+	if !ok {
+		x.srv.metrics.badRequests.Inc()
+		return status.Errorf(codes.InvalidArgument, "unknown resource type %q (served: listeners, route configurations, clusters, cluster load assignments, v3)", typeURL)
+	}
+	x.mu.Lock()
+	if !x.node {
+		x.node = true
+		x.zone = x.srv.settings.zoneOf(node.GetId(), node.GetCluster(), node.GetLocality().GetZone())
+	}
+	t := x.types[k]
+	if nonce != "" && t.nonce != "" { // a nonce of an earlier stream counts for nothing
+		if nonce != t.nonce {
+			// A stale nonce: the client answers a response it has since
+			// been sent a newer one of; its next request will carry that
+			// one (xDS protocol, "Resource updates and nonces").
+			x.srv.metrics.staleNonces.Inc()
+			x.mu.Unlock()
+			return nil
+		}
+		if errDetail != nil {
+			x.srv.metrics.nacks.WithLabelValues(kindNames[k]).Inc()
+			x.srv.log.Warn("xds: client rejected a response (NACK); it keeps its last accepted state", "type", kindNames[k],
+				"nonce", nonce, "error", errDetail.Message(), "peer", fanout.PeerAddr(x.ctx))
+		} else if r.sotw != nil {
+			t.acked = r.sotw.GetVersionInfo()
+		}
+	}
+	first := !t.started
+	t.started = true
+
+	// The subscription change.
+	var add, remove []string
+	if r.delta != nil {
+		if first && len(subscribe) == 0 && k.fullState() {
+			t.wildcard = true // legacy wildcard: the first request names nothing
+		}
+		for _, n := range subscribe {
+			if n == "*" {
+				t.wildcard = true
+				continue
+			}
+			if _, ok := t.names[n]; !ok {
+				t.names[n] = struct{}{}
+				add = append(add, n)
+			}
+		}
+		for _, n := range unsubscribe {
+			if n == "*" {
+				t.wildcard = false
+				continue
+			}
+			if _, ok := t.names[n]; ok {
+				delete(t.names, n)
+				delete(t.sent, n)
+				remove = append(remove, n)
+			}
+		}
+		for n, v := range initialVers {
+			if _, ok := t.names[n]; ok && v != "" {
+				t.sent[n] = "=" + v // what the client holds: sent again only if it differs
+			}
+		}
+	} else {
+		want := map[string]struct{}{}
+		wildcard := false
+		for _, n := range sotwNames {
+			if n == "*" {
+				wildcard = true
+			} else {
+				want[n] = struct{}{}
+			}
+		}
+		if len(sotwNames) == 0 && (first || t.wildcard) && k.fullState() {
+			wildcard = true
+		}
+		t.wildcard = wildcard
+		for n := range want {
+			if _, ok := t.names[n]; !ok {
+				add = append(add, n)
+			}
+		}
+		for n := range t.names {
+			if _, ok := want[n]; !ok {
+				remove = append(remove, n)
+				delete(t.sent, n)
+			}
+		}
+		t.names = want
+	}
+	if t.wildcard && first {
+		x.mu.Unlock()
+		return status.Errorf(codes.Unimplemented, "wildcard subscriptions are not served yet; name the resources (host:port)")
+	}
+	var release []*authSub
+	for _, n := range remove {
+		if a := x.unref(n); a != nil {
+			release = append(release, a)
+		}
+	}
+	var acquire []*authSub
+	for _, n := range add {
+		if a := x.ref(n); a != nil {
+			acquire = append(acquire, a)
+		}
+	}
+	// Answer what can be answered now: the resources whose views are
+	// known; the others follow when their first view is built.
+	err := x.flush(t, nonce == "" || t.nonce == "", "")
+	x.mu.Unlock()
+	for _, a := range release {
+		x.srv.hub.Unsubscribe(a.sub)
+		x.srv.hub.Release(a.entry)
+	}
+	for _, a := range acquire {
+		// A failed send ends the stream through x.fail (authSub.Send).
+		sub := x.srv.hub.Subscribe(a.entry, a)
+		x.mu.Lock()
+		a.sub = sub
+		x.mu.Unlock()
+	}
+	return err
+}
+
+// authority is the authority a resource name stands for: host:port in
+// canonical form (discovery.ParseAuthority's), or false for any other
+// name, which names no resource.
+func authority(name string) (discovery.Authority, bool) {
+	a, err := discovery.ParseAuthority(name, 0)
+	if err != nil || a.Port == 0 || a.String() != name {
+		return discovery.Authority{}, false
+	}
+	return a, true
+}
+
+// ref takes a reference to name's authority for one more type; it returns
+// the new subscription to start (outside the lock), if any.
+func (x *stream) ref(name string) *authSub {
+	a, ok := authority(name)
+	if !ok {
+		return nil
+	}
+	if s := x.auths[a]; s != nil {
+		s.refs++
+		return nil
+	}
+	s := &authSub{x: x, name: name, a: a, refs: 1}
+	s.entry = x.srv.hub.Acquire(fanout.Key{Authority: a, Zone: x.zone})
+	x.auths[a] = s
+	return s
+}
+
+// unref drops one type's reference; it returns the subscription to end
+// (outside the lock) when it was the last.
+func (x *stream) unref(name string) *authSub {
+	a, ok := authority(name)
+	if !ok {
+		return nil
+	}
+	s := x.auths[a]
+	if s == nil {
+		return nil
+	}
+	s.refs--
+	if s.refs > 0 {
+		return nil
+	}
+	s.gone = true
+	delete(x.auths, a)
+	return s
+}
+
+// flush sends the client what of type t differs from what it holds. With
+// answer, a SotW response is sent even when nothing changed (the answer to
+// the first request, so that the client knows its state is current). only,
+// when set, is the one name whose view changed. Called with x.mu held.
+func (x *stream) flush(t *typeState, answer bool, only string) error {
+	if answer || t.answerPending {
+		// The first answer waits for the first view of every name, so
+		// that it is the state (the views take a registry read).
+		for n := range t.names {
+			if _, _, known := x.current(t.kind, n); !known {
+				t.answerPending = true
+				return nil
+			}
+		}
+		t.answerPending, answer, only = false, true, ""
+	}
+	if only != "" {
+		_, ver, known := x.current(t.kind, only)
+		old, held := t.sent[only]
+		if !known || (held && (old == ver || old == "="+ver)) || (!held && ver == "") {
+			return nil // nothing the client sees changed
+		}
+		if !t.kind.fullState() || x.delta {
+			return x.flushNames(t, []string{only})
+		}
+	}
+	if x.delta {
+		return x.flushNames(t, nil)
+	}
+	return x.flushSotW(t, answer)
+}
+
+// current is the resource of kind k under name, with its version, or
+// false when it does not exist (or is not known yet: known is false).
+func (x *stream) current(k kind, name string) (v *view, version string, known bool) {
+	a, ok := authority(name)
+	if !ok {
+		return nil, "", true // never exists
+	}
+	s := x.auths[a]
+	if s == nil || s.cur == nil {
+		return nil, "", false
+	}
+	return s.cur, s.cur.resourceVersion(k, x.srv), true
+}
+
+func (x *stream) flushSotW(t *typeState, answer bool) error {
+	var res []*anypb.Any
+	changed := false
+	newSent := map[string]string{}
+	for name := range t.names {
+		v, ver, known := x.current(t.kind, name)
+		if !known {
+			if old, ok := t.sent[name]; ok {
+				newSent[name] = old // not known yet: keep what the client holds
+			}
+			continue
+		}
+		old, held := t.sent[name]
+		switch {
+		case ver == "" && held && t.kind == kindEndpoint:
+			// SotW cannot remove a cluster load assignment: send it empty.
+			res = append(res, emptyAssignment(name))
+			changed = true
+		case ver == "":
+			changed = changed || held
+		default:
+			newSent[name] = ver
+			if !held || old != ver {
+				changed = true
+				res = append(res, v.resource(t.kind, x.srv))
+			} else if t.kind.fullState() {
+				res = append(res, v.resource(t.kind, x.srv))
+			}
+		}
+	}
+	t.sent = newSent
+	if !changed && !answer {
+		return nil
+	}
+	return x.respondSotW(t, res)
+}
+
+// respondSotW sends a SotW response of t's type with res.
+func (x *stream) respondSotW(t *typeState, res []*anypb.Any) error {
+	t.version++
+	x.nonce++
+	t.nonce = strconv.FormatUint(x.nonce, 10)
+	resp := &discoverypb.DiscoveryResponse{
+		VersionInfo: strconv.FormatUint(t.version, 10),
+		Resources:   res,
+		TypeUrl:     typeURLs[t.kind],
+		Nonce:       t.nonce,
+	}
+	return x.sendLocked(t.kind, &response{sotw: resp}, len(res))
+}
+
+// flushNames sends the resources among names (nil: every subscribed name)
+// that differ from what the client holds: the delta protocol, and SotW
+// for the types whose responses need not carry every resource.
+func (x *stream) flushNames(t *typeState, names []string) error {
+	if names == nil {
+		names = make([]string, 0, len(t.names))
+		for n := range t.names {
+			names = append(names, n)
+		}
+	}
+	if !x.delta {
+		var res []*anypb.Any
+		for _, name := range names {
+			v, ver, known := x.current(t.kind, name)
+			old, held := t.sent[name]
+			switch {
+			case !known || (held && old == ver):
+			case ver == "":
+				if held {
+					delete(t.sent, name)
+					if t.kind == kindEndpoint {
+						res = append(res, emptyAssignment(name))
+					}
+				}
+			default:
+				t.sent[name] = ver
+				res = append(res, v.resource(t.kind, x.srv))
+			}
+		}
+		if len(res) == 0 {
+			return nil
+		}
+		return x.respondSotW(t, res)
+	}
+	var res []*discoverypb.Resource
+	var removed []string
+	for _, name := range names {
+		v, ver, known := x.current(t.kind, name)
+		if !known {
+			continue
+		}
+		old, held := t.sent[name]
+		if ver == "" {
+			if !held || old != "" {
+				removed = append(removed, name)
+				t.sent[name] = ""
+			}
+			continue
+		}
+		if held && (old == ver || old == "="+ver) {
+			t.sent[name] = ver
+			continue
+		}
+		t.sent[name] = ver
+		res = append(res, &discoverypb.Resource{Name: name, Version: ver, Resource: v.resource(t.kind, x.srv)})
+	}
+	if len(res) == 0 && len(removed) == 0 {
+		return nil
+	}
+	x.nonce++
+	t.nonce = strconv.FormatUint(x.nonce, 10)
+	resp := &discoverypb.DeltaDiscoveryResponse{
+		SystemVersionInfo: strconv.FormatUint(x.nonce, 10),
+		Resources:         res,
+		RemovedResources:  removed,
+		TypeUrl:           typeURLs[t.kind],
+		Nonce:             t.nonce,
+	}
+	return x.sendLocked(t.kind, &response{delta: resp}, len(res)+len(removed))
+}
+
+// sendLocked sends one response, watched by the stall watch. x.mu held.
+func (x *stream) sendLocked(k kind, r *response, n int) error {
+	if x.closing {
+		return nil
+	}
+	if x.sending != nil {
+		x.sending.Begin()
+	}
+	err := x.send(r)
+	if x.sending != nil {
+		x.sending.End()
+		if err != nil && x.sending.Stalled() {
+			err = status.Errorf(codes.Unavailable, "client took no response for %v; connection closed", x.srv.sendTimeout)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	x.srv.metrics.pushes.WithLabelValues(kindNames[k]).Inc()
+	x.srv.metrics.resources.WithLabelValues(kindNames[k]).Add(float64(n))
+	return nil
+}
