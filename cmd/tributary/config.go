@@ -14,6 +14,7 @@ import (
 	dnsedge "github.com/tributary-mesh/tributary/destination/dns"
 	"github.com/tributary-mesh/tributary/destination/policy"
 	"github.com/tributary-mesh/tributary/destination/tlsauth"
+	"github.com/tributary-mesh/tributary/destination/xds"
 	"github.com/tributary-mesh/tributary/discovery"
 	activehealth "github.com/tributary-mesh/tributary/discovery/health"
 )
@@ -29,13 +30,15 @@ type config struct {
 	Checks activehealth.Config
 	// DNS is the dns: section (destination/dns); nil when absent.
 	DNS *dnsedge.Settings
+	// XDS is the xds: section (destination/xds); nil when off.
+	XDS *xds.Settings
 }
 
 // loadConfig reads the config file at path and has every section decoded,
 // so that one run reports every problem of the file (tributary check).
 func loadConfig(path string) (*config, error) {
 	c := &config{}
-	core, err := discovery.LoadConfig(path, c.decodeServer, c.Checks.Decode, c.decodeDNS)
+	core, err := discovery.LoadConfig(path, c.decodeServer, c.Checks.Decode, c.decodeDNS, c.decodeXDS)
 	if err != nil {
 		return nil, err
 	}
@@ -47,6 +50,13 @@ func loadConfig(path string) (*config, error) {
 func (c *config) decodeDNS(core *discovery.Config) error {
 	var err error
 	c.DNS, err = dnsedge.DecodeSection(core.DNS)
+	return err
+}
+
+// decodeXDS is the discovery.ConfigDecoder of the xds: section.
+func (c *config) decodeXDS(core *discovery.Config) error {
+	var err error
+	c.XDS, err = xds.DecodeSection(core.XDS)
 	return err
 }
 

@@ -31,6 +31,7 @@ import (
 	dnsedge "github.com/tributary-mesh/tributary/destination/dns"
 	"github.com/tributary-mesh/tributary/destination/policy"
 	"github.com/tributary-mesh/tributary/destination/tlsauth"
+	"github.com/tributary-mesh/tributary/destination/xds"
 	"github.com/tributary-mesh/tributary/discovery"
 	activehealth "github.com/tributary-mesh/tributary/discovery/health"
 	_ "github.com/tributary-mesh/tributary/sources/all"
@@ -202,10 +203,35 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, pprofOn bool) 
 		grpcLn.Close()
 		return fmt.Errorf("admin: %w", err)
 	}
+	// xds: the ADS server for Envoy and proxyless gRPC, on its own port
+	// with the same mTLS and keepalive settings (docs/xds.md).
+	var xdsServer *xds.Server
+	var xdsGRPC *grpc.Server
+	var xdsLn net.Listener
+	if cfg.XDS != nil {
+		xdsServer = xds.New(xds.Options{Store: store, Federation: fed, Settings: cfg.XDS, Synced: mgr.Synced(),
+			StartupTimeout: time.Duration(cfg.Server.StartupTimeout), SendTimeout: time.Duration(streams.SendTimeout),
+			Logger: logger, Registerer: reg})
+		xdsGRPC = grpc.NewServer(append([]grpc.ServerOption{
+			grpc.MaxRecvMsgSize(4 << 20), // an ADS request names every resource it subscribes to
+			grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: time.Duration(ka.MinPingInterval), PermitWithoutStream: true}),
+			grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Duration(ka.Time), Timeout: time.Duration(ka.Timeout)}),
+		}, guard.ServerOptions()...)...)
+		xdsServer.Register(xdsGRPC)
+		if xdsLn, err = net.Listen("tcp", cfg.XDS.Listen.String()); err != nil {
+			grpcLn.Close()
+			adminLn.Close()
+			return fmt.Errorf("xds: %w", err)
+		}
+		logger.Info("xds serving", "addr", xdsLn.Addr().String())
+	}
 	if dnsServer != nil {
 		if err := dnsServer.Start(); err != nil {
 			grpcLn.Close()
 			adminLn.Close()
+			if xdsLn != nil {
+				xdsLn.Close()
+			}
 			return err
 		}
 	}
@@ -216,7 +242,7 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, pprofOn bool) 
 
 	srcCtx, stopSources := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	wg.Go(func() { mgr.Run(srcCtx) })
 	wg.Go(func() { checker.Run(srcCtx) })
 	wg.Go(func() {
@@ -224,6 +250,13 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, pprofOn bool) 
 			errc <- fmt.Errorf("destination API: %w", err)
 		}
 	})
+	if xdsGRPC != nil {
+		wg.Go(func() {
+			if err := xdsGRPC.Serve(xdsServer.Listener(xdsLn)); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				errc <- fmt.Errorf("xds: %w", err)
+			}
+		})
+	}
 	wg.Go(func() {
 		serveAdmin := adminServer.Serve
 		if adminServer.TLSConfig != nil { // server.tls.admin: the certificate comes from TLSConfig
@@ -253,16 +286,31 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, pprofOn bool) 
 	adminHandler.SetDraining()
 	healthSrv.Shutdown()
 	dest.Drain()
+	if xdsServer != nil {
+		xdsServer.Drain()
+	}
 	stopped := make(chan struct{})
-	go func() { grpcServer.GracefulStop(); close(stopped) }()
+	go func() {
+		if xdsGRPC != nil {
+			xdsGRPC.GracefulStop()
+		}
+		grpcServer.GracefulStop()
+		close(stopped)
+	}()
 	select {
 	case <-stopped:
 	case <-time.After(time.Until(deadline)):
 		logger.Warn("graceful stop timed out; closing connections")
+		if xdsGRPC != nil {
+			xdsGRPC.Stop()
+		}
 		grpcServer.Stop()
 		<-stopped
 	}
 	dest.Wait()
+	if xdsServer != nil {
+		xdsServer.Wait()
+	}
 	stopSources()
 	shutCtx, cancel := context.WithDeadline(context.Background(), deadline.Add(time.Second))
 	defer cancel()
