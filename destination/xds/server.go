@@ -66,6 +66,7 @@ type Server struct {
 	log      *slog.Logger
 	metrics  *metrics
 	hub      *fanout.Hub[view]
+	catalog  catalog // the registry's authorities, for wildcard subscriptions
 
 	// staticVersion is the version of listeners, routes and clusters:
 	// they change only with the server's settings.
@@ -112,6 +113,7 @@ func New(opts Options) *Server {
 	}
 	s.stalls = fanout.NewStallWatch(max(s.sendTimeout, time.Millisecond), s.closeStalled)
 	s.drain, s.drainNow = context.WithCancel(context.Background())
+	s.catalog.srv = s
 	s.hub = fanout.New(fanout.Options[view]{
 		Store: s.store, Federation: s.fed,
 		Build: func(snap *cache.Snapshot, ws memdb.WatchSet, key fanout.Key, members []discovery.Authority) (*view, uint64) {
@@ -137,6 +139,7 @@ func (s *Server) Drain() { s.drainNow() }
 // registry for them have stopped; call it after the gRPC server stopped.
 func (s *Server) Wait() {
 	s.streams.Wait()
+	s.catalog.wait()
 	s.hub.Wait()
 	s.stalls.Wait()
 }
@@ -193,7 +196,7 @@ func (s *Server) run(ctx context.Context, delta bool, recv func() (request, erro
 
 	x := &stream{srv: s, ctx: ctx, delta: delta, send: send, id: s.ids.Add(1), auths: map[discovery.Authority]*authSub{}, failed: make(chan error, 1)}
 	for k := range x.types {
-		x.types[k] = &typeState{kind: kind(k), names: map[string]struct{}{}, sent: map[string]string{}}
+		x.types[k] = &typeState{kind: kind(k), names: map[string]uint8{}, sent: map[string]string{}}
 	}
 	if s.sendTimeout > 0 {
 		x.sending = s.stalls.Add(ctx)
@@ -277,6 +280,10 @@ type stream struct {
 	types   [numKinds]*typeState
 	nonce   uint64
 	closing bool
+	// inCatalog: the stream has joined the catalog (a wildcard
+	// subscription); catalog is its newest list of authorities.
+	inCatalog bool
+	catalog   []string
 }
 
 // authSub is the stream's subscription to one authority's entry, shared by
@@ -297,7 +304,10 @@ type typeState struct {
 	kind     kind
 	started  bool // a request of this type was seen
 	wildcard bool
-	names    map[string]struct{} // subscribed names (not wildcard)
+	names    map[string]uint8 // subscribed names → who asked (byName, byWildcard)
+	// gone are names the catalog dropped that a delta client must be
+	// told are removed.
+	gone []string
 	// sent maps a resource name to the version of it the client was last
 	// sent ("" for delta: told it does not exist).
 	sent    map[string]string
@@ -330,11 +340,7 @@ func (a *authSub) Send(_, cur *view) error {
 }
 
 func (t *typeState) subscribed(name string) bool {
-	if t.wildcard {
-		return true
-	}
-	_, ok := t.names[name]
-	return ok
+	return t.names[name] != 0
 }
 
 // close ends every subscription of the stream.
@@ -347,7 +353,11 @@ func (x *stream) close() {
 		subs = append(subs, a)
 	}
 	x.auths = nil
+	inCatalog := x.inCatalog
 	x.mu.Unlock()
+	if inCatalog {
+		x.srv.catalog.leave(x)
+	}
 	for _, a := range subs {
 		if a.sub != nil {
 			x.srv.hub.Unsubscribe(a.sub)
@@ -419,97 +429,172 @@ func (x *stream) handle(r request) error {
 	first := !t.started
 	t.started = true
 
-	// The subscription change.
-	var add, remove []string
+	// The subscription change: names are kept with who asked for them
+	// (named, or the wildcard's catalog); an authority is followed while
+	// some type names it.
+	var release []*authSub
 	if r.delta != nil {
+		wild := t.wildcard
 		if first && len(subscribe) == 0 && k.fullState() {
-			t.wildcard = true // legacy wildcard: the first request names nothing
+			wild = true // legacy wildcard: the first request names nothing
 		}
 		for _, n := range subscribe {
 			if n == "*" {
-				t.wildcard = true
+				wild = true
 				continue
 			}
-			if _, ok := t.names[n]; !ok {
-				t.names[n] = struct{}{}
-				add = append(add, n)
-			}
+			x.setName(t, n, byName, true, &release)
 		}
 		for _, n := range unsubscribe {
 			if n == "*" {
-				t.wildcard = false
+				wild = false
 				continue
 			}
-			if _, ok := t.names[n]; ok {
-				delete(t.names, n)
+			if t.names[n]&byName != 0 {
 				delete(t.sent, n)
-				remove = append(remove, n)
 			}
+			x.setName(t, n, byName, false, &release)
 		}
+		x.setWildcard(t, wild, &release)
 		for n, v := range initialVers {
 			if _, ok := t.names[n]; ok && v != "" {
 				t.sent[n] = "=" + v // what the client holds: sent again only if it differs
 			}
 		}
 	} else {
-		want := map[string]struct{}{}
-		wildcard := false
+		want := map[string]bool{}
+		wild := false
 		for _, n := range sotwNames {
 			if n == "*" {
-				wildcard = true
+				wild = true
 			} else {
-				want[n] = struct{}{}
+				want[n] = true
 			}
 		}
 		if len(sotwNames) == 0 && (first || t.wildcard) && k.fullState() {
-			wildcard = true
+			wild = true
 		}
-		t.wildcard = wildcard
+		for n, by := range t.names {
+			if by&byName != 0 && !want[n] {
+				delete(t.sent, n) // the client forgets what it unsubscribes from
+				x.setName(t, n, byName, false, &release)
+			}
+		}
 		for n := range want {
-			if _, ok := t.names[n]; !ok {
-				add = append(add, n)
-			}
+			x.setName(t, n, byName, true, &release)
 		}
-		for n := range t.names {
-			if _, ok := want[n]; !ok {
-				remove = append(remove, n)
-				delete(t.sent, n)
-			}
-		}
-		t.names = want
-	}
-	if t.wildcard && first {
-		x.mu.Unlock()
-		return status.Errorf(codes.Unimplemented, "wildcard subscriptions are not served yet; name the resources (host:port)")
-	}
-	var release []*authSub
-	for _, n := range remove {
-		if a := x.unref(n); a != nil {
-			release = append(release, a)
-		}
-	}
-	var acquire []*authSub
-	for _, n := range add {
-		if a := x.ref(n); a != nil {
-			acquire = append(acquire, a)
-		}
+		x.setWildcard(t, wild, &release)
 	}
 	// Answer what can be answered now: the resources whose views are
 	// known; the others follow when their first view is built.
 	err := x.flush(t, nonce == "" || t.nonce == "", "")
 	x.mu.Unlock()
-	for _, a := range release {
-		x.srv.hub.Unsubscribe(a.sub)
-		x.srv.hub.Release(a.entry)
-	}
-	for _, a := range acquire {
-		// A failed send ends the stream through x.fail (authSub.Send).
-		sub := x.srv.hub.Subscribe(a.entry, a)
-		x.mu.Lock()
-		a.sub = sub
-		x.mu.Unlock()
-	}
+	x.srv.releaseAll(release)
 	return err
+}
+
+// Who subscribes a type to a name: the client by name, or the wildcard.
+const (
+	byName uint8 = 1 << iota
+	byWildcard
+)
+
+// setName adds or removes one reason for t to follow name, following or
+// leaving its authority when the first reason comes or the last goes;
+// subscriptions to end are added to release (ended outside the lock).
+// x.mu held.
+func (x *stream) setName(t *typeState, name string, by uint8, on bool, release *[]*authSub) {
+	old := t.names[name]
+	nw := old &^ by
+	if on {
+		nw = old | by
+	}
+	switch {
+	case nw == old:
+		return
+	case nw == 0:
+		delete(t.names, name)
+		if a := x.unref(name); a != nil {
+			*release = append(*release, a)
+		}
+	default:
+		t.names[name] = nw
+		if old == 0 {
+			x.ref(name)
+		}
+	}
+}
+
+// setWildcard turns t's wildcard subscription on or off: while on, t
+// follows every authority in the registry's catalog.
+func (x *stream) setWildcard(t *typeState, on bool, release *[]*authSub) {
+	if on == t.wildcard {
+		return
+	}
+	t.wildcard = on
+	if on {
+		if !x.inCatalog {
+			x.inCatalog = true
+			x.catalog = x.srv.catalog.join(x)
+		}
+		for _, n := range x.catalog {
+			x.setName(t, n, byWildcard, true, release)
+		}
+		return
+	}
+	for n, by := range t.names {
+		if by&byWildcard != 0 {
+			x.setName(t, n, byWildcard, false, release)
+		}
+	}
+}
+
+// catalogChanged is the catalog's news for a stream with a wildcard
+// subscription: names is every authority now in the registry.
+func (x *stream) catalogChanged(names []string) {
+	x.mu.Lock()
+	if x.closing {
+		x.mu.Unlock()
+		return
+	}
+	x.catalog = names
+	in := make(map[string]bool, len(names))
+	for _, n := range names {
+		in[n] = true
+	}
+	var release []*authSub
+	var err error
+	for _, t := range x.types {
+		if !t.wildcard {
+			continue
+		}
+		for n, by := range t.names {
+			if by&byWildcard != 0 && !in[n] {
+				x.setName(t, n, byWildcard, false, &release)
+				if by == byWildcard && x.delta {
+					t.gone = append(t.gone, n)
+				}
+			}
+		}
+		for _, n := range names {
+			x.setName(t, n, byWildcard, true, &release)
+		}
+		if e := x.flush(t, false, ""); e != nil && err == nil {
+			err = e
+		}
+	}
+	x.mu.Unlock()
+	x.srv.releaseAll(release)
+	if err != nil {
+		x.fail(err)
+	}
+}
+
+func (s *Server) releaseAll(subs []*authSub) {
+	for _, a := range subs {
+		s.hub.Unsubscribe(a.sub)
+		s.hub.Release(a.entry)
+	}
 }
 
 // authority is the authority a resource name stands for: host:port in
@@ -523,21 +608,21 @@ func authority(name string) (discovery.Authority, bool) {
 	return a, true
 }
 
-// ref takes a reference to name's authority for one more type; it returns
-// the new subscription to start (outside the lock), if any.
-func (x *stream) ref(name string) *authSub {
+// ref takes a reference to name's authority for one more type, following
+// it from the first. x.mu held: the subscription's first send waits for it.
+func (x *stream) ref(name string) {
 	a, ok := authority(name)
 	if !ok {
-		return nil
+		return
 	}
 	if s := x.auths[a]; s != nil {
 		s.refs++
-		return nil
+		return
 	}
 	s := &authSub{x: x, name: name, a: a, refs: 1}
 	s.entry = x.srv.hub.Acquire(fanout.Key{Authority: a, Zone: x.zone})
+	s.sub = x.srv.hub.Subscribe(s.entry, s) // a failed send ends the stream (authSub.Send)
 	x.auths[a] = s
-	return s
 }
 
 // unref drops one type's reference; it returns the subscription to end
@@ -636,6 +721,11 @@ func (x *stream) flushSotW(t *typeState, answer bool) error {
 			}
 		}
 	}
+	for name := range t.sent {
+		if _, ok := newSent[name]; !ok && t.names[name] == 0 {
+			changed = true // left the wildcard's catalog: the full state drops it
+		}
+	}
 	t.sent = newSent
 	if !changed && !answer {
 		return nil
@@ -693,6 +783,16 @@ func (x *stream) flushNames(t *typeState, names []string) error {
 	}
 	var res []*discoverypb.Resource
 	var removed []string
+	for _, n := range t.gone {
+		if t.names[n] != 0 {
+			continue // named too: still followed
+		}
+		if old, held := t.sent[n]; held && old != "" {
+			removed = append(removed, n)
+		}
+		delete(t.sent, n)
+	}
+	t.gone = nil
 	for _, name := range names {
 		v, ver, known := x.current(t.kind, name)
 		if !known {
@@ -700,7 +800,9 @@ func (x *stream) flushNames(t *typeState, names []string) error {
 		}
 		old, held := t.sent[name]
 		if ver == "" {
-			if !held || old != "" {
+			// Told once: a name asked for that does not exist, or a
+			// resource the client holds that went away.
+			if (held && old != "") || (!held && t.names[name]&byName != 0) {
 				removed = append(removed, name)
 				t.sent[name] = ""
 			}
