@@ -1,0 +1,391 @@
+//go:build integration
+
+package xds
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/tributary-mesh/tributary/integration/harness"
+)
+
+// The type URLs of xDS v3 (the names of the resource messages).
+const (
+	typeListener = "type.googleapis.com/envoy.config.listener.v3.Listener"
+	typeRoute    = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+	typeCluster  = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+	typeCLA      = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+)
+
+// adsStream is a raw StreamAggregatedResources stream, with go-control-plane's
+// generated client types: the requests are written by hand, so each test
+// says exactly what a client sends.
+type adsStream struct {
+	t      *testing.T
+	stream grpc.BidiStreamingClient[discoverygrpc.DiscoveryRequest, discoverygrpc.DiscoveryResponse]
+	resps  chan *discoverygrpc.DiscoveryResponse
+	errc   chan error
+	node   *corev3.Node
+	sent   bool // the node goes on the first request only
+}
+
+func testNode(id, zone string) *corev3.Node {
+	return &corev3.Node{Id: id, Cluster: "xds-test", Locality: &corev3.Locality{Zone: zone}}
+}
+
+// openADS opens an ADS stream to addr; it ends with the test.
+func openADS(t *testing.T, addr string, node *corev3.Node) *adsStream {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stream, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx, grpc.MaxCallRecvMsgSize(64<<20))
+	if err != nil {
+		cancel()
+		cc.Close()
+		t.Fatal(err)
+	}
+	s := &adsStream{t: t, stream: stream, resps: make(chan *discoverygrpc.DiscoveryResponse, 1000), errc: make(chan error, 1), node: node}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			r, err := stream.Recv()
+			if err != nil {
+				s.errc <- err
+				return
+			}
+			s.resps <- r
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done; cc.Close() })
+	return s
+}
+
+// request sends a DiscoveryRequest; nack, when not empty, is its error.
+func (s *adsStream) request(typeURL, version, nonce string, names []string, nack string) {
+	s.t.Helper()
+	req := &discoverygrpc.DiscoveryRequest{TypeUrl: typeURL, VersionInfo: version, ResponseNonce: nonce, ResourceNames: names}
+	if !s.sent {
+		req.Node = s.node
+		s.sent = true
+	}
+	if nack != "" {
+		req.ErrorDetail = &status.Status{Code: int32(codes.InvalidArgument), Message: nack}
+	}
+	if err := s.stream.Send(req); err != nil {
+		s.t.Fatalf("send %s: %v", typeURL, err)
+	}
+}
+
+// ack acknowledges r for the same names.
+func (s *adsStream) ack(r *discoverygrpc.DiscoveryResponse, names []string) {
+	s.t.Helper()
+	s.request(r.GetTypeUrl(), r.GetVersionInfo(), r.GetNonce(), names, "")
+}
+
+// next returns the next response, failing the test if none comes within
+// wait or the stream ends.
+func (s *adsStream) next(wait time.Duration) *discoverygrpc.DiscoveryResponse {
+	s.t.Helper()
+	select {
+	case r := <-s.resps:
+		return r
+	case err := <-s.errc:
+		s.errc <- err
+		s.t.Fatalf("ADS stream ended: %v", err)
+	case <-time.After(wait):
+		s.t.Fatalf("no xDS response within %v", wait)
+	}
+	return nil
+}
+
+// nextOf returns the next response of typeURL, failing on another type.
+func (s *adsStream) nextOf(typeURL string) *discoverygrpc.DiscoveryResponse {
+	s.t.Helper()
+	r := s.next(harness.WaitFor)
+	if r.GetTypeUrl() != typeURL {
+		s.t.Fatalf("got a response of %s, want %s", r.GetTypeUrl(), typeURL)
+	}
+	return r
+}
+
+// quiet asserts that no response arrives within d and the stream stays up.
+func (s *adsStream) quiet(d time.Duration) {
+	s.t.Helper()
+	select {
+	case r := <-s.resps:
+		s.t.Fatalf("unexpected response: %s version %q, %d resources", r.GetTypeUrl(), r.GetVersionInfo(), len(r.GetResources()))
+	case err := <-s.errc:
+		s.errc <- err
+		s.t.Fatalf("ADS stream ended: %v", err)
+	case <-time.After(d):
+	}
+}
+
+// clas decodes a response's ClusterLoadAssignments by cluster name.
+func clas(t *testing.T, r *discoverygrpc.DiscoveryResponse) map[string]*endpointv3.ClusterLoadAssignment {
+	t.Helper()
+	out := map[string]*endpointv3.ClusterLoadAssignment{}
+	for _, a := range r.GetResources() {
+		var cla endpointv3.ClusterLoadAssignment
+		if err := a.UnmarshalTo(&cla); err != nil {
+			t.Fatalf("resource of %s: %v", r.GetTypeUrl(), err)
+		}
+		if err := cla.Validate(); err != nil {
+			t.Errorf("ClusterLoadAssignment %s does not validate: %v", cla.GetClusterName(), err)
+		}
+		out[cla.GetClusterName()] = &cla
+	}
+	return out
+}
+
+// clusters decodes a response's Clusters by name.
+func clusters(t *testing.T, r *discoverygrpc.DiscoveryResponse) map[string]*clusterv3.Cluster {
+	t.Helper()
+	out := map[string]*clusterv3.Cluster{}
+	for _, a := range r.GetResources() {
+		var c clusterv3.Cluster
+		if err := a.UnmarshalTo(&c); err != nil {
+			t.Fatalf("resource of %s: %v", r.GetTypeUrl(), err)
+		}
+		if err := c.Validate(); err != nil {
+			t.Errorf("Cluster %s does not validate: %v", c.GetName(), err)
+		}
+		out[c.GetName()] = &c
+	}
+	return out
+}
+
+// addrs lists a CLA's endpoint addresses, sorted, with the locality zone
+// and priority: "zone/priority/ip:port".
+func addrs(cla *endpointv3.ClusterLoadAssignment) []string {
+	var out []string
+	for _, l := range cla.GetEndpoints() {
+		for _, e := range l.GetLbEndpoints() {
+			sa := e.GetEndpoint().GetAddress().GetSocketAddress()
+			out = append(out, fmt.Sprintf("%s/%d/%s", l.GetLocality().GetZone(), l.GetPriority(),
+				netip.AddrPortFrom(netip.MustParseAddr(sa.GetAddress()), uint16(sa.GetPortValue()))))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func sameAddrs(cla *endpointv3.ClusterLoadAssignment, want ...string) bool {
+	slices.Sort(want)
+	return slices.Equal(addrs(cla), want)
+}
+
+// manyServices is n services svc-i.many:80 with one endpoint each.
+func manyServices(n int, base byte) map[string][]endpointSpec {
+	svcs := make(map[string][]endpointSpec, n)
+	for i := range n {
+		svcs["svc-"+strconv.Itoa(i)+".many:80"] = []endpointSpec{{addr: fmt.Sprintf("10.%d.%d.%d:80", base, i/256, i%256), zone: "zone-a"}}
+	}
+	return svcs
+}
+
+// TestADSNackKeepsStreamAndLastGoodState: a NACK is not answered by the
+// rejected version again (no loop), the stream stays up, the server keeps
+// what the client last accepted, and the next change is delivered.
+func TestADSNackKeepsStreamAndLastGoodState(t *testing.T) {
+	t.Parallel()
+	tr := startTributary(t, map[string][]endpointSpec{webAuthority: {{addr: "10.1.0.1:8080", zone: "zone-a"}}}, "")
+	s := openADS(t, tr.XDS, testNode("nack", "zone-a"))
+	names := []string{webAuthority}
+	s.request(typeCLA, "", "", names, "")
+	r1 := s.nextOf(typeCLA)
+	if got := clas(t, r1)[webAuthority]; got == nil || !sameAddrs(got, "zone-a/0/10.1.0.1:8080") {
+		t.Fatalf("first CLA: %v", addrs(got))
+	}
+	s.ack(r1, names)
+
+	tr.write(t, map[string][]endpointSpec{webAuthority: {{addr: "10.1.0.2:8080", zone: "zone-a"}}})
+	r2 := s.nextOf(typeCLA)
+	if r2.GetVersionInfo() == r1.GetVersionInfo() || r2.GetNonce() == r1.GetNonce() {
+		t.Errorf("a changed CLA came with the same version %q or nonce %q", r2.GetVersionInfo(), r2.GetNonce())
+	}
+	// Reject it: the version stays the last accepted one.
+	s.request(typeCLA, r1.GetVersionInfo(), r2.GetNonce(), names, "rejected by the test")
+	s.quiet(time.Second)
+
+	tr.write(t, map[string][]endpointSpec{webAuthority: {{addr: "10.1.0.3:8080", zone: "zone-a"}}})
+	r3 := s.nextOf(typeCLA)
+	if got := clas(t, r3)[webAuthority]; got == nil || !sameAddrs(got, "zone-a/0/10.1.0.3:8080") {
+		t.Fatalf("CLA after the NACK: %v", addrs(got))
+	}
+	if r3.GetVersionInfo() == r2.GetVersionInfo() || r3.GetVersionInfo() == r1.GetVersionInfo() {
+		t.Errorf("the CLA after the NACK reuses version %q", r3.GetVersionInfo())
+	}
+	s.ack(r3, names)
+	s.quiet(300 * time.Millisecond)
+}
+
+// TestADSUnknownResources: names that do not exist are not invented, do
+// not end the stream, and are sent once they appear; the known ones are
+// served meanwhile.
+func TestADSUnknownResources(t *testing.T) {
+	t.Parallel()
+	tr := startTributary(t, map[string][]endpointSpec{webAuthority: {{addr: "10.1.0.1:8080", zone: "zone-a"}}}, "")
+	const unknown = "later.demo:9000"
+
+	// CDS is state of the world: the response lists what exists.
+	cds := openADS(t, tr.XDS, testNode("unknown-cds", "zone-a"))
+	cdsNames := []string{webAuthority, unknown}
+	cds.request(typeCluster, "", "", cdsNames, "")
+	r := cds.nextOf(typeCluster)
+	got := clusters(t, r)
+	if got[webAuthority] == nil || got[unknown] != nil || len(got) != 1 {
+		t.Fatalf("CDS for %v: got clusters %v", cdsNames, slices.Sorted(maps.Keys(got)))
+	}
+	cds.ack(r, cdsNames)
+
+	// EDS for the unknown name alone.
+	eds := openADS(t, tr.XDS, testNode("unknown-eds", "zone-a"))
+	eds.request(typeCLA, "", "", []string{unknown}, "")
+	select {
+	case r := <-eds.resps:
+		if a := clas(t, r)[unknown]; a != nil && len(a.GetEndpoints()) > 0 {
+			t.Fatalf("EDS for an unknown name answered endpoints: %v", addrs(a))
+		}
+		eds.ack(r, []string{unknown})
+	case err := <-eds.errc:
+		t.Fatalf("EDS stream for an unknown name ended: %v", err)
+	case <-time.After(time.Second):
+	}
+
+	tr.write(t, map[string][]endpointSpec{
+		webAuthority: {{addr: "10.1.0.1:8080", zone: "zone-a"}},
+		unknown:      {{addr: "10.2.0.1:9000", zone: "zone-a"}},
+	})
+	r = cds.nextOf(typeCluster)
+	got = clusters(t, r)
+	if got[webAuthority] == nil || got[unknown] == nil {
+		t.Fatalf("CDS after %s appeared: got clusters %v", unknown, slices.Sorted(maps.Keys(got)))
+	}
+	for {
+		r := eds.nextOf(typeCLA)
+		if a := clas(t, r)[unknown]; a != nil && sameAddrs(a, "zone-a/0/10.2.0.1:9000") {
+			break
+		} else if a != nil && len(a.GetEndpoints()) > 0 {
+			t.Fatalf("EDS for %s after it appeared: %v", unknown, addrs(a))
+		}
+		eds.ack(r, []string{unknown})
+	}
+}
+
+// TestADSVersionFromAnotherServerLife: versions roll back when Tributary
+// restarts (a new process counts from its own start), so a client that
+// reconnects may present a version the new server also uses, for other
+// content. Its first request on the new stream must still be answered with
+// the current state; so must a version this server never issued.
+func TestADSVersionFromAnotherServerLife(t *testing.T) {
+	t.Parallel()
+	tr := startTributary(t, map[string][]endpointSpec{webAuthority: {{addr: "10.1.0.1:8080", zone: "zone-a"}}}, "")
+	old := openADS(t, tr.XDS, testNode("rollback-old", "zone-a"))
+	old.request(typeCLA, "", "", []string{webAuthority}, "")
+	r1 := old.nextOf(typeCLA)
+	old.ack(r1, []string{webAuthority})
+
+	// Restart on changed content: the same history of writes, so the new
+	// process may well reach the same version string.
+	if code, _ := tr.Sigterm(); code != 0 {
+		t.Fatalf("tributary exited with %d", code)
+	}
+	tr.write(t, map[string][]endpointSpec{webAuthority: {{addr: "10.1.0.2:8080", zone: "zone-a"}}})
+	tr.restart(t)
+
+	for _, v := range []string{r1.GetVersionInfo(), "999999"} {
+		s := openADS(t, tr.XDS, testNode("rollback-"+v, "zone-a"))
+		s.request(typeCLA, v, r1.GetNonce(), []string{webAuthority}, "")
+		r := s.nextOf(typeCLA)
+		if got := clas(t, r)[webAuthority]; got == nil || !sameAddrs(got, "zone-a/0/10.1.0.2:8080") {
+			t.Errorf("a stream presenting version %q got %v; want the current state", v, addrs(got))
+		}
+		if v == r1.GetVersionInfo() {
+			t.Logf("before the restart the CLA was version %q; after it, %q", v, r.GetVersionInfo())
+		}
+		s.ack(r, []string{webAuthority})
+	}
+}
+
+// TestADSThousandClustersOnOneStream: one stream subscribes to the
+// clusters of 1,000 services by name (as a gRPC client with 1,000 targets
+// does), then to their endpoints, gets each exactly once, ACKs, and a
+// change to one service reaches it.
+func TestADSThousandClustersOnOneStream(t *testing.T) {
+	t.Parallel()
+	const n = 1000
+	svcs := manyServices(n, 20)
+	tr := startTributary(t, svcs, "")
+	s := openADS(t, tr.XDS, testNode("thousand", "zone-a"))
+
+	var clusterNames []string
+	for name := range svcs {
+		clusterNames = append(clusterNames, name)
+	}
+	s.request(typeCluster, "", "", clusterNames, "")
+	r := s.nextOf(typeCluster)
+	cs := clusters(t, r)
+	if len(cs) != n {
+		t.Fatalf("CDS for %d names: %d clusters", n, len(cs))
+	}
+	var names []string
+	for name, c := range cs {
+		if c.GetType() != clusterv3.Cluster_EDS || c.GetEdsClusterConfig().GetEdsConfig().GetAds() == nil {
+			t.Fatalf("cluster %s: type %v, eds config %v; want EDS over ADS", name, c.GetType(), c.GetEdsClusterConfig())
+		}
+		names = append(names, cmp.Or(c.GetEdsClusterConfig().GetServiceName(), name))
+	}
+	s.ack(r, clusterNames)
+
+	s.request(typeCLA, "", "", names, "")
+	seen := map[string]bool{}
+	for len(seen) < n {
+		r := s.nextOf(typeCLA)
+		for name, a := range clas(t, r) {
+			if seen[name] {
+				t.Fatalf("CLA %s sent twice before any change", name)
+			}
+			seen[name] = true
+			want := svcs[name]
+			if len(want) != 1 || !sameAddrs(a, "zone-a/0/"+want[0].addr) {
+				t.Fatalf("CLA %s: %v, want %v", name, addrs(a), want)
+			}
+		}
+		s.ack(r, names)
+	}
+
+	svcs["svc-7.many:80"] = []endpointSpec{{addr: "10.99.0.7:80", zone: "zone-a"}}
+	tr.write(t, svcs)
+	for {
+		r := s.nextOf(typeCLA)
+		got := clas(t, r)
+		s.ack(r, names)
+		if a := got["svc-7.many:80"]; a != nil {
+			if !sameAddrs(a, "zone-a/0/10.99.0.7:80") {
+				t.Fatalf("svc-7 after the change: %v", addrs(a))
+			}
+			break
+		}
+	}
+}
