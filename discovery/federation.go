@@ -137,6 +137,23 @@ func (f *Federation) Rule(a Authority) (FederationRule, bool) {
 	return cloneRule(r.rule), true
 }
 
+// RuleAuthorities returns the authorities the rules are written for,
+// sorted. Followers of the registry use it to find the authorities whose
+// view an alias's change affects.
+func (f *Federation) RuleAuthorities() []Authority {
+	if f == nil {
+		return nil
+	}
+	out := slices.Collect(maps.Keys(f.rules))
+	slices.SortFunc(out, func(x, y Authority) int {
+		if c := strings.Compare(x.Host, y.Host); c != 0 {
+			return c
+		}
+		return cmp.Compare(x.Port, y.Port)
+	})
+	return out
+}
+
 // Members returns the authorities whose endpoints serve a: a itself first,
 // then the aliases of its rule, without repeats. An alias written without a
 // port takes a's port. Without a rule it is just a. The slice is the

@@ -161,7 +161,10 @@ func (s *sourceSink) record(t *target, err error, took time.Duration) {
 	if t.st.heldDown(s.c.now()) {
 		args = append(args, "held_down_until", t.st.holdUntil, "flaps", t.st.flaps)
 	}
-	s.c.log.Debug("health check verdict changed", args...)
+	// INFO: a verdict turning critical evicts the endpoint (unless its
+	// service is in panic mode), and its recovery brings it back; both are
+	// rare, thanks to rise/fall and hold-down.
+	s.c.log.Info("health check verdict changed", args...)
 	for k := range t.keys {
 		s.dirty[k] = true
 	}
