@@ -139,39 +139,60 @@ func BenchmarkServiceRead(b *testing.B) {
 	}
 }
 
+// backlogGroup is service i of the large benchmarks, 10 endpoints, the
+// first with weight version+1.
+func backlogGroup(i, version int) discovery.Group {
+	eps := make([]discovery.Endpoint, benchEndpoints)
+	for j := range eps {
+		n := i*benchEndpoints + j
+		eps[j] = discovery.Endpoint{
+			Addr:   netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(n >> 16), byte(n >> 8), byte(n)}), 8080),
+			Weight: 10000,
+		}
+	}
+	eps[0].Weight = uint32(version + 1)
+	return discovery.Group{Key: fmt.Sprintf("svc-%d", i), Services: []discovery.Service{{
+		Authority: discovery.Authority{Host: fmt.Sprintf("svc-%d.demo.svc.cluster.local", i), Port: 8080},
+		Endpoints: eps,
+	}}}
+}
+
+const largeServices = 20000
+
+func largeState() []discovery.Group {
+	all := make([]discovery.Group, largeServices)
+	for i := range all {
+		all[i] = backlogGroup(i, 0)
+	}
+	return all
+}
+
+// BenchmarkApplyInitial is a source's first hand-over: 20,000 services x 10
+// endpoints into an empty store.
+func BenchmarkApplyInitial(b *testing.B) {
+	all := largeState()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := New().Apply("bench", all); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // BenchmarkApplyBacklog is a manager that fell behind a burst: 1,000 groups
 // of 10 endpoints, one weight changed in each, handed over at once to a
 // store of 20,000 services x 10 endpoints. Reported per Apply.
 func BenchmarkApplyBacklog(b *testing.B) {
-	const services, backlog = 20000, 1000
-	group := func(i, version int) discovery.Group {
-		eps := make([]discovery.Endpoint, benchEndpoints)
-		for j := range eps {
-			n := i*benchEndpoints + j
-			eps[j] = discovery.Endpoint{
-				Addr:   netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(n >> 16), byte(n >> 8), byte(n)}), 8080),
-				Weight: 10000,
-			}
-		}
-		eps[0].Weight = uint32(version + 1)
-		return discovery.Group{Key: fmt.Sprintf("svc-%d", i), Services: []discovery.Service{{
-			Authority: discovery.Authority{Host: fmt.Sprintf("svc-%d.demo.svc.cluster.local", i), Port: 8080},
-			Endpoints: eps,
-		}}}
-	}
+	const backlog = 1000
 	s := New()
-	all := make([]discovery.Group, services)
-	for i := range all {
-		all[i] = group(i, 0)
-	}
-	if _, err := s.Apply("bench", all); err != nil {
+	if _, err := s.Apply("bench", largeState()); err != nil {
 		b.Fatal(err)
 	}
 	batch := make([]discovery.Group, backlog)
 	b.ReportAllocs()
 	for n := 0; b.Loop(); n++ {
 		for k := range batch {
-			batch[k] = group((k*services/backlog+n)%services, n+1) // spread over the registry
+			batch[k] = backlogGroup((k*largeServices/backlog+n)%largeServices, n+1) // spread over the registry
 		}
 		if changed, err := s.Apply("bench", batch); err != nil || !changed {
 			b.Fatalf("Apply = %v, %v", changed, err)

@@ -212,14 +212,20 @@ func (s *Store) independent(provider string, plans []groupPlan) [][]int {
 		owner[host] = i
 	}
 	txn := s.db.Txn(false)
+	// A provider's first hand-over (a source's initial state) has no rows
+	// to look up.
+	held, err := txn.First(tableServices, indexGroup+prefix, providerQuery(provider))
+	if err != nil {
+		panic("cache: " + err.Error())
+	}
 	args := make([]any, 1)
 	for i := range plans {
 		p := &plans[i]
 		for _, w := range p.svcs {
 			claim(w.auth.Host, i)
 		}
-		for _, w := range p.eps {
-			claim(w.auth.Host, i) // plan gives every endpoint its service: for clarity only
+		if held == nil {
+			continue
 		}
 		args[0] = groupQuery{provider: provider, key: p.key}
 		it, err := txn.Get(tableServices, indexGroup, args...)
