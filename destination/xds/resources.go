@@ -2,6 +2,7 @@ package xds
 
 import (
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -64,7 +65,8 @@ func kindOf(typeURL string) (kind, bool) {
 func (k kind) fullState() bool { return k == kindListener || k == kindCluster }
 
 // IdentityMetadataKey is the filter_metadata key under which an endpoint's
-// identity is given: {"tributary": {"identity": "spiffe://…", "server_name": "…"}}.
+// identity and labels are given: {"tributary": {"identity": "spiffe://…",
+// "server_name": "…", "labels": {"k": "v"}}}.
 const IdentityMetadataKey = "tributary"
 
 // routerFilter is the HTTP router filter's name and its typed config, the
@@ -80,6 +82,10 @@ type view struct {
 	exists    bool
 	endpoints []*discovery.Endpoint // served (federation rules applied), by address
 	zone      string                // the clients' zone: decides the priorities
+
+	// endpointVersion is the ClusterLoadAssignment's version, "r" and the
+	// registry version, formatted once.
+	endpointVersion string
 
 	claOnce sync.Once
 	cla     *anypb.Any
@@ -97,6 +103,7 @@ func (s *Server) build(snap *cache.Snapshot, ws memdb.WatchSet, a discovery.Auth
 	}
 	v.endpoints = discovery.PreferZone(s.fed.Resolve(a, all), zone)
 	v.exists = v.exists || len(v.endpoints) > 0
+	v.endpointVersion = "r" + strconv.FormatUint(v.version, 10)
 	return v, v.version
 }
 
@@ -109,7 +116,7 @@ func (v *view) resourceVersion(k kind, s *Server) string {
 		return ""
 	}
 	if k == kindEndpoint {
-		return "r" + uitoa(v.version)
+		return v.endpointVersion
 	}
 	return s.staticVersion
 }
@@ -247,11 +254,19 @@ func (s *Server) upstreamTLS() *tlspb.UpstreamTlsContext {
 			},
 		}
 	default: // certificate_provider
+		// gRPC reads match_subject_alt_names (matched against every SAN),
+		// not the typed matchers Envoy prefers (grpc-go xdsresource,
+		// unmarshal_cds.go); a spiffe:// prefix only matches a URI SAN.
+		var untyped []*matcherpb.StringMatcher
+		for _, m := range san {
+			untyped = append(untyped, m.GetMatcher())
+		}
 		common.TlsCertificateProviderInstance = &tlspb.CertificateProviderPluginInstance{InstanceName: t.Certificate}
 		common.ValidationContextType = &tlspb.CommonTlsContext_ValidationContext{
 			ValidationContext: &tlspb.CertificateValidationContext{
 				CaCertificateProviderInstance: &tlspb.CertificateProviderPluginInstance{InstanceName: t.Validation},
-				MatchTypedSubjectAltNames:     san,
+				//lint:ignore SA1019 gRPC reads only this field (see above).
+				MatchSubjectAltNames: untyped,
 			},
 		}
 	}
@@ -314,13 +329,20 @@ func lbEndpoint(e *discovery.Endpoint) *endpointpb.LbEndpoint {
 		HealthStatus:        healthStatus(e.Health),
 		LoadBalancingWeight: wrapperspb.UInt32(e.EffectiveWeight()),
 	}
-	if e.Identity.Kind != discovery.IdentityNone {
-		ep.Metadata = &corepb.Metadata{FilterMetadata: map[string]*structpb.Struct{
-			IdentityMetadataKey: {Fields: map[string]*structpb.Value{
-				"identity":    structpb.NewStringValue(e.Identity.Name),
-				"server_name": structpb.NewStringValue(e.Identity.ServerName),
-			}},
-		}}
+	if e.Identity.Kind != discovery.IdentityNone || len(e.Labels) > 0 {
+		f := map[string]*structpb.Value{}
+		if e.Identity.Kind != discovery.IdentityNone {
+			f["identity"] = structpb.NewStringValue(e.Identity.Name)
+			f["server_name"] = structpb.NewStringValue(e.Identity.ServerName)
+		}
+		if len(e.Labels) > 0 {
+			l := make(map[string]*structpb.Value, len(e.Labels))
+			for k, v := range e.Labels {
+				l[k] = structpb.NewStringValue(v)
+			}
+			f["labels"] = structpb.NewStructValue(&structpb.Struct{Fields: l})
+		}
+		ep.Metadata = &corepb.Metadata{FilterMetadata: map[string]*structpb.Struct{IdentityMetadataKey: {Fields: f}}}
 	}
 	return ep
 }
@@ -338,18 +360,4 @@ func healthStatus(h discovery.Health) corepb.HealthStatus {
 	default:
 		return corepb.HealthStatus_UNKNOWN
 	}
-}
-
-func uitoa(v uint64) string {
-	var b [20]byte
-	i := len(b)
-	for {
-		i--
-		b[i] = byte('0' + v%10)
-		v /= 10
-		if v == 0 {
-			break
-		}
-	}
-	return string(b[i:])
 }

@@ -9,7 +9,6 @@ package xds
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -132,7 +131,10 @@ func (s *Server) Register(g *grpc.Server) {
 // connection closed (send timeout).
 func (s *Server) Listener(ln net.Listener) net.Listener { return s.conns.Listener(ln) }
 
-// Drain ends every stream with Unavailable and refuses new ones.
+// Drain refuses new streams with Unavailable; the open ones end when the
+// gRPC server stops (Stop: xDS streams never end by themselves, and their
+// clients reconnect to another replica), or with Unavailable at their next
+// request.
 func (s *Server) Drain() { s.drainNow() }
 
 // Wait returns once every stream and the goroutines that follow the
@@ -204,39 +206,28 @@ func (s *Server) run(ctx context.Context, delta bool, recv func() (request, erro
 	}
 	defer x.close()
 
-	reqs := make(chan request)
-	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			r, err := recv()
-			if err != nil {
-				recvErr <- err
-				return
-			}
-			select {
-			case reqs <- r:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
+	// The handler's goroutine reads and handles the requests; changes are
+	// sent by the fan-out engine's send jobs. A stream ends when its
+	// client leaves or its connection closes: a stalled client's (the
+	// stall watch), or every one when the gRPC server stops (after Drain).
 	for {
-		select {
-		case r := <-reqs:
-			if err := x.handle(r); err != nil {
-				return err
+		r, err := recv()
+		if err != nil {
+			select {
+			case ferr := <-x.failed:
+				return ferr
+			default:
 			}
-		case err := <-recvErr:
-			if status.Code(err) == codes.Canceled || errors.Is(err, context.Canceled) {
-				return nil
+			if s.drain.Err() != nil {
+				return status.Error(codes.Unavailable, "server is shutting down; reconnect")
 			}
-			return nil // io.EOF: the client closed its side
-		case err := <-x.failed:
-			return err
-		case <-ctx.Done():
-			return nil
-		case <-s.drain.Done():
+			return nil // io.EOF or a cancelled stream: the client left
+		}
+		if s.drain.Err() != nil {
 			return status.Error(codes.Unavailable, "server is shutting down; reconnect")
+		}
+		if err := x.handle(r); err != nil {
+			return err
 		}
 	}
 }
@@ -305,6 +296,7 @@ type typeState struct {
 	started  bool // a request of this type was seen
 	wildcard bool
 	names    map[string]uint8 // subscribed names → who asked (byName, byWildcard)
+	named    int              // names with byName
 	// gone are names the catalog dropped that a delta client must be
 	// told are removed.
 	gone []string
@@ -337,6 +329,38 @@ func (a *authSub) Send(_, cur *view) error {
 		}
 	}
 	return nil
+}
+
+// sameSubscription reports whether a request leaves t's subscription as
+// it is.
+func (t *typeState) sameSubscription(sotw *discoverypb.DiscoveryRequest, subscribe, unsubscribe []string, initial map[string]string) bool {
+	if sotw == nil {
+		return len(subscribe) == 0 && len(unsubscribe) == 0 && len(initial) == 0
+	}
+	names := sotw.GetResourceNames()
+	if len(names) == 0 {
+		return t.named == 0 && (!t.wildcard || t.kind.fullState())
+	}
+	if len(names) != t.named+btoi(t.wildcard) {
+		return false
+	}
+	for _, n := range names {
+		if n == "*" {
+			if !t.wildcard {
+				return false
+			}
+		} else if t.names[n]&byName == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func (t *typeState) subscribed(name string) bool {
@@ -428,6 +452,12 @@ func (x *stream) handle(r request) error {
 	}
 	first := !t.started
 	t.started = true
+	if !first && t.sameSubscription(r.sotw, subscribe, unsubscribe, initialVers) {
+		// An ACK or NACK that changes nothing: what changes is pushed by
+		// the fan-out engine, not answered here.
+		x.mu.Unlock()
+		return nil
+	}
 
 	// The subscription change: names are kept with who asked for them
 	// (named, or the wildcard's catalog); an authority is followed while
@@ -508,6 +538,13 @@ func (x *stream) setName(t *typeState, name string, by uint8, on bool, release *
 	nw := old &^ by
 	if on {
 		nw = old | by
+	}
+	if by == byName && nw != old {
+		if on {
+			t.named++
+		} else {
+			t.named--
+		}
 	}
 	switch {
 	case nw == old:
