@@ -30,6 +30,7 @@ import (
 	"github.com/tributary-mesh/tributary/destination/admin"
 	dnsedge "github.com/tributary-mesh/tributary/destination/dns"
 	"github.com/tributary-mesh/tributary/destination/policy"
+	"github.com/tributary-mesh/tributary/destination/served"
 	"github.com/tributary-mesh/tributary/destination/tlsauth"
 	"github.com/tributary-mesh/tributary/destination/xds"
 	"github.com/tributary-mesh/tributary/discovery"
@@ -117,6 +118,13 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, pprofOn bool) 
 	checker := activehealth.New(activehealth.Options{Workers: cfg.Checks.MaxConcurrentChecks, Sources: cfg.Checks.Sources, Logger: logger, Registerer: reg})
 	mgr := discovery.NewManager(store, instances, discovery.ManagerOptions{Logger: logger, WrapSink: checker.WrapSink})
 	reg.MustRegister(admin.NewSourceCollector(mgr.Status, store))
+	// Panic mode and health evictions, logged and counted as the registry
+	// changes (destination/served).
+	sourceNames := make([]string, len(instances))
+	for i, in := range instances {
+		sourceNames[i] = in.Config.Name
+	}
+	tracker := served.New(served.Options{Store: store, Federation: fed, Logger: logger, Registerer: reg, Sources: sourceNames})
 
 	var zoners nodeZoners
 	for _, in := range instances {
@@ -245,6 +253,7 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, pprofOn bool) 
 	errc := make(chan error, 3)
 	wg.Go(func() { mgr.Run(srcCtx) })
 	wg.Go(func() { checker.Run(srcCtx) })
+	wg.Go(func() { tracker.Run(srcCtx) })
 	wg.Go(func() {
 		if err := grpcServer.Serve(dest.Listener(grpcLn)); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			errc <- fmt.Errorf("destination API: %w", err)
@@ -287,13 +296,13 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, pprofOn bool) 
 	healthSrv.Shutdown()
 	dest.Drain()
 	if xdsServer != nil {
+		// ADS streams never end by themselves: closing them is the drain,
+		// and their clients reconnect to another replica.
 		xdsServer.Drain()
+		xdsGRPC.Stop()
 	}
 	stopped := make(chan struct{})
 	go func() {
-		if xdsGRPC != nil {
-			xdsGRPC.GracefulStop()
-		}
 		grpcServer.GracefulStop()
 		close(stopped)
 	}()
@@ -301,9 +310,6 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, pprofOn bool) 
 	case <-stopped:
 	case <-time.After(time.Until(deadline)):
 		logger.Warn("graceful stop timed out; closing connections")
-		if xdsGRPC != nil {
-			xdsGRPC.Stop()
-		}
 		grpcServer.Stop()
 		<-stopped
 	}
