@@ -43,6 +43,9 @@ type Options struct {
 	Impl   string
 	GCPBin string
 	Rounds int
+	// XDSDelta makes the xDS streams incremental (delta) instead of
+	// state of the world.
+	XDSDelta bool
 
 	// Bin is the tributary binary to start. Addr, Admin and Control
 	// instead attach to a running server whose config has a bench source
@@ -361,7 +364,7 @@ func (r *runner) newFleet(ctx context.Context) error {
 		paths[i] = s.Authority
 	}
 	if r.o.API == APIXDS {
-		r.fleet, err = NewXDSFleet(r.srv.XDS, r.o.Conns, paths)
+		r.fleet, err = NewXDSFleet(r.srv.XDS, r.o.Conns, paths, r.o.XDSDelta)
 	} else {
 		r.fleet, err = NewFleet(r.srv.API, r.o.Conns, paths)
 	}

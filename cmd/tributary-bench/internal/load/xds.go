@@ -34,13 +34,14 @@ import (
 const claType = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 
 // NewXDSFleet dials conns connections to an xDS server at addr; paths[i]
-// is the CLA name (authority) of service i.
-func NewXDSFleet(addr string, conns int, paths []string) (*Fleet, error) {
+// is the CLA name (authority) of service i; delta makes the streams
+// incremental (xds_delta.go).
+func NewXDSFleet(addr string, conns int, paths []string, delta bool) (*Fleet, error) {
 	f, err := NewFleet(addr, conns, paths)
 	if err != nil {
 		return nil, err
 	}
-	f.xds = &xdsState{views: make(map[string]*claView)}
+	f.xds = &xdsState{delta: delta, views: make(map[string]*claView)}
 	for _, cc := range f.conns {
 		f.ads = append(f.ads, discoverygrpc.NewAggregatedDiscoveryServiceClient(cc))
 	}
@@ -53,6 +54,9 @@ func NewXDSFleet(addr string, conns int, paths []string) (*Fleet, error) {
 // decoded once, which leaves the machine's CPU to the server under test.
 // Views are read-only once built.
 type xdsState struct {
+	// delta: the streams use incremental xDS (DeltaAggregatedResources).
+	delta bool
+
 	mu    sync.Mutex
 	views map[string]*claView
 	// unlabelled is set once a CLA's endpoints came without the bench
@@ -170,6 +174,15 @@ func findInStruct(s *structpb.Struct, key string, depth int) (string, bool) {
 func (f *Fleet) openXDS(w *watcher, conn int) {
 	w.openNs = time.Now().UnixNano()
 	client := f.ads[conn%len(f.ads)]
+	if f.xds.delta {
+		stream, err := f.subscribeDelta(client, w, conn)
+		if err != nil {
+			f.streamFailed(w, err)
+			return
+		}
+		f.wg.Go(func() { f.receiveDelta(w, client, conn, stream) })
+		return
+	}
 	stream, err := f.subscribeXDS(client, w, conn)
 	if err != nil {
 		f.streamFailed(w, err)
@@ -186,7 +199,7 @@ func (f *Fleet) subscribeXDS(client discoverygrpc.AggregatedDiscoveryServiceClie
 		return nil, err
 	}
 	req := &discoverygrpc.DiscoveryRequest{
-		Node:          &corev3.Node{Id: "tributary-bench-" + strconv.Itoa(conn), Cluster: "tributary-bench"},
+		Node:          benchNode(conn),
 		TypeUrl:       claType,
 		ResourceNames: []string{f.paths[w.svc]},
 	}
@@ -194,6 +207,34 @@ func (f *Fleet) subscribeXDS(client discoverygrpc.AggregatedDiscoveryServiceClie
 		return nil, err
 	}
 	return stream, nil
+}
+
+// benchNode is the node of the streams of connection conn (no zone: the
+// bench's endpoints have none).
+func benchNode(conn int) *corev3.Node {
+	return &corev3.Node{Id: "tributary-bench-" + strconv.Itoa(conn), Cluster: "tributary-bench"}
+}
+
+// retryRefused handles a stream's receive error: a refusal
+// (ResourceExhausted) before the first response waits for the delay the
+// server asks for and reports true (subscribe again); anything else marks
+// the stream failed and reports false.
+func (f *Fleet) retryRefused(w *watcher, err error) bool {
+	if w.started || status.Code(err) != codes.ResourceExhausted || f.ctx.Err() != nil {
+		f.streamFailed(w, err)
+		return false
+	}
+	f.refused.Add(1)
+	w.mu.Lock()
+	w.refused++
+	w.mu.Unlock()
+	delay := retryDelay(err)
+	select {
+	case <-f.ctx.Done():
+		return false
+	case <-time.After(delay + rand.N(delay/2+1)):
+	}
+	return true
 }
 
 // receiveXDS replays a stream until it ends, ACKing every response. A
@@ -205,19 +246,8 @@ func (f *Fleet) receiveXDS(w *watcher, client discoverygrpc.AggregatedDiscoveryS
 		r, err := stream.Recv()
 		now := time.Now().UnixNano()
 		if err != nil {
-			if w.started || status.Code(err) != codes.ResourceExhausted || f.ctx.Err() != nil {
-				f.streamFailed(w, err)
+			if !f.retryRefused(w, err) {
 				return
-			}
-			f.refused.Add(1)
-			w.mu.Lock()
-			w.refused++
-			w.mu.Unlock()
-			delay := retryDelay(err)
-			select {
-			case <-f.ctx.Done():
-				return
-			case <-time.After(delay + rand.N(delay/2+1)):
 			}
 			if stream, err = f.subscribeXDS(client, w, conn); err != nil {
 				f.streamFailed(w, err)
@@ -271,6 +301,13 @@ func (f *Fleet) applyXDS(w *watcher, r *discoverygrpc.DiscoveryResponse, now int
 	if r.GetVersionInfo() == "" || r.GetNonce() == "" {
 		f.violation(w, "response without version or nonce")
 	}
+	return f.applyCLA(w, view, false, now), nil
+}
+
+// applyCLA folds a received CLA (nil: none; removed: the server said it
+// no longer exists) into w, and records the latencies of the changes it
+// brings; it reports whether it was the stream's first response.
+func (f *Fleet) applyCLA(w *watcher, view *claView, removed bool, now int64) (first bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	first = !w.started
@@ -279,10 +316,10 @@ func (f *Fleet) applyXDS(w *watcher, r *discoverygrpc.DiscoveryResponse, now int
 		// SotW EDS may omit a resource that did not change (the spec lets a
 		// server send only what changed for EDS); before any CLA, though,
 		// the stream has nothing: the service does not exist.
-		if first {
+		if first || removed {
 			w.exists, w.eps = false, nil
 		}
-		return first, nil
+		return first
 	}
 	if view.bad != "" {
 		f.violation(w, view.bad)
@@ -293,7 +330,7 @@ func (f *Fleet) applyXDS(w *watcher, r *discoverygrpc.DiscoveryResponse, now int
 	old := w.eps
 	w.exists, w.eps = true, view.eps // shared and read-only
 	if first {
-		return true, nil
+		return true
 	}
 	for k, e := range view.eps {
 		if e.seq == 0 {
@@ -307,5 +344,5 @@ func (f *Fleet) applyXDS(w *watcher, r *discoverygrpc.DiscoveryResponse, now int
 			f.rec.record(ts, now)
 		}
 	}
-	return false, nil
+	return false
 }

@@ -47,6 +47,7 @@ var compareKeys = []string{"p50_ms", "p99_ms", "server_cpu_us_per_delivery", "me
 func (r *runner) steadyXDS(ctx context.Context) error {
 	rounds := max(r.o.Rounds, 1)
 	r.res.Set("api", APIXDS)
+	r.res.Set("xds_protocol", map[bool]string{false: "sotw", true: "delta"}[r.o.XDSDelta])
 	r.res.Set("rounds", rounds)
 	if r.o.attach() {
 		return errors.New("--api xds starts both servers itself: --addr/--admin/--control are not supported")
@@ -83,7 +84,7 @@ func (r *runner) steadyXDS(ctx context.Context) error {
 	for _, k := range compareKeys {
 		t, okT := r.res.values[k].(float64)
 		g, okG := r.res.values[gcpPrefix+k].(float64)
-		if okT && okG && g > 0 {
+		if okT && okG && g > 0 && t > 0 {
 			r.res.Set("vs_gcp_"+k, t/g)
 		}
 	}

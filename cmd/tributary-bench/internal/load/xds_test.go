@@ -172,3 +172,44 @@ func TestCheckXDSOptions(t *testing.T) {
 		t.Error("ramp --api xds accepted")
 	}
 }
+
+func deltaResponse(t *testing.T, nonce, name string, removed bool, eps ...*endpointv3.LbEndpoint) *discoverygrpc.DeltaDiscoveryResponse {
+	t.Helper()
+	r := &discoverygrpc.DeltaDiscoveryResponse{TypeUrl: claType, Nonce: nonce}
+	if removed {
+		r.RemovedResources = []string{name}
+		return r
+	}
+	a, err := anypb.New(&endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointv3.LocalityLbEndpoints{{LbEndpoints: eps}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Resources = []*discoverygrpc.Resource{{Name: name, Version: nonce, Resource: a}}
+	return r
+}
+
+func TestApplyDeltaReplaysRemovalsAndLatency(t *testing.T) {
+	f, w := xdsTestFleet()
+	h := f.rec.begin(1000)
+	if first, err := f.applyDelta(w, deltaResponse(t, "1", "svc-0.bench:8080", false, xep(1, 10000, 0, 500, true)), 2000); !first || err != nil {
+		t.Fatalf("first=%v err=%v", first, err)
+	}
+	f.applyDelta(w, deltaResponse(t, "2", "svc-0.bench:8080", false, xep(2, 10000, 3, 2500, true)), 3000)
+	if h.Count() != 1 || h.Max() != 500 {
+		t.Errorf("latencies: count %d max %d", h.Count(), h.Max())
+	}
+	if lost, ex, _ := f.Verify(truthOf(te(2, 10000, 3))); lost != 0 {
+		t.Errorf("lost %d: %v", lost, ex)
+	}
+	f.applyDelta(w, deltaResponse(t, "3", "svc-0.bench:8080", true), 4000)
+	if lost, ex, _ := f.Verify(truthOf(te(2, 10000, 3))); lost != 1 || !strings.Contains(ex[0], "does not exist") {
+		t.Errorf("after a removal: lost %d %v", lost, ex)
+	}
+	if f.contract.Load() != 0 {
+		t.Errorf("violations: %v", f.Examples())
+	}
+	f.applyDelta(w, deltaResponse(t, "", "other:80", false, xep(1, 1, 0, 0, true)), 5000)
+	if f.contract.Load() != 2 {
+		t.Errorf("a resource not subscribed to, without a nonce: %d violations, want 2", f.contract.Load())
+	}
+}
