@@ -73,6 +73,7 @@ type flags struct {
 	api, gcpBin                string
 	rounds                     int
 	quick, keep, quiet         bool
+	xdsDelta                   bool
 	jsonPath, cpuprofile       string
 	clientProfile, heapProfile string
 
@@ -109,6 +110,7 @@ func newFlags(stderr io.Writer) *flags {
 	fs.IntVar(&f.endpoints, "endpoints", 0, "E: endpoints per service")
 	fs.StringVar(&f.api, "api", "destination", "steady: the streams' API, destination (Get) or xds (ADS/EDS, against go-control-plane too)")
 	fs.StringVar(&f.gcpBin, "gcp-bin", "", "--api xds: go-control-plane comparison server (default: built from tools/gcp-xds-v0.14.0)")
+	fs.BoolVar(&f.xdsDelta, "xds-delta", false, "--api xds: incremental (delta) ADS streams instead of state of the world")
 	fs.IntVar(&f.rounds, "rounds", 0, "--api xds: turns of each server, alternated (default 1); figures are medians")
 	fs.StringVar(&f.host, "host", "", "bench authority pattern with one %d (default svc-%d.bench:8080)")
 	fs.Uint64Var(&f.seed, "seed", 0, "seed of the bench source's changes")
@@ -215,6 +217,8 @@ func (f *flags) options(workload string) (load.Options, error) {
 			o.GCPBin = f.gcpBin
 		case "rounds":
 			o.Rounds = f.rounds
+		case "xds-delta":
+			o.XDSDelta = f.xdsDelta
 		}
 	})
 	return o, errors.Join(errs...)
