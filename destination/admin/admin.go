@@ -6,16 +6,15 @@ package admin
 import (
 	"encoding/json"
 	"fmt"
-	"html/template"
 	"net/http"
 	"net/http/pprof"
-	"sort"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tributary-mesh/tributary/cache"
+	"github.com/tributary-mesh/tributary/destination/served"
 	"github.com/tributary-mesh/tributary/discovery"
 )
 
@@ -33,6 +32,12 @@ type Options struct {
 	Version string
 	// Pprof mounts /debug/pprof/ when true.
 	Pprof bool
+	// Federation is what the edges serve with; the API's explain view
+	// runs it. nil: no rules, default priorities.
+	Federation *discovery.Federation
+	// Panicking lists the authorities in panic mode (a served.Tracker's
+	// Panicking); nil: not tracked.
+	Panicking func() []served.Panic
 }
 
 // Handler is the admin HTTP handler. SetDraining makes /readyz fail, which
@@ -45,14 +50,18 @@ type Handler struct {
 
 // New builds the handler.
 func New(opts Options) *Handler {
+	if opts.Federation == nil {
+		opts.Federation, _ = discovery.NewFederation(nil, nil)
+	}
 	h := &Handler{opts: opts}
 	mux := http.NewServeMux()
+	h.routeAPI(mux)
+	h.routeUI(mux)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", h.readyz)
 	mux.HandleFunc("GET /debug/registry", h.registry)
 	mux.HandleFunc("GET /debug/sources", h.sources)
-	mux.HandleFunc("GET /{$}", h.index)
 	if opts.Pprof {
 		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
@@ -188,40 +197,12 @@ func (h *Handler) sources(w http.ResponseWriter, _ *http.Request) {
 
 func writeJSON(w http.ResponseWriter, v any) {
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	writeJSONBody(w, v)
+}
+
+func writeJSONBody(w http.ResponseWriter, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	_ = enc.Encode(v)
-}
-
-var indexTmpl = template.Must(template.New("index").Parse(`<!doctype html>
-<html><head><meta charset="utf-8"><title>Tributary</title>
-<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}.bad{color:#b00}</style>
-</head><body>
-<h1>Tributary {{.Version}}</h1>
-<p>{{if .Ready}}Ready{{else}}<span class="bad">Not ready</span>{{end}} ·
-<a href="/metrics">metrics</a> · <a href="/debug/registry">registry (JSON)</a> · <a href="/debug/sources">sources (JSON)</a> · <a href="/readyz">readyz</a></p>
-<h2>Sources</h2>
-<table><tr><th>name</th><th>kind</th><th>synced</th><th>stale</th><th>keys</th><th>services</th><th>endpoints</th><th>last error</th></tr>
-{{range .Sources}}<tr><td>{{.Name}}</td><td>{{.Kind}}</td><td>{{.Synced}}</td><td{{if .Stale}} class="bad"{{end}}>{{.Stale}}</td><td>{{.Keys}}</td><td>{{.Services}}</td><td>{{.Endpoints}}</td><td>{{.LastError}}</td></tr>
-{{end}}</table>
-</body></html>`))
-
-type sourceRow struct {
-	discovery.SourceStatus
-	cache.ProviderStats
-}
-
-func (h *Handler) index(w http.ResponseWriter, _ *http.Request) {
-	stats := h.opts.Store.Snapshot().Providers()
-	var rows []sourceRow
-	for _, s := range h.status() {
-		rows = append(rows, sourceRow{s, stats[s.Name]})
-	}
-	sort.Slice(rows, func(i, j int) bool { return rows[i].Name < rows[j].Name })
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	_ = indexTmpl.Execute(w, map[string]any{
-		"Version": h.opts.Version,
-		"Ready":   h.synced() && !h.draining.Load(),
-		"Sources": rows,
-	})
 }

@@ -100,7 +100,7 @@ func TestMetricsAndStatusPage(t *testing.T) {
 		}
 	}
 	code, page := get(t, srv.URL+"/")
-	if code != 200 || !strings.Contains(page, "<td>east</td>") || !strings.Contains(page, "Tributary test") {
+	if code != 200 || !strings.Contains(page, `<script src="/ui/app.js" defer></script>`) {
 		t.Fatalf("status page %d:\n%s", code, page)
 	}
 	if code, _ := get(t, srv.URL+"/debug/pprof/"); code != 404 {

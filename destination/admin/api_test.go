@@ -1,0 +1,255 @@
+package admin
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/tributary-mesh/tributary/cache"
+	"github.com/tributary-mesh/tributary/discovery"
+)
+
+func getAPI[T any](t *testing.T, url string, wantCode int) T {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != wantCode {
+		t.Fatalf("%s: %d, want %d", url, resp.StatusCode, wantCode)
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+		t.Fatalf("%s: content type %q", url, ct)
+	}
+	var v T
+	if err := json.NewDecoder(resp.Body).Decode(&v); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestAPISourcesStates(t *testing.T) {
+	srv, _, synced, statuses := setup(t)
+	close(synced)
+	failed := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
+	*statuses = append(*statuses,
+		discovery.SourceStatus{Name: "a-new", Kind: "consul"},
+		discovery.SourceStatus{Name: "b-down", Kind: "etcd", LastError: "dial: refused", LastErrorTime: failed},
+		discovery.SourceStatus{Name: "c-ok", Kind: "file", Synced: true})
+	v := getAPI[SourcesAPI](t, srv.URL+"/api/v1/sources", 200)
+	got := map[string]SourceAPI{}
+	for _, s := range v.Sources {
+		got[s.Name] = s
+	}
+	if !v.Ready || v.Version != "test" || len(v.Sources) != 4 || v.Sources[0].Name != "a-new" {
+		t.Fatalf("%+v", v)
+	}
+	for name, want := range map[string]string{"east": StateStale, "a-new": StateSyncing, "b-down": StateFailing, "c-ok": StateSynced} {
+		if got[name].State != want {
+			t.Errorf("%s: state %q, want %q", name, got[name].State, want)
+		}
+	}
+	if e := got["east"]; e.Endpoints != 1 || e.Services != 1 || e.Keys != 1 || e.LastError != "f1:3: bad" {
+		t.Errorf("east: %+v", e)
+	}
+	if !got["b-down"].LastErrorTime.Equal(failed) {
+		t.Errorf("last error time %v", got["b-down"].LastErrorTime)
+	}
+	if v.Panicking != nil {
+		t.Errorf("panicking without a tracker: %v", v.Panicking)
+	}
+}
+
+func manyServices(t testing.TB, n int) *cache.Store {
+	t.Helper()
+	store := cache.New()
+	groups := make([]discovery.Group, 0, n)
+	for i := range n {
+		a := discovery.Authority{Host: fmt.Sprintf("svc-%06d.demo", i), Port: 8080}
+		h := discovery.HealthPassing
+		if i%10 == 0 {
+			h = discovery.HealthCritical
+		}
+		groups = append(groups, discovery.Group{Key: a.Host, Services: []discovery.Service{{Authority: a, Endpoints: []discovery.Endpoint{
+			{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 8080), Health: h},
+			{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{11, byte(i >> 16), byte(i >> 8), byte(i)}), 8080), Health: discovery.HealthPassing},
+		}}}})
+	}
+	if _, err := store.Apply("bench", groups); err != nil {
+		t.Fatal(err)
+	}
+	// A second source asserts one of them too: listed once, with both.
+	if _, err := store.Apply("other", []discovery.Group{{Key: "x", Services: []discovery.Service{{Authority: discovery.Authority{Host: "svc-000007.demo", Port: 8080}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	return store
+}
+
+func TestAPIServicesSearchAndPages(t *testing.T) {
+	h := New(Options{Store: manyServices(t, 1000), Gatherer: prometheus.NewRegistry()})
+	srv := newServer(t, h)
+	v := getAPI[ServicesAPI](t, srv+"/api/v1/services?limit=10&offset=5", 200)
+	if v.Total != 1000 || len(v.Services) != 10 || v.Services[0].Authority != "svc-000005.demo:8080" {
+		t.Fatalf("page: total %d, %d services, first %+v", v.Total, len(v.Services), v.Services)
+	}
+	s7 := v.Services[2]
+	if s7.Authority != "svc-000007.demo:8080" || strings.Join(s7.Sources, ",") != "bench,other" || s7.Endpoints != 2 || s7.BySource["bench"] != 2 {
+		t.Fatalf("svc 7: %+v", s7)
+	}
+	// Search is a case-insensitive substring of host:port.
+	v = getAPI[ServicesAPI](t, srv+"/api/v1/services?q=SVC-0001", 200)
+	if v.Total != 100 || len(v.Services) != defaultLimit || v.Services[0].Authority != "svc-000100.demo:8080" {
+		t.Fatalf("search: total %d first %+v", v.Total, v.Services[0])
+	}
+	// svc-000100 has one critical endpoint of two: evicted, not panic.
+	if s := v.Services[0]; s.Served != 1 || s.ByHealth["critical"] != 1 || s.ByHealth["passing"] != 1 || s.Panic {
+		t.Fatalf("svc 100: %+v", s)
+	}
+	v = getAPI[ServicesAPI](t, srv+"/api/v1/services?q=nothing-like-it", 200)
+	if v.Total != 0 || v.Services == nil || len(v.Services) != 0 {
+		t.Fatalf("no match: %+v", v)
+	}
+	v = getAPI[ServicesAPI](t, srv+"/api/v1/services?offset=995", 200)
+	if len(v.Services) != 5 {
+		t.Fatalf("last page: %d", len(v.Services))
+	}
+	for _, bad := range []string{"limit=-1", "limit=x", "offset=-3", "limit=100000", "q=" + strings.Repeat("a", 300)} {
+		e := getAPI[ErrorAPI](t, srv+"/api/v1/services?"+bad, 400)
+		if e.Error == "" {
+			t.Errorf("%s: no error message", bad)
+		}
+	}
+	getAPI[ErrorAPI](t, srv+"/api/v2/services", 404)
+}
+
+func newServer(t *testing.T, h http.Handler) string {
+	t.Helper()
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// TestAPIServicesCostAt100k logs what a search and a page cost with
+// 100,000 services (not asserted: timings are noisy).
+func TestAPIServicesCostAt100k(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fills a registry of 100,000 services")
+	}
+	h := New(Options{Store: manyServices(t, 100_000), Gatherer: prometheus.NewRegistry()})
+	for _, q := range []string{"", "svc-09999", "no-such"} {
+		start := time.Now()
+		const runs = 5
+		var v ServicesAPI
+		for range runs {
+			v = h.Services(q, 50_000, 50)
+		}
+		t.Logf("100,000 services, q=%q offset=50000 limit=50: total %d, %v per request", q, v.Total, time.Since(start)/runs)
+	}
+}
+
+func TestAPIServiceExplains(t *testing.T) {
+	store := cache.New()
+	web := discovery.Authority{Host: "web.demo", Port: 8080}
+	ep := func(a string, h discovery.Health, zone string, hints ...string) discovery.Endpoint {
+		return discovery.Endpoint{Addr: netip.MustParseAddrPort(a), Health: h, Zone: zone, ForZones: hints,
+			Labels: map[string]string{"note": "<script>alert(1)</script>"}}
+	}
+	if _, err := store.Apply("k8s", []discovery.Group{{Key: "s", Services: []discovery.Service{{Authority: web, Endpoints: []discovery.Endpoint{
+		ep("10.0.0.1:8080", discovery.HealthPassing, "z1", "z1"),
+		ep("10.0.0.2:8080", discovery.HealthPassing, "z2", "z2"),
+		ep("10.0.0.3:8080", discovery.HealthCritical, "z2", "z2"),
+	}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Apply("file", []discovery.Group{{Key: "f", Services: []discovery.Service{{Authority: web, Endpoints: []discovery.Endpoint{
+		ep("10.0.0.1:8080", discovery.HealthPassing, "z1", "z1"),
+	}}}}}); err != nil {
+		t.Fatal(err)
+	}
+	fed, err := discovery.NewFederation(nil, map[string]int{"k8s": 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	status := func() []discovery.SourceStatus {
+		return []discovery.SourceStatus{{Name: "k8s", Synced: true}, {Name: "file", Synced: true, Stale: true}}
+	}
+	srv := newServer(t, New(Options{Store: store, Federation: fed, Status: status, Gatherer: prometheus.NewRegistry()}))
+
+	v := getAPI[ServiceAPI](t, srv+"/api/v1/services/web.demo:8080?zone=z1", 200)
+	if !v.Exists || v.Served != 1 || !v.ZoneHints || v.Panic || strings.Join(v.Zones, ",") != "z1,z2" || len(v.Endpoints) != 4 {
+		t.Fatalf("%+v", v)
+	}
+	reasons := map[string]string{}
+	for _, e := range v.Endpoints {
+		reasons[e.Address+"/"+e.Source] = e.Reason
+	}
+	want := map[string]string{
+		"10.0.0.1:8080/k8s":  "served",
+		"10.0.0.1:8080/file": "duplicate",
+		"10.0.0.2:8080/k8s":  "zone_hint",
+		"10.0.0.3:8080/k8s":  "critical",
+	}
+	for k, r := range want {
+		if reasons[k] != r {
+			t.Errorf("%s: %q, want %q (%v)", k, reasons[k], r, reasons)
+		}
+	}
+	if e := v.Endpoints[0]; !e.Served || e.Labels["note"] != "<script>alert(1)</script>" {
+		t.Errorf("first endpoint %+v", e)
+	}
+	for _, e := range v.Endpoints {
+		if e.Source == "file" && (!e.Stale || e.WinnerSource != "k8s" || !strings.Contains(e.Why, "stale")) {
+			t.Errorf("file's endpoint: %+v", e)
+		}
+	}
+	// Without a zone, hints do not apply.
+	v = getAPI[ServiceAPI](t, srv+"/api/v1/services/web.demo:8080", 200)
+	if v.Served != 2 || v.ZoneHints {
+		t.Fatalf("no zone: %+v", v)
+	}
+	v = getAPI[ServiceAPI](t, srv+"/api/v1/services/nope.demo:1", 200)
+	if v.Exists || v.Served != 0 || len(v.Endpoints) != 0 {
+		t.Fatalf("unknown: %+v", v)
+	}
+	for _, bad := range []string{"bad%20host:80", "web.demo:99999", "a..b"} {
+		if e := getAPI[ErrorAPI](t, srv+"/api/v1/services/"+bad, 400); !strings.Contains(e.Error, "invalid authority") {
+			t.Errorf("%s: %q", bad, e.Error)
+		}
+	}
+}
+
+func TestStatusPageHeaders(t *testing.T) {
+	srv, _, _, _ := setup(t)
+	for _, path := range []string{"/", "/ui/app.js", "/ui/app.css"} {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.Header.Get("Content-Security-Policy") != ContentSecurityPolicy ||
+			resp.Header.Get("X-Content-Type-Options") != "nosniff" {
+			t.Errorf("%s: %d %v", path, resp.StatusCode, resp.Header)
+		}
+	}
+	if !strings.Contains(ContentSecurityPolicy, "script-src 'self'") || strings.Contains(ContentSecurityPolicy, "unsafe") {
+		t.Errorf("CSP %q", ContentSecurityPolicy)
+	}
+	// No inline script and no innerHTML in the page's own files.
+	for _, f := range []string{"ui/index.html", "ui/app.js"} {
+		b, err := uiFiles.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(b), "innerHTML") || strings.Contains(string(b), "<script>") {
+			t.Errorf("%s has innerHTML or an inline script", f)
+		}
+	}
+}
