@@ -331,7 +331,7 @@ func TestADSVersionFromAnotherServerLife(t *testing.T) {
 // TestADSThousandClustersOnOneStream: one stream subscribes to the
 // clusters of 1,000 services by name (as a gRPC client with 1,000 targets
 // does), then to their endpoints, gets each exactly once, ACKs, and a
-// change to one service reaches it.
+// change to one service reaches it; a wildcard CDS stream gets all 1,000.
 func TestADSThousandClustersOnOneStream(t *testing.T) {
 	t.Parallel()
 	const n = 1000
@@ -374,6 +374,15 @@ func TestADSThousandClustersOnOneStream(t *testing.T) {
 		}
 		s.ack(r, names)
 	}
+
+	// A wildcard CDS subscription (Envoy's) on another stream: all 1,000.
+	wild := openADS(t, tr.XDS, testNode("thousand-wildcard", "zone-a"))
+	wild.request(typeCluster, "", "", nil, "")
+	wr := wild.nextOf(typeCluster)
+	if got := len(clusters(t, wr)); got != n {
+		t.Fatalf("CDS wildcard: %d clusters, want %d", got, n)
+	}
+	wild.ack(wr, nil)
 
 	svcs["svc-7.many:80"] = []endpointSpec{{addr: "10.99.0.7:80", zone: "zone-a"}}
 	tr.write(t, svcs)
