@@ -87,12 +87,15 @@ fuzz:
 
 ## bench: micro-benchmarks, then the workloads against the real binary and
 ## real peers (docs/performance.md). BENCH=Steady runs one fan-out workload
-## (Steady, HotFanout, Ramp, Idle, Storm).
+## (Steady, HotFanout, Ramp, Idle, Storm). Last, the steady workload over xDS
+## (EDS with ACKs) on tributary and on go-control-plane v0.14.0, alternated.
 BENCH ?= .
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./cache/ ./destination/ ./discovery/
 	TRIBUTARY_BIN=$(CURDIR)/$(BIN) $(GO) test -tags integration -run '^$$' -bench '$(BENCH)' -benchtime 1x -timeout 30m ./integration/bench/
 	TRIBUTARY_BIN=$(CURDIR)/$(BIN) $(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout 30m ./integration/health/ ./integration/consul/ ./integration/kubernetes/ ./integration/dns/ ./integration/register/
+	$(GO) build -o bin/tributary-bench ./cmd/tributary-bench
+	bin/tributary-bench steady --api xds --bin $(BIN)
 
 ## soak: long runs with every correctness check on: the steady workload at
 ## 50,000 streams for 10 minutes, reconnect storms, and 10 minutes of fuzzing per target.
