@@ -200,6 +200,7 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, pprofOn bool) 
 
 	adminHandler := admin.New(admin.Options{
 		Store: store, Status: mgr.Status, Gatherer: reg, Synced: mgr.Synced(), Version: version, Pprof: pprofOn,
+		Federation: fed, Panicking: tracker.Panicking,
 	})
 
 	grpcLn, err := net.Listen("tcp", cfg.Server.Listen)
