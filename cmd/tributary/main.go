@@ -3,6 +3,7 @@
 //	tributary serve --config FILE      run the server
 //	tributary watch AUTHORITY          print a Get stream as a proxy sees it
 //	tributary status                   print the sources and the largest services
+//	tributary explain AUTHORITY        print what is served for AUTHORITY, and why
 //	tributary check FILE...            validate a config or services file
 //	tributary register …               register an endpoint and keep it alive
 //	tributary registrations            list the registrations
@@ -33,6 +34,9 @@ commands:
         print the stream a proxy receives for AUTHORITY (host:port) as a table
   status [--admin ADDR] [--top N]
         print the sources and the largest services (exit 3: a source is not up)
+  explain AUTHORITY [--zone Z] [--json] [--admin ADDR]
+        print every endpoint of AUTHORITY, whether a client in zone Z receives
+        it, and why (exit 3: nothing served)
   check FILE...
         validate config files (and the services files they name) or services
         files; errors as file:line
@@ -66,6 +70,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return watchCmd(rest, stdout, stderr)
 	case "status":
 		return statusCmd(rest, stdout, stderr)
+	case "explain":
+		return explainCmd(rest, stdout, stderr)
 	case "check":
 		return checkCmd(rest, stdout, stderr)
 	case "register":

@@ -114,7 +114,7 @@ func TestRun(t *testing.T) {
 		{name: "watch missing CA", args: []string{"watch", "--ca", "missing.pem", "web:80"}, code: 2, stderr: "tributary watch: --ca: open missing.pem"},
 
 		{name: "status with arguments", args: []string{"status", "web:80"}, code: 2, stderr: "usage: tributary status [flags]"},
-		{name: "status unreachable", args: []string{"status", "--admin", closed}, code: 1, stderr: "tributary status: Get \"http://" + closed + "/debug/registry\""},
+		{name: "status unreachable", args: []string{"status", "--admin", closed}, code: 1, stderr: "tributary status: Get \"http://" + closed + "/api/v1/sources\""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -7,20 +7,20 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	adminpkg "github.com/tributary-mesh/tributary/destination/admin"
-	"github.com/tributary-mesh/tributary/discovery"
 )
 
 const statusUsage = `usage: tributary status [flags]
 
 Prints the server's sources (kind, state, endpoints, last success, last
-error) and its largest services (endpoints by health and by source), read
-from the admin JSON API (/debug/sources, /debug/registry).
+error), the authorities in panic mode, and its largest services (endpoints
+by health and by source), read from the admin JSON API (/api/v1/sources,
+/api/v1/services?sort=endpoints; docs/status-page.md).
 
 Exit codes: 0 every source is synced and up, 3 the server answered but a
 source is not synced, stale or withdrawn (stale_after), 1 the admin API
@@ -46,7 +46,7 @@ func statusCmd(args []string, stdout, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	if fs.NArg() != 0 || *top < 0 {
+	if fs.NArg() != 0 || *top < 0 || *top > 1000 {
 		fs.Usage()
 		return 2
 	}
@@ -57,32 +57,34 @@ func statusCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	var reg adminpkg.RegistryJSON
-	if err := adminGet(ctx, adminClient(cfg), *admin, "/debug/registry", &reg); err != nil {
+	client := adminClient(cfg)
+	var sources adminpkg.SourcesAPI
+	if err := adminGet(ctx, client, *admin, "/api/v1/sources", &sources); err != nil {
 		fmt.Fprintln(stderr, "tributary status:", err)
 		return 1
 	}
-	if printStatus(stdout, reg, *top, time.Now()) {
+	var services *adminpkg.ServicesAPI
+	if *top > 0 {
+		services = &adminpkg.ServicesAPI{}
+		if err := adminGet(ctx, client, *admin, "/api/v1/services?sort=endpoints&limit="+strconv.Itoa(*top), services); err != nil {
+			fmt.Fprintln(stderr, "tributary status:", err)
+			return 1
+		}
+	}
+	if printStatus(stdout, sources, services, time.Now()) {
 		return 0
 	}
 	return exitDegraded
 }
 
-// printStatus writes the sources and the top largest services; it reports
-// whether every source is synced and up.
-func printStatus(out io.Writer, reg adminpkg.RegistryJSON, top int, now time.Time) bool {
-	endpoints := map[string]int{}
-	services := map[string]int{}
-	for _, s := range reg.Services {
-		endpoints[s.Source] += len(s.Endpoints)
-		services[s.Source]++
-	}
+// printStatus writes the sources, the authorities in panic mode and the
+// largest services (when services is not nil); it reports whether every
+// source is synced and up.
+func printStatus(out io.Writer, sources adminpkg.SourcesAPI, services *adminpkg.ServicesAPI, now time.Time) bool {
 	healthy := true
 	t := &columns{}
 	t.add("SOURCE", "KIND", "STATE", "SERVICES", "ENDPOINTS", "LAST SUCCESS", "LAST ERROR")
-	srcs := append([]discovery.SourceStatus(nil), reg.Sources...)
-	sort.Slice(srcs, func(i, j int) bool { return srcs[i].Name < srcs[j].Name })
-	for _, s := range srcs {
+	for _, s := range sources.Sources {
 		state := "up"
 		switch {
 		case s.Expired:
@@ -108,57 +110,36 @@ func printStatus(out io.Writer, reg adminpkg.RegistryJSON, top int, now time.Tim
 		if !s.LastSuccess.IsZero() {
 			last = ago(now, s.LastSuccess)
 		}
-		t.add(s.Name, s.Kind, state, fmt.Sprint(services[s.Name]), fmt.Sprint(endpoints[s.Name]), last, lastErr)
+		t.add(s.Name, s.Kind, state, fmt.Sprint(s.Services), fmt.Sprint(s.Endpoints), last, lastErr)
 	}
 	t.write(out)
-	if top == 0 {
+	if len(sources.Panicking) > 0 {
+		fmt.Fprintf(out, "\n%d in panic mode (critical endpoints served too):\n", len(sources.Panicking))
+		t = &columns{}
+		t.add("AUTHORITY", "SERVING", "SINCE")
+		for _, p := range sources.Panicking {
+			t.add(p.Authority, fmt.Sprintf("%d of %d", p.Serving, p.Addresses), ago(now, p.Since))
+		}
+		t.write(out)
+	}
+	if services == nil {
 		return healthy
 	}
 
 	// The largest services: a service is an authority, across sources.
-	type svc struct {
-		authority string
-		total     int
-		health    map[string]int
-		sources   map[string]int
-	}
-	byAuth := map[string]*svc{}
-	for _, s := range reg.Services {
-		v := byAuth[s.Authority]
-		if v == nil {
-			v = &svc{authority: s.Authority, health: map[string]int{}, sources: map[string]int{}}
-			byAuth[s.Authority] = v
-		}
-		for _, e := range s.Endpoints {
-			v.total++
-			v.health[e.Health]++
-			v.sources[e.Source]++
-		}
-	}
-	all := make([]*svc, 0, len(byAuth))
-	for _, v := range byAuth {
-		all = append(all, v)
-	}
-	sort.Slice(all, func(i, j int) bool {
-		if all[i].total != all[j].total {
-			return all[i].total > all[j].total
-		}
-		return all[i].authority < all[j].authority
-	})
-	if len(all) == 1 {
+	if services.Total == 1 {
 		fmt.Fprint(out, "\n1 service")
 	} else {
-		fmt.Fprintf(out, "\n%d services", len(all))
+		fmt.Fprintf(out, "\n%d services", services.Total)
 	}
-	if len(all) > top {
-		fmt.Fprintf(out, "; the %d largest", top)
-		all = all[:top]
+	if services.Total > len(services.Services) {
+		fmt.Fprintf(out, "; the %d largest", len(services.Services))
 	}
 	fmt.Fprintln(out, ":")
 	t = &columns{}
 	t.add("AUTHORITY", "ENDPOINTS", "BY HEALTH", "BY SOURCE")
-	for _, v := range all {
-		t.add(v.authority, fmt.Sprint(v.total), counts(v.health), counts(v.sources))
+	for _, v := range services.Services {
+		t.add(v.Authority, fmt.Sprint(v.Endpoints), counts(v.ByHealth), counts(v.BySource))
 	}
 	t.write(out)
 	return healthy

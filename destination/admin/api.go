@@ -90,6 +90,7 @@ type ServiceSummary struct {
 // ServicesAPI is the body of /api/v1/services.
 type ServicesAPI struct {
 	Query    string           `json:"q"`
+	Sort     string           `json:"sort"`
 	Offset   int              `json:"offset"`
 	Limit    int              `json:"limit"`
 	Total    int              `json:"total"`
@@ -161,6 +162,12 @@ type ServiceAPI struct {
 type ErrorAPI struct {
 	Error string `json:"error"`
 }
+
+// The orders of /api/v1/services (its sort parameter).
+const (
+	SortName      = "name"      // by host, then port (the default)
+	SortEndpoints = "endpoints" // the most endpoints first, then by name
+)
 
 const (
 	defaultLimit = 50
@@ -259,6 +266,15 @@ func (h *Handler) apiServices(w http.ResponseWriter, r *http.Request) {
 		apiError(w, http.StatusBadRequest, fmt.Sprintf("q is longer than %d bytes", maxQuery))
 		return
 	}
+	sortBy := r.URL.Query().Get("sort")
+	if sortBy != "" && sortBy != SortName && sortBy != SortEndpoints {
+		apiError(w, http.StatusBadRequest, fmt.Sprintf("sort must be %q or %q, got %q", SortName, SortEndpoints, sortBy))
+		return
+	}
+	if sortBy == SortEndpoints {
+		writeJSON(w, h.LargestServices(q, offset, limit))
+		return
+	}
 	writeJSON(w, h.Services(q, offset, limit))
 }
 
@@ -270,7 +286,7 @@ func (h *Handler) apiServices(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) Services(q string, offset, limit int) ServicesAPI {
 	q = strings.ToLower(q)
 	snap := h.opts.Store.Snapshot()
-	out := ServicesAPI{Query: q, Offset: offset, Limit: limit, Services: []ServiceSummary{}}
+	out := ServicesAPI{Query: q, Sort: SortName, Offset: offset, Limit: limit, Services: []ServiceSummary{}}
 	type row struct {
 		a       discovery.Authority
 		sources []string
@@ -305,18 +321,63 @@ func (h *Handler) Services(q string, offset, limit int) ServicesAPI {
 		return true
 	})
 	for _, p := range page {
-		ex := h.explain(snap, p.a, "")
-		s := ServiceSummary{Authority: p.a.String(), Sources: p.sources, Served: len(ex.Served), Panic: ex.Panic,
-			ByHealth: map[string]int{}, BySource: map[string]int{}}
-		slices.Sort(s.Sources)
-		for _, d := range ex.Decisions {
-			s.Endpoints++
-			s.ByHealth[d.Endpoint.Health.String()]++
-			s.BySource[d.Endpoint.Source]++
-		}
-		out.Services = append(out.Services, s)
+		out.Services = append(out.Services, h.summary(snap, p.a, p.sources))
 	}
 	return out
+}
+
+// LargestServices is Services ordered by endpoints held, the most first
+// (then by name). It reads every matching authority's endpoints, so it
+// costs a pass over the registry: `tributary status` asks for it once.
+func (h *Handler) LargestServices(q string, offset, limit int) ServicesAPI {
+	q = strings.ToLower(q)
+	snap := h.opts.Store.Snapshot()
+	type row struct {
+		a       discovery.Authority
+		n       int
+		sources []string
+	}
+	var rows []row
+	var last discovery.Authority
+	first, match := true, false
+	snap.EachAuthority(func(a discovery.Authority, provider string) bool {
+		if !first && a == last {
+			if r := &rows[len(rows)-1]; match && !slices.Contains(r.sources, provider) {
+				r.sources = append(r.sources, provider)
+			}
+			return true
+		}
+		first, last = false, a
+		if match = q == "" || strings.Contains(a.String(), q); match {
+			rows = append(rows, row{a: a, sources: []string{provider}})
+		}
+		return true
+	})
+	for i := range rows {
+		for _, m := range h.opts.Federation.Members(rows[i].a) {
+			rows[i].n += len(snap.Service(nil, m).Endpoints)
+		}
+	}
+	slices.SortStableFunc(rows, func(x, y row) int { return cmp.Compare(y.n, x.n) })
+	out := ServicesAPI{Query: q, Sort: SortEndpoints, Offset: offset, Limit: limit, Total: len(rows), Services: []ServiceSummary{}}
+	for _, r := range rows[min(offset, len(rows)):min(offset+limit, len(rows))] {
+		out.Services = append(out.Services, h.summary(snap, r.a, r.sources))
+	}
+	return out
+}
+
+// summary is one authority's line in the service list.
+func (h *Handler) summary(snap *cache.Snapshot, a discovery.Authority, sources []string) ServiceSummary {
+	ex := h.explain(snap, a, "")
+	slices.Sort(sources)
+	s := ServiceSummary{Authority: a.String(), Served: len(ex.Served), Panic: ex.Panic,
+		ByHealth: map[string]int{}, BySource: map[string]int{}, Sources: sources}
+	for _, d := range ex.Decisions {
+		s.Endpoints++
+		s.ByHealth[d.Endpoint.Health.String()]++
+		s.BySource[d.Endpoint.Source]++
+	}
+	return s
 }
 
 // explain resolves a as a Get stream of a client in zone would: the

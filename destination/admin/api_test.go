@@ -87,7 +87,8 @@ func manyServices(t testing.TB, n int) *cache.Store {
 		t.Fatal(err)
 	}
 	// A second source asserts one of them too: listed once, with both.
-	if _, err := store.Apply("other", []discovery.Group{{Key: "x", Services: []discovery.Service{{Authority: discovery.Authority{Host: "svc-000007.demo", Port: 8080}}}}}); err != nil {
+	if _, err := store.Apply("other", []discovery.Group{{Key: "x", Services: []discovery.Service{{Authority: discovery.Authority{Host: "svc-000007.demo", Port: 8080},
+		Endpoints: []discovery.Endpoint{{Addr: netip.MustParseAddrPort("12.0.0.7:8080")}}}}}}); err != nil {
 		t.Fatal(err)
 	}
 	return store
@@ -101,7 +102,7 @@ func TestAPIServicesSearchAndPages(t *testing.T) {
 		t.Fatalf("page: total %d, %d services, first %+v", v.Total, len(v.Services), v.Services)
 	}
 	s7 := v.Services[2]
-	if s7.Authority != "svc-000007.demo:8080" || strings.Join(s7.Sources, ",") != "bench,other" || s7.Endpoints != 2 || s7.BySource["bench"] != 2 {
+	if s7.Authority != "svc-000007.demo:8080" || strings.Join(s7.Sources, ",") != "bench,other" || s7.Endpoints != 3 || s7.BySource["bench"] != 2 || s7.BySource["other"] != 1 {
 		t.Fatalf("svc 7: %+v", s7)
 	}
 	// Search is a case-insensitive substring of host:port.
@@ -128,6 +129,14 @@ func TestAPIServicesSearchAndPages(t *testing.T) {
 		}
 	}
 	getAPI[ErrorAPI](t, srv+"/api/v2/services", 404)
+	getAPI[ErrorAPI](t, srv+"/api/v1/services?sort=size", 400)
+
+	// The largest first: svc-000007 has a third endpoint from "other".
+	v = getAPI[ServicesAPI](t, srv+"/api/v1/services?sort=endpoints&limit=2", 200)
+	if v.Total != 1000 || v.Sort != SortEndpoints || len(v.Services) != 2 || v.Services[0].Authority != "svc-000007.demo:8080" ||
+		strings.Join(v.Services[0].Sources, ",") != "bench,other" || v.Services[1].Authority != "svc-000000.demo:8080" {
+		t.Fatalf("largest: %+v", v)
+	}
 }
 
 func newServer(t *testing.T, h http.Handler) string {
