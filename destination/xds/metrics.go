@@ -10,6 +10,9 @@ type metrics struct {
 	staleNonces prometheus.Counter
 	badRequests prometheus.Counter
 	slowClosed  prometheus.Counter
+
+	// The series of pushes and resources by kind, looked up once.
+	pushed, resourcesSent [numKinds]prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -41,10 +44,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, p := range []string{"sotw", "delta"} {
 		m.streams.WithLabelValues(p)
 	}
-	for _, k := range kindNames {
-		m.pushes.WithLabelValues(k)
-		m.resources.WithLabelValues(k)
-		m.nacks.WithLabelValues(k)
+	for k, name := range kindNames {
+		m.pushed[k] = m.pushes.WithLabelValues(name)
+		m.resourcesSent[k] = m.resources.WithLabelValues(name)
+		m.nacks.WithLabelValues(name)
 	}
 	if reg != nil {
 		reg.MustRegister(m.streams, m.pushes, m.resources, m.nacks, m.staleNonces, m.badRequests, m.slowClosed)

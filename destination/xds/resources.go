@@ -87,8 +87,15 @@ type view struct {
 	// registry version, formatted once.
 	endpointVersion string
 
-	claOnce sync.Once
-	cla     *anypb.Any
+	// res are the view's resources, built and marshalled on first use,
+	// once, and shared by every stream.
+	res [numKinds]builtResource
+}
+
+type builtResource struct {
+	once sync.Once
+	any  *anypb.Any
+	wire []byte // any, marshalled
 }
 
 // build reads the view of key's authority (members: it and its aliases).
@@ -121,25 +128,30 @@ func (v *view) resourceVersion(k kind, s *Server) string {
 	return s.staticVersion
 }
 
-// resource returns v's resource of kind k, marshalled.
-func (v *view) resource(k kind, s *Server) *anypb.Any {
-	switch k {
-	case kindListener:
-		return mustAny(listener(v.name))
-	case kindRoute:
-		return mustAny(routeConfig(v.name))
-	case kindCluster:
-		return mustAny(s.cluster(v.name))
-	default:
-		v.claOnce.Do(func() { v.cla = mustAny(loadAssignment(v.name, v.endpoints, v.zone)) })
-		return v.cla
-	}
+// resource returns v's resource of kind k, as an Any and marshalled.
+// Callers share both: they must not modify them.
+func (v *view) resource(k kind, s *Server) (*anypb.Any, []byte) {
+	r := &v.res[k]
+	r.once.Do(func() {
+		switch k {
+		case kindListener:
+			r.any = mustAny(listener(v.name))
+		case kindRoute:
+			r.any = mustAny(routeConfig(v.name))
+		case kindCluster:
+			r.any = mustAny(s.cluster(v.name))
+		default:
+			r.any = mustAny(loadAssignment(v.name, v.endpoints, v.zone))
+		}
+		r.wire = anyWire(r.any)
+	})
+	return r.any, r.wire
 }
 
 // emptyAssignment is the ClusterLoadAssignment of a service that no longer
 // exists, sent in SotW to a client that held endpoints for it.
-func emptyAssignment(name string) *anypb.Any {
-	return mustAny(&endpointpb.ClusterLoadAssignment{ClusterName: name})
+func emptyAssignment(name string) []byte {
+	return anyWire(mustAny(&endpointpb.ClusterLoadAssignment{ClusterName: name}))
 }
 
 func mustAny(m proto.Message) *anypb.Any {

@@ -23,8 +23,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/tributary-mesh/tributary/cache"
 	"github.com/tributary-mesh/tributary/destination/fanout"
@@ -157,7 +157,7 @@ func (s *Server) StreamAggregatedResources(st grpc.BidiStreamingServer[discovery
 	return s.run(st.Context(), false, func() (request, error) {
 		r, err := st.Recv()
 		return request{sotw: r}, err
-	}, func(r *response) error { return st.Send(r.sotw) })
+	}, func(r *response) error { return st.SendMsg(r.sotw) })
 }
 
 // DeltaAggregatedResources serves an incremental (delta) ADS stream.
@@ -174,7 +174,7 @@ type request struct {
 }
 
 type response struct {
-	sotw  *discoverypb.DiscoveryResponse
+	sotw  *rawResponse // SotW responses are written in wire form (sotwWire)
 	delta *discoverypb.DeltaDiscoveryResponse
 }
 
@@ -196,7 +196,7 @@ func (s *Server) run(ctx context.Context, delta bool, recv func() (request, erro
 	defer s.metrics.streams.WithLabelValues(proto).Dec()
 	s.waitSynced(ctx)
 
-	x := &stream{srv: s, ctx: ctx, delta: delta, send: send, id: s.ids.Add(1), auths: map[discovery.Authority]*authSub{}, failed: make(chan error, 1)}
+	x := &stream{srv: s, ctx: ctx, delta: delta, send: send, id: s.ids.Add(1), byName: map[string]*authSub{}, failed: make(chan error, 1)}
 	for k := range x.types {
 		x.types[k] = &typeState{kind: kind(k), names: map[string]uint8{}, sent: map[string]string{}}
 	}
@@ -267,7 +267,7 @@ type stream struct {
 	mu      sync.Mutex // guards what follows, and every send
 	node    bool       // the zone is known (first request seen)
 	zone    string
-	auths   map[discovery.Authority]*authSub
+	byName  map[string]*authSub // the authorities followed, by resource name
 	types   [numKinds]*typeState
 	nonce   uint64
 	closing bool
@@ -281,9 +281,8 @@ type stream struct {
 // every resource type that names it.
 type authSub struct {
 	x     *stream
-	name  string
-	a     discovery.Authority
-	refs  int // types subscribing
+	name  string // host:port
+	refs  int    // types subscribing
 	entry *fanout.Entry[view]
 	sub   *fanout.Subscriber[view]
 	cur   *view // the newest view the fan-out engine handed over; nil until then
@@ -371,12 +370,12 @@ func (t *typeState) subscribed(name string) bool {
 func (x *stream) close() {
 	x.mu.Lock()
 	x.closing = true
-	subs := make([]*authSub, 0, len(x.auths))
-	for _, a := range x.auths {
+	subs := make([]*authSub, 0, len(x.byName))
+	for _, a := range x.byName {
 		a.gone = true
 		subs = append(subs, a)
 	}
-	x.auths = nil
+	x.byName = nil
 	inCatalog := x.inCatalog
 	x.mu.Unlock()
 	if inCatalog {
@@ -648,28 +647,24 @@ func authority(name string) (discovery.Authority, bool) {
 // ref takes a reference to name's authority for one more type, following
 // it from the first. x.mu held: the subscription's first send waits for it.
 func (x *stream) ref(name string) {
+	if s := x.byName[name]; s != nil {
+		s.refs++
+		return
+	}
 	a, ok := authority(name)
 	if !ok {
 		return
 	}
-	if s := x.auths[a]; s != nil {
-		s.refs++
-		return
-	}
-	s := &authSub{x: x, name: name, a: a, refs: 1}
+	s := &authSub{x: x, name: name, refs: 1}
 	s.entry = x.srv.hub.Acquire(fanout.Key{Authority: a, Zone: x.zone})
 	s.sub = x.srv.hub.Subscribe(s.entry, s) // a failed send ends the stream (authSub.Send)
-	x.auths[a] = s
+	x.byName[name] = s
 }
 
 // unref drops one type's reference; it returns the subscription to end
 // (outside the lock) when it was the last.
 func (x *stream) unref(name string) *authSub {
-	a, ok := authority(name)
-	if !ok {
-		return nil
-	}
-	s := x.auths[a]
+	s := x.byName[name]
 	if s == nil {
 		return nil
 	}
@@ -678,7 +673,7 @@ func (x *stream) unref(name string) *authSub {
 		return nil
 	}
 	s.gone = true
-	delete(x.auths, a)
+	delete(x.byName, name)
 	return s
 }
 
@@ -717,19 +712,21 @@ func (x *stream) flush(t *typeState, answer bool, only string) error {
 // current is the resource of kind k under name, with its version, or
 // false when it does not exist (or is not known yet: known is false).
 func (x *stream) current(k kind, name string) (v *view, version string, known bool) {
-	a, ok := authority(name)
+	s, ok := x.byName[name]
 	if !ok {
-		return nil, "", true // never exists
+		if _, valid := authority(name); !valid {
+			return nil, "", true // never exists
+		}
+		return nil, "", false
 	}
-	s := x.auths[a]
-	if s == nil || s.cur == nil {
+	if s.cur == nil {
 		return nil, "", false
 	}
 	return s.cur, s.cur.resourceVersion(k, x.srv), true
 }
 
 func (x *stream) flushSotW(t *typeState, answer bool) error {
-	var res []*anypb.Any
+	var res [][]byte
 	changed := false
 	newSent := map[string]string{}
 	for name := range t.names {
@@ -752,9 +749,11 @@ func (x *stream) flushSotW(t *typeState, answer bool) error {
 			newSent[name] = ver
 			if !held || old != ver {
 				changed = true
-				res = append(res, v.resource(t.kind, x.srv))
+				_, w := v.resource(t.kind, x.srv)
+				res = append(res, w)
 			} else if t.kind.fullState() {
-				res = append(res, v.resource(t.kind, x.srv))
+				_, w := v.resource(t.kind, x.srv)
+				res = append(res, w)
 			}
 		}
 	}
@@ -771,17 +770,14 @@ func (x *stream) flushSotW(t *typeState, answer bool) error {
 }
 
 // respondSotW sends a SotW response of t's type with res.
-func (x *stream) respondSotW(t *typeState, res []*anypb.Any) error {
+// The resources are marshalled Anys, shared: the response is written
+// around them (sotwWire) rather than marshalled again per stream.
+func (x *stream) respondSotW(t *typeState, res [][]byte) error {
 	t.version++
 	x.nonce++
 	t.nonce = strconv.FormatUint(x.nonce, 10)
-	resp := &discoverypb.DiscoveryResponse{
-		VersionInfo: strconv.FormatUint(t.version, 10),
-		Resources:   res,
-		TypeUrl:     typeURLs[t.kind],
-		Nonce:       t.nonce,
-	}
-	return x.sendLocked(t.kind, &response{sotw: resp}, len(res))
+	b := sotwWire(strconv.FormatUint(t.version, 10), res, typeURLs[t.kind], t.nonce)
+	return x.sendLocked(t.kind, &response{sotw: &rawResponse{bufs: mem.BufferSlice{mem.SliceBuffer(b)}}}, len(res))
 }
 
 // flushNames sends the resources among names (nil: every subscribed name)
@@ -795,7 +791,7 @@ func (x *stream) flushNames(t *typeState, names []string) error {
 		}
 	}
 	if !x.delta {
-		var res []*anypb.Any
+		var res [][]byte
 		for _, name := range names {
 			v, ver, known := x.current(t.kind, name)
 			old, held := t.sent[name]
@@ -810,7 +806,8 @@ func (x *stream) flushNames(t *typeState, names []string) error {
 				}
 			default:
 				t.sent[name] = ver
-				res = append(res, v.resource(t.kind, x.srv))
+				_, w := v.resource(t.kind, x.srv)
+				res = append(res, w)
 			}
 		}
 		if len(res) == 0 {
@@ -850,7 +847,8 @@ func (x *stream) flushNames(t *typeState, names []string) error {
 			continue
 		}
 		t.sent[name] = ver
-		res = append(res, &discoverypb.Resource{Name: name, Version: ver, Resource: v.resource(t.kind, x.srv)})
+		a, _ := v.resource(t.kind, x.srv)
+		res = append(res, &discoverypb.Resource{Name: name, Version: ver, Resource: a})
 	}
 	if len(res) == 0 && len(removed) == 0 {
 		return nil
@@ -885,7 +883,7 @@ func (x *stream) sendLocked(k kind, r *response, n int) error {
 	if err != nil {
 		return err
 	}
-	x.srv.metrics.pushes.WithLabelValues(kindNames[k]).Inc()
-	x.srv.metrics.resources.WithLabelValues(kindNames[k]).Add(float64(n))
+	x.srv.metrics.pushed[k].Inc()
+	x.srv.metrics.resourcesSent[k].Add(float64(n))
 	return nil
 }

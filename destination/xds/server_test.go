@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -47,7 +48,7 @@ func newHarness(t *testing.T, opts Options) *harness {
 		opts.Store = cache.New()
 	}
 	srv := New(opts)
-	g := grpc.NewServer()
+	g := grpc.NewServer(ServerOptions()...)
 	srv.Register(g)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -315,7 +316,35 @@ func TestUnknownTypeURL(t *testing.T) {
 	}
 }
 
-var _ = proto.Equal
+// TestSotWWire: the response written around pre-marshalled resources is
+// byte for byte what proto.Marshal makes of the same DiscoveryResponse.
+func TestSotWWire(t *testing.T) {
+	v := &view{name: "web.demo:8080", exists: true, endpoints: []*discovery.Endpoint{{Addr: mustAddr("10.0.0.1:80"), Zone: "z"}}}
+	s := New(Options{})
+	for _, tc := range []struct {
+		version, nonce string
+		kinds          []kind
+	}{
+		{"1", "1", []kind{kindEndpoint}},
+		{"17", "42", []kind{kindListener, kindRoute, kindCluster, kindEndpoint}},
+		{"3", "9", nil},
+	} {
+		var wires [][]byte
+		msg := &discoverypb.DiscoveryResponse{VersionInfo: tc.version, TypeUrl: TypeCluster, Nonce: tc.nonce}
+		for _, k := range tc.kinds {
+			a, w := v.resource(k, s)
+			wires = append(wires, w)
+			msg.Resources = append(msg.Resources, a)
+		}
+		want, err := proto.MarshalOptions{Deterministic: true}.Marshal(msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := sotwWire(tc.version, wires, TypeCluster, tc.nonce); !bytes.Equal(got, want) {
+			t.Errorf("%v: wire form differs from proto.Marshal", tc.kinds)
+		}
+	}
+}
 
 // TestConfigDocKeys: docs/configuration.md's xds table and Config list
 // the same keys.
