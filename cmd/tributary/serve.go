@@ -221,11 +221,11 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, pprofOn bool) 
 		xdsServer = xds.New(xds.Options{Store: store, Federation: fed, Settings: cfg.XDS, Synced: mgr.Synced(),
 			StartupTimeout: time.Duration(cfg.Server.StartupTimeout), SendTimeout: time.Duration(streams.SendTimeout),
 			Logger: logger, Registerer: reg})
-		xdsGRPC = grpc.NewServer(append([]grpc.ServerOption{
-			grpc.MaxRecvMsgSize(4 << 20), // an ADS request names every resource it subscribes to
+		xdsGRPC = grpc.NewServer(append(append(xds.ServerOptions(),
+			grpc.MaxRecvMsgSize(4<<20), // an ADS request names every resource it subscribes to
 			grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: time.Duration(ka.MinPingInterval), PermitWithoutStream: true}),
 			grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Duration(ka.Time), Timeout: time.Duration(ka.Timeout)}),
-		}, guard.ServerOptions()...)...)
+		), guard.ServerOptions()...)...)
 		xdsServer.Register(xdsGRPC)
 		if xdsLn, err = net.Listen("tcp", cfg.XDS.Listen.String()); err != nil {
 			grpcLn.Close()
