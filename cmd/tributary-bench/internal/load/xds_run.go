@@ -71,6 +71,7 @@ func (r *runner) steadyXDS(ctx context.Context) error {
 			r.logf("round %d of %d: %s", round+1, rounds, impl)
 			res := Run(ctx, o)
 			runs[impl] = append(runs[impl], res)
+			r.logf("round %d, %s: %s", round+1, impl, res.summary())
 			if !res.OK {
 				r.res.Fail("%s (round %d): %v", impl, round+1, res.values["errors"])
 			}
@@ -111,10 +112,13 @@ func merge(res *Result, runs []*Result, prefix string) {
 				}
 			}
 			slices.Sort(vs)
-			if worst[k] {
-				res.Set(prefix+k, vs[len(vs)-1])
-			} else {
-				res.Set(prefix+k, vs[len(vs)/2])
+			switch n := len(vs); {
+			case worst[k]:
+				res.Set(prefix+k, vs[n-1])
+			case n%2 == 0:
+				res.Set(prefix+k, (vs[n/2-1]+vs[n/2])/2)
+			default:
+				res.Set(prefix+k, vs[n/2])
 			}
 			continue
 		}
@@ -128,6 +132,17 @@ func merge(res *Result, runs []*Result, prefix string) {
 		}
 		res.Set(prefix+k, runs[0].values[k])
 	}
+}
+
+// summary is a run's main figures, for the log of a run of several.
+func (res *Result) summary() string {
+	var parts []string
+	for _, k := range append([]string{"sync_s"}, "p50_ms", "p99_ms", "server_cpu_us_per_delivery", "mem_per_stream_kib", "lost_final_states") {
+		if v, ok := res.values[k]; ok {
+			parts = append(parts, k+"="+format(v))
+		}
+	}
+	return strings.Join(parts, " ")
 }
 
 // worst are the correctness counts: a run reports the worst round's.

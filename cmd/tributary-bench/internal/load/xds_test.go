@@ -151,6 +151,11 @@ func TestMergeMediansAndWorst(t *testing.T) {
 	if v, _ := res.Get("gcp_lost_final_states"); v != 2.0 {
 		t.Errorf("lost final states = %v, want the worst round's, 2", v)
 	}
+	two := newResult("steady")
+	merge(two, runs[:2], "")
+	if v, _ := two.Get("p99_ms"); v != 2.0 {
+		t.Errorf("median of 3 and 1 = %v, want 2", v)
+	}
 	if v, _ := res.Get("gcp_server_version"); v != "dev" {
 		t.Errorf("server_version = %v", v)
 	}
