@@ -14,7 +14,7 @@ CONFIG   ?= examples/tributary.yaml
 # (outside the repo); see tools/peers.sh and docs/testing.md.
 export TRIBUTARY_PEERS_DIR ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tributary-peers
 
-.PHONY: all build release run test test-unit test-integration test-fuzz bench soak fuzz lint fmt peers clean proto dns-clients unit-tools
+.PHONY: all build release run test test-unit test-integration test-fuzz bench soak fuzz lint fmt peers clean proto dns-clients unit-tools chromium
 
 all: build
 
@@ -49,7 +49,7 @@ test-unit:
 
 # The binary under test is built with the race detector; the harness fails a
 # test whose tributary process reports a data race.
-test-integration: dns-clients unit-tools
+test-integration: dns-clients unit-tools chromium
 	$(GO) build -race -o bin/tributary-race ./cmd/tributary
 	TRIBUTARY_BIN=$(CURDIR)/bin/tributary-race $(GO) test -race -count=1 -tags integration -timeout 30m ./integration/...
 
@@ -75,6 +75,15 @@ unit-tools:
 		echo "installing iptables and iproute2 for integration/operator"; \
 		$(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends iptables iproute2; }
+
+# Debian's Chromium is the browser integration/browser drives (chromedp) to
+# test the admin status page; installed when missing, never downloaded by a
+# test tool.
+chromium:
+	@command -v chromium >/dev/null || test -x /usr/bin/chromium || { \
+		echo "installing chromium (Debian) for integration/browser"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
 ## test-fuzz: every fuzz target briefly (seed corpora plus 3,000 inputs each;
 ## a count, not a duration, so Go 1.26's fuzz-deadline race cannot fail CI)
