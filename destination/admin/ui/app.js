@@ -69,12 +69,16 @@
     replaceRows($("sources").tBodies[0], rows);
     const panics = data.panicking || [];
     $("panicking").hidden = panics.length === 0;
-    $("panicking-list").replaceChildren(...panics.map((p) => {
+    const SHOWN = 20;
+    const items = panics.slice(0, SHOWN).map((p) => {
       const li = el("li");
       li.appendChild(serviceLink(p.authority));
       li.appendChild(el("span", " " + p.serving + " of " + p.addresses + " addresses serving, since " + ago(p.since), "muted"));
       return li;
-    }));
+    });
+    if (panics.length > SHOWN) items.push(el("li", "and " + (panics.length - SHOWN) + " more", "muted"));
+    $("panicking-title").textContent = "In panic mode (" + panics.length + ")";
+    $("panicking-list").replaceChildren(...items);
   }
 
   function serviceLink(authority) {
