@@ -41,6 +41,7 @@ var importRules = []importRule{
 	// registrations, and speaks our own proto.
 	{pkg: "destination/registration", imports: []string{"discovery", "proto/...", "sources/register"}, tests: []string{"destination/..."}},
 	{pkg: "destination/fanout", imports: []string{"cache", "discovery"}},
+	{pkg: "destination/served", imports: []string{"cache", "discovery"}},
 	{pkg: "destination/xds", imports: []string{"cache", "discovery", "destination/fanout"}, tests: []string{"discovery/configdoc"}},
 	{pkg: "destination/...", imports: []string{"cache", "discovery", "destination/..."}},
 	{pkg: "integration/harness", imports: []string{"destination/..."}},
@@ -49,6 +50,7 @@ var importRules = []importRule{
 	// integration/etcd cuts the source off etcd with the proxy the etcd
 	// source's own tests use.
 	{pkg: "integration/etcd", imports: []string{"integration/harness", "sources/etcd/etcdtest"}},
+	{pkg: "integration/browser", imports: []string{"integration/harness"}},
 	{pkg: "integration/...", imports: []string{"integration/harness", "destination/..."}},
 	{pkg: "proto/..."},
 	{pkg: "tools"},
