@@ -134,7 +134,7 @@ func printExplain(out io.Writer, v adminpkg.ServiceAPI) {
 	}
 	fmt.Fprintln(out)
 	t := &columns{}
-	t.add("ADDRESS", "ZONE", "HEALTH", "SERVED", "SOURCE/KEY", "REASON", "WHY")
+	t.add("ADDRESS", "ZONE", "HEALTH", "SERVED", "SOURCE", "REASON", "WHY", "KEY")
 	for _, e := range v.Endpoints {
 		served := "no"
 		if e.Served {
@@ -144,7 +144,7 @@ func printExplain(out io.Writer, v adminpkg.ServiceAPI) {
 		if e.Stale {
 			health += " (stale)"
 		}
-		t.add(e.Address, dash(printable(e.Zone)), health, served, printable(e.Source+"/"+e.Key), e.Reason, printable(e.Why))
+		t.add(e.Address, dash(printable(e.Zone)), health, served, printable(e.Source), e.Reason, printable(e.Why), printable(e.Key))
 	}
 	t.write(out)
 }
