@@ -54,19 +54,22 @@ func TestPatternSyntax(t *testing.T) {
 
 func TestMethodAPI(t *testing.T) {
 	for method, want := range map[string]string{
-		"/io.linkerd.proxy.destination.Destination/Get":                     APIDestination,
-		"/io.linkerd.proxy.destination.Destination/GetProfile":              APIDestination,
-		"/grpc.health.v1.Health/Check":                                      "",
-		"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo":         APIAdmin,
-		"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo":    APIAdmin,
-		"/tributary.registration.v1.Registration/Register":                  APIRegistration,
-		"/io.linkerd.proxy.destination.DestinationX/Get":                    "-",
-		"/io.linkerd.proxy.identity.Identity/Certify":                       "-",
-		"/grpc.health.v1.HealthX/Check":                                     "-",
-		"/tributary.registrationx/Register":                                 "-",
-		"":                                                                  "-",
-		"/io.linkerd.proxy.destination.Destination":                         "-",
-		"/io.linkerd.proxy.destination.Destination/../../grpc.health.v1/x/": APIDestination,
+		"/io.linkerd.proxy.destination.Destination/Get":                                    APIDestination,
+		"/io.linkerd.proxy.destination.Destination/GetProfile":                             APIDestination,
+		"/grpc.health.v1.Health/Check":                                                     "",
+		"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo":                        APIAdmin,
+		"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo":                   APIAdmin,
+		"/tributary.registration.v1.Registration/Register":                                 APIRegistration,
+		"/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources": APIXDS,
+		"/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources":  APIXDS,
+		"/envoy.service.discovery.v3.ClusterDiscoveryService/StreamClusters":               "-",
+		"/io.linkerd.proxy.destination.DestinationX/Get":                                   "-",
+		"/io.linkerd.proxy.identity.Identity/Certify":                                      "-",
+		"/grpc.health.v1.HealthX/Check":                                                    "-",
+		"/tributary.registrationx/Register":                                                "-",
+		"":                                                                                 "-",
+		"/io.linkerd.proxy.destination.Destination":                                        "-",
+		"/io.linkerd.proxy.destination.Destination/../../grpc.health.v1/x/":                APIDestination,
 	} {
 		api, ok := MethodAPI(method)
 		if !ok {
