@@ -67,6 +67,11 @@ func (r *runner) steadyXDS(ctx context.Context) error {
 			o := r.o
 			o.Impl = impl
 			o.Floor = false // the caller's run measures it once, after both
+			for _, f := range []*string{&o.CPUProfile, &o.HeapProfile, &o.ClientCPUProfile} {
+				if *f != "" { // one file per server and round
+					*f = filepath.Join(filepath.Dir(*f), fmt.Sprintf("%s-%d-%s", impl, round+1, filepath.Base(*f)))
+				}
+			}
 			o.Log = prefixWriter{r.log, impl}
 			r.logf("round %d of %d: %s", round+1, rounds, impl)
 			res := Run(ctx, o)
