@@ -218,6 +218,32 @@ func TestStatusPageFollowsTheRegistry(t *testing.T) {
 		t.Errorf("hash %q", h)
 	}
 	s.WaitLog(`msg="endpoint critical: evicted" authority=web.demo:8080 address=` + a.Addr().String())
+
+	// b's listener closes too: none of two serving is below the panic
+	// threshold (50%), so both are served again, the page says so, and the
+	// server logs and counts the transition: for web.demo:8080 and for
+	// api.demo:9000, whose one endpoint is b.
+	b.Close()
+	run(t, ctx, "panic",
+		chromedp.WaitVisible(row(a.Addr().String(), `[data-reason="served_in_panic"]`)),
+		chromedp.WaitVisible(row(b.Addr().String(), `[data-reason="served_in_panic"]`)),
+		chromedp.WaitVisible(css(`#panicking-list li button`)),
+	)
+	s.WaitLog(`msg="panic threshold: serving every endpoint, critical ones too" authority=web.demo:8080 serving=0 addresses=2 threshold=0.5`)
+	// The two authorities' transitions are made in one pass, in no set order.
+	for _, want := range []string{"tributary_panic_active 2", `tributary_panic_transitions_total{direction="enter"} 2`, `tributary_health_evictions_total{source="local"} 1`} {
+		deadline := time.Now().Add(harness.WaitFor)
+		for {
+			_, metrics := s.HTTPGet("/metrics")
+			if strings.Contains(metrics, want+"\n") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("/metrics lacks %q", want)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
 }
 
 // TestStatusPageScreenshot1000 renders the page with 1,000 services, pages
