@@ -21,13 +21,14 @@ type catalog struct {
 	mu      sync.Mutex
 	streams map[*stream]struct{}
 	names   []string
-	gen     int // the follower generation; a stopped one tells no one
+	gen     int    // the follower generation; a stopped one tells no one
+	seq     uint64 // counts the lists, so that a stream applies only newer ones
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
 }
 
-// join adds a stream and returns the current list.
-func (c *catalog) join(x *stream) []string {
+// join adds a stream and returns the current list and its number.
+func (c *catalog) join(x *stream) ([]string, uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.streams == nil {
@@ -43,7 +44,7 @@ func (c *catalog) join(x *stream) []string {
 		gen := c.gen
 		c.wg.Go(func() { c.follow(ctx, ws, gen) })
 	}
-	return c.names
+	return c.names, c.seq
 }
 
 // leave removes a stream; the last one stops the follower.
@@ -72,13 +73,18 @@ func (c *catalog) follow(ctx context.Context, ws memdb.WatchSet, gen int) {
 			continue
 		}
 		c.names = names
+		c.seq++
+		seq := c.seq
 		streams := make([]*stream, 0, len(c.streams))
 		for x := range c.streams {
 			streams = append(streams, x)
 		}
 		c.mu.Unlock()
+		// Each on its own goroutine: a stream whose client stopped
+		// reading holds its lock in a send, and must not hold up the
+		// others' news.
 		for _, x := range streams {
-			x.catalogChanged(names)
+			c.wg.Go(func() { x.catalogChanged(seq, names) })
 		}
 	}
 }

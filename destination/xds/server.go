@@ -273,8 +273,9 @@ type stream struct {
 	closing bool
 	// inCatalog: the stream has joined the catalog (a wildcard
 	// subscription); catalog is its newest list of authorities.
-	inCatalog bool
-	catalog   []string
+	inCatalog  bool
+	catalog    []string
+	catalogSeq uint64
 }
 
 // authSub is the stream's subscription to one authority's entry, shared by
@@ -571,7 +572,7 @@ func (x *stream) setWildcard(t *typeState, on bool, release *[]*authSub) {
 	if on {
 		if !x.inCatalog {
 			x.inCatalog = true
-			x.catalog = x.srv.catalog.join(x)
+			x.catalog, x.catalogSeq = x.srv.catalog.join(x)
 		}
 		for _, n := range x.catalog {
 			x.setName(t, n, byWildcard, true, release)
@@ -587,13 +588,13 @@ func (x *stream) setWildcard(t *typeState, on bool, release *[]*authSub) {
 
 // catalogChanged is the catalog's news for a stream with a wildcard
 // subscription: names is every authority now in the registry.
-func (x *stream) catalogChanged(names []string) {
+func (x *stream) catalogChanged(seq uint64, names []string) {
 	x.mu.Lock()
-	if x.closing {
+	if x.closing || seq <= x.catalogSeq {
 		x.mu.Unlock()
-		return
+		return // gone, or a newer list was applied already
 	}
-	x.catalog = names
+	x.catalog, x.catalogSeq = names, seq
 	in := make(map[string]bool, len(names))
 	for _, n := range names {
 		in[n] = true
