@@ -197,9 +197,6 @@ func (s *Server) run(ctx context.Context, delta bool, recv func() (request, erro
 	s.waitSynced(ctx)
 
 	x := &stream{srv: s, ctx: ctx, delta: delta, send: send, id: s.ids.Add(1), byName: map[string]*authSub{}, failed: make(chan error, 1)}
-	for k := range x.types {
-		x.types[k] = &typeState{kind: kind(k), names: map[string]uint8{}, sent: map[string]string{}}
-	}
 	if s.sendTimeout > 0 {
 		x.sending = s.stalls.Add(ctx)
 		defer s.stalls.Remove(x.sending)
@@ -267,8 +264,8 @@ type stream struct {
 	mu      sync.Mutex // guards what follows, and every send
 	node    bool       // the zone is known (first request seen)
 	zone    string
-	byName  map[string]*authSub // the authorities followed, by resource name
-	types   [numKinds]*typeState
+	byName  map[string]*authSub  // the authorities followed, by resource name
+	types   [numKinds]*typeState // nil until the type's first request
 	nonce   uint64
 	closing bool
 	// inCatalog: the stream has joined the catalog (a wildcard
@@ -321,7 +318,7 @@ func (a *authSub) Send(_, cur *view) error {
 	}
 	a.cur = cur
 	for _, t := range x.types {
-		if t.started && t.subscribed(a.name) {
+		if t != nil && t.started && t.subscribed(a.name) {
 			if err := x.flush(t, false, a.name); err != nil {
 				x.fail(err)
 				return err
@@ -433,6 +430,10 @@ func (x *stream) handle(r request) error {
 		x.zone = x.srv.settings.zoneOf(node.GetId(), node.GetCluster(), node.GetLocality().GetZone())
 	}
 	t := x.types[k]
+	if t == nil { // made with the type's first request: most streams ask for one type
+		t = &typeState{kind: k, names: map[string]uint8{}, sent: map[string]string{}}
+		x.types[k] = t
+	}
 	if nonce != "" && t.nonce != "" { // a nonce of an earlier stream counts for nothing
 		if nonce != t.nonce {
 			// A stale nonce: the client answers a response it has since
@@ -602,7 +603,7 @@ func (x *stream) catalogChanged(seq uint64, names []string) {
 	var release []*authSub
 	var err error
 	for _, t := range x.types {
-		if !t.wildcard {
+		if t == nil || !t.wildcard {
 			continue
 		}
 		for n, by := range t.names {
