@@ -290,8 +290,18 @@ func appendEndpointID(b []byte, r *endpointRow) []byte {
 }
 
 // An address is a family byte (4 or 6, so 1.2.3.4 and ::ffff:1.2.3.4 stay
-// distinct), the 16-byte form, the port, and the zone as a terminated string.
-func addrLen(a netip.AddrPort) int { return 1 + 16 + 2 + len(a.Addr().Zone()) + 1 }
+// distinct), its 4 or 16 bytes (the family byte says which, so keys stay
+// prefix-free), the port, and the zone as a terminated string. IPv4 keys
+// are 12 bytes shorter than the 16-byte form would make them: shorter
+// radix-tree keys to store and compare, in the id index and twice over in
+// the addr index's nibbles.
+func addrLen(a netip.AddrPort) int {
+	n := 16
+	if a.Addr().Is4() {
+		n = 4
+	}
+	return 1 + n + 2 + len(a.Addr().Zone()) + 1
+}
 
 // addrIndexKey is the addr index's key for a: appendAddr's bytes split into
 // nibbles, each byte b as b>>4, b&15, with room for extra more bytes (memdb
@@ -313,13 +323,15 @@ func addrIndexKey(a netip.AddrPort, extra int) []byte {
 
 func appendAddr(b []byte, a netip.AddrPort) []byte {
 	ip := a.Addr()
-	family := byte(6)
 	if ip.Is4() {
-		family = 4
+		a4 := ip.As4()
+		b = append(b, 4)
+		b = append(b, a4[:]...)
+	} else {
+		a16 := ip.As16()
+		b = append(b, 6)
+		b = append(b, a16[:]...)
 	}
-	a16 := ip.As16()
-	b = append(b, family)
-	b = append(b, a16[:]...)
 	b = appendPort(b, a.Port())
 	return appendString(b, ip.Zone())
 }
