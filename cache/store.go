@@ -49,9 +49,10 @@ func New() *Store {
 // Apply writes the groups of one provider (a source instance name) and
 // reports whether anything changed. Every host's rows change in one memdb
 // write transaction: a reader sees a host's rows all before or all after
-// the change. A large hand-over is written in several transactions (see
-// txnWrites), each a set of whole groups that shares no host with the
-// others, so that no transaction grows past what go-memdb tracks cheaply.
+// the change. A hand-over is one transaction unless it writes more than
+// txnWrites rows: then it is written in several, each a set of whole groups
+// that shares no host with the others, so that no transaction grows past
+// what go-memdb tracks cheaply.
 //
 // Each group replaces every row the provider had under group.Key; a group
 // without services withdraws the key. When a key is listed twice, the last
@@ -112,14 +113,13 @@ func (s *Store) ApplyAt(provider string, groups []discovery.Group, at time.Time)
 	if err != nil {
 		return false, fmt.Errorf("source %q: %w", provider, err)
 	}
-	var order [][]int // sets of plans to write together, in order
-	if len(plans) > 64 || len(plans) > 1 && mayWrite(plans) > txnWrites {
-		order = s.independent(provider, plans)
-	}
-	if len(order) <= 1 {
-		changed, _, err = s.applyPlans(provider, plans, nil, at)
+	// One transaction, unless it grows past txnWrites: then it is
+	// abandoned, and the hand-over is written in independent sets.
+	changed, _, err = s.applyPlans(provider, plans, nil, at)
+	if !errors.Is(err, errSplit) {
 		return changed, err
 	}
+	order := s.independent(provider, plans)
 	// Sets are packed into transactions as they come; a transaction ends
 	// once it has written txnWrites rows.
 	for len(order) > 0 {
@@ -133,8 +133,13 @@ func (s *Store) ApplyAt(provider string, groups []discovery.Group, at time.Time)
 	return changed, nil
 }
 
-// applyPlans writes, in one transaction, every plan (order nil) or the sets
-// of order until txnWrites rows were written, and returns the sets left.
+// errSplit: a transaction of every plan would grow past txnWrites.
+var errSplit = errors.New("cache: hand-over too large for one transaction")
+
+// applyPlans writes, in one transaction, every plan (order nil; errSplit,
+// and nothing written, when more than one plan write more than txnWrites
+// rows) or the sets of order until txnWrites rows were written, and returns
+// the sets left.
 func (s *Store) applyPlans(provider string, plans []groupPlan, order [][]int, at time.Time) (changed bool, rest [][]int, err error) {
 	txn := s.db.Txn(true)
 	defer txn.Abort()
@@ -151,6 +156,9 @@ func (s *Store) applyPlans(provider string, plans []groupPlan, order [][]int, at
 		for i := range plans {
 			if err := one(i); err != nil {
 				return false, nil, err
+			}
+			if w.writes > txnWrites && len(plans) > 1 {
+				return false, nil, errSplit
 			}
 		}
 	} else {
@@ -171,17 +179,6 @@ func (s *Store) applyPlans(provider string, plans []groupPlan, order [][]int, at
 	}
 	txn.Commit()
 	return true, order, nil
-}
-
-// mayWrite is an upper bound of the rows plans write, but for the rows of
-// their groups that go away: with a few groups, what the hand-over cannot
-// exceed (with many, the rows withdrawn could be many).
-func mayWrite(plans []groupPlan) int {
-	n := 0
-	for i := range plans {
-		n += len(plans[i].svcs) + len(plans[i].eps)
-	}
-	return n
 }
 
 // independent splits plans (indexes into it) into sets that share no host,
