@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"testing"
@@ -395,6 +397,101 @@ func TestADSThousandClustersOnOneStream(t *testing.T) {
 				t.Fatalf("svc-7 after the change: %v", addrs(a))
 			}
 			break
+		}
+	}
+}
+
+// TestADSEndpointContent: what a CLA says of each endpoint comes from the
+// services file as docs/xds.md maps it — weight, health status (critical
+// endpoints present, UNHEALTHY, only while the panic threshold keeps every
+// endpoint), identity and labels in filter_metadata "tributary", and a
+// locality weight for gRPC.
+func TestADSEndpointContent(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	if err := os.Mkdir(filepath.Join(dir, "services"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "services", "demo.yaml")
+	write := func(health2, health3 string) {
+		harness.WriteAtomic(t, file, fmt.Sprintf(`services:
+  - name: web.demo
+    port: 8080
+    endpoints:
+      - address: 10.1.0.1:8080
+        zone: zone-a
+        weight: 300
+        health: passing
+        identity: spiffe://example.org/ns/demo/sa/web
+        server_name: web.demo.example.org
+        labels: {version: v2}
+      - address: 10.1.0.2:8080
+        zone: zone-a
+        health: %s
+      - address: 10.1.0.3:8080
+        zone: zone-a
+        health: %s
+`, health2, health3))
+	}
+	write("unknown", "critical")
+	p := harness.FreePorts(t, 3)
+	harness.StartAt(t, dir, p[0], p[1], sourcesConfig(p[2], ""))
+	waitListening(t, p[2])
+	s := openADS(t, p[2], testNode("content", "zone-a"))
+	names := []string{webAuthority}
+	s.request(typeCLA, "", "", names, "")
+	r := s.nextOf(typeCLA)
+	cla := clas(t, r)[webAuthority]
+
+	byAddr := func(cla *endpointv3.ClusterLoadAssignment) map[string]*endpointv3.LbEndpoint {
+		out := map[string]*endpointv3.LbEndpoint{}
+		for _, l := range cla.GetEndpoints() {
+			if l.GetLoadBalancingWeight().GetValue() == 0 {
+				t.Errorf("locality %q has no weight: gRPC ignores it", l.GetLocality().GetZone())
+			}
+			for _, e := range l.GetLbEndpoints() {
+				out[e.GetEndpoint().GetAddress().GetSocketAddress().GetAddress()] = e
+			}
+		}
+		return out
+	}
+	// One critical of three: 2 of 3 serving is above the 50% threshold, so
+	// it is left out.
+	eps := byAddr(cla)
+	if len(eps) != 2 || eps["10.1.0.3"] != nil {
+		t.Fatalf("with 10.1.0.3 critical: %v; want 10.1.0.1 and 10.1.0.2", addrs(cla))
+	}
+	e1, e2 := eps["10.1.0.1"], eps["10.1.0.2"]
+	if e1.GetLoadBalancingWeight().GetValue() != 300 || e2.GetLoadBalancingWeight().GetValue() != 10000 {
+		t.Errorf("weights %d and %d; want 300 and the default 10000", e1.GetLoadBalancingWeight().GetValue(), e2.GetLoadBalancingWeight().GetValue())
+	}
+	if e1.GetHealthStatus() != corev3.HealthStatus_HEALTHY || e2.GetHealthStatus() != corev3.HealthStatus_UNKNOWN {
+		t.Errorf("health %v and %v; want HEALTHY (passing) and UNKNOWN", e1.GetHealthStatus(), e2.GetHealthStatus())
+	}
+	md := e1.GetMetadata().GetFilterMetadata()["tributary"].GetFields()
+	if md["identity"].GetStringValue() != "spiffe://example.org/ns/demo/sa/web" || md["server_name"].GetStringValue() != "web.demo.example.org" ||
+		md["labels"].GetStructValue().GetFields()["version"].GetStringValue() != "v2" {
+		t.Errorf("10.1.0.1's metadata: %v", e1.GetMetadata())
+	}
+	if id := e2.GetMetadata().GetFilterMetadata()["tributary"].GetFields()["identity"]; id != nil {
+		t.Errorf("10.1.0.2 has no identity, yet its metadata says %v", id)
+	}
+	s.ack(r, names)
+
+	// Two critical of three: 1 of 3 serving is below the threshold, so all
+	// are served, the critical ones marked UNHEALTHY.
+	write("critical", "critical")
+	for {
+		r = s.nextOf(typeCLA)
+		s.ack(r, names)
+		eps = byAddr(clas(t, r)[webAuthority])
+		if len(eps) == 3 {
+			break
+		}
+	}
+	for addr, want := range map[string]corev3.HealthStatus{"10.1.0.1": corev3.HealthStatus_HEALTHY, "10.1.0.2": corev3.HealthStatus_UNHEALTHY, "10.1.0.3": corev3.HealthStatus_UNHEALTHY} {
+		if got := eps[addr].GetHealthStatus(); got != want {
+			t.Errorf("in panic, %s is %v; want %v", addr, got, want)
 		}
 	}
 }
