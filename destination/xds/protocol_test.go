@@ -316,3 +316,21 @@ func TestUpstreamTLS(t *testing.T) {
 }
 
 func mustAddr(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+// TestDeltaStaleNonceSubscribes: a delta request that ACKs an older
+// response still subscribes (delta subscriptions are sent once), where a
+// SotW one is ignored.
+func TestDeltaStaleNonceSubscribes(t *testing.T) {
+	h := newHarness(t, Options{})
+	h.apply("file", group("a", "a.demo", 80, ep("10.0.0.1:80")), group("b", "b.demo", 80, ep("10.0.0.2:80")))
+	d := h.delta()
+	d.request(&discoverypb.DeltaDiscoveryRequest{TypeUrl: TypeEndpoint, ResourceNamesSubscribe: []string{"a.demo:80"}})
+	first := d.next()
+	h.apply("file", group("a", "a.demo", 80, ep("10.0.0.3:80")))
+	d.next() // the push: first's nonce is stale now
+	d.request(&discoverypb.DeltaDiscoveryRequest{TypeUrl: TypeEndpoint, ResponseNonce: first.Nonce, ResourceNamesSubscribe: []string{"b.demo:80"}})
+	r := d.next()
+	if got := resourceNames(r.Resources); !slices.Equal(got, []string{"b.demo:80"}) {
+		t.Fatalf("after a stale-nonce subscribe: %v", got)
+	}
+}

@@ -435,19 +435,25 @@ func (x *stream) handle(r request) error {
 		x.types[k] = t
 	}
 	if nonce != "" && t.nonce != "" { // a nonce of an earlier stream counts for nothing
-		if nonce != t.nonce {
-			// A stale nonce: the client answers a response it has since
-			// been sent a newer one of; its next request will carry that
-			// one (xDS protocol, "Resource updates and nonces").
+		switch {
+		case nonce != t.nonce && r.delta != nil:
+			// A stale nonce on a delta stream: the ACK or NACK is of an
+			// older response, but the subscription changes it carries are
+			// sent once only, so they are applied.
+			x.srv.metrics.staleNonces.Inc()
+		case nonce != t.nonce:
+			// A stale nonce (SotW): the client answers a response it has
+			// since been sent a newer one of; its next request, with
+			// that nonce, carries its whole subscription again (xDS
+			// protocol, "Resource updates and nonces").
 			x.srv.metrics.staleNonces.Inc()
 			x.mu.Unlock()
 			return nil
-		}
-		if errDetail != nil {
+		case errDetail != nil:
 			x.srv.metrics.nacks.WithLabelValues(kindNames[k]).Inc()
 			x.srv.log.Warn("xds: client rejected a response (NACK); it keeps its last accepted state", "type", kindNames[k],
 				"nonce", nonce, "error", errDetail.Message(), "peer", fanout.PeerAddr(x.ctx))
-		} else if r.sotw != nil {
+		case r.sotw != nil:
 			t.acked = r.sotw.GetVersionInfo()
 		}
 	}
