@@ -4,6 +4,7 @@ package xds
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"slices"
 	"testing"
@@ -147,6 +148,31 @@ func TestClientPrefersOwnZone(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("zone-a emptied %v ago, calls still go to %v", removalBound, got)
 		}
+	}
+}
+
+// TestClientZoneFromNodeZones: a client whose bootstrap names no zone is
+// placed by xds.node_zones (a glob on its node id and cluster), and its
+// calls stay in that zone; a node no rule matches has no zone, so every
+// zone is at the same priority and its calls spread over all of them.
+func TestClientZoneFromNodeZones(t *testing.T) {
+	t.Parallel()
+	a1, b1 := startBackend(t, "a1"), startBackend(t, "b1")
+	tr := startTributaryXDS(t, map[string][]endpointSpec{webAuthority: {a1.spec("zone-a"), b1.spec("zone-b")}},
+		"  node_zones:\n    - {node: \"edge-*\", cluster: xds-test, zone: zone-b}\n", "")
+	noZone := func(node string) []byte {
+		return fmt.Appendf(nil, `{"xds_servers": [{"server_uri": %q, "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
+  "node": {"id": %q, "cluster": "xds-test"}}`, tr.XDS, node)
+	}
+	mapped := dialXDSBootstrap(t, noZone("edge-1"), webAuthority)
+	mapped.waitFirstRPC(t)
+	if got := mapped.spread(t, 30); got["b1"] != 30 {
+		t.Errorf("node edge-1, mapped to zone-b, called %v; want b1 only", got)
+	}
+	other := dialXDSBootstrap(t, noZone("batch-1"), webAuthority)
+	other.waitFirstRPC(t)
+	if got := other.spread(t, 60); got["a1"] == 0 || got["b1"] == 0 {
+		t.Errorf("node batch-1, in no zone, called %v; want both zones", got)
 	}
 }
 

@@ -70,6 +70,7 @@ type tributary struct {
 	file     string
 	dir      string
 	extraCfg string
+	xdsKeys  string
 }
 
 // config is the sources part of the server's config (the harness adds the
@@ -78,30 +79,42 @@ type tributary struct {
 // never holding a sharp shrink, plus extra (e.g. a health_check block
 // indented as a source key).
 func sourcesConfig(xdsAddr, extra string) string {
+	return xdsSourcesConfig(xdsAddr, "", extra)
+}
+
+// xdsSourcesConfig is sourcesConfig with more keys of the xds: section
+// (YAML indented by two spaces).
+func xdsSourcesConfig(xdsAddr, xdsKeys, extra string) string {
 	return fmt.Sprintf(`xds:
   listen: %s
-sources:
+%ssources:
   - name: local
     kind: file
     paths: ["services/*.yaml"]
     settle: 50ms
     withdraw_confirm: 0s
-%s`, xdsAddr, extra)
+%s`, xdsAddr, xdsKeys, extra)
 }
 
 // startTributary writes the services file and starts the server with xDS
 // on a free port. extra is appended to the file source's keys.
 func startTributary(t *testing.T, svcs map[string][]endpointSpec, extra string) *tributary {
 	t.Helper()
+	return startTributaryXDS(t, svcs, "", extra)
+}
+
+// startTributaryXDS is startTributary with more keys of the xds: section.
+func startTributaryXDS(t *testing.T, svcs map[string][]endpointSpec, xdsKeys, extra string) *tributary {
+	t.Helper()
 	dir := t.TempDir()
 	if err := os.Mkdir(filepath.Join(dir, "services"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	tr := &tributary{dir: dir, file: filepath.Join(dir, "services", "demo.yaml"), extraCfg: extra}
+	tr := &tributary{dir: dir, file: filepath.Join(dir, "services", "demo.yaml"), extraCfg: extra, xdsKeys: xdsKeys}
 	harness.WriteAtomic(t, tr.file, servicesFile(svcs))
 	p := harness.FreePorts(t, 3)
 	tr.XDS = p[2]
-	tr.Server = harness.StartAt(t, dir, p[0], p[1], sourcesConfig(tr.XDS, extra))
+	tr.Server = harness.StartAt(t, dir, p[0], p[1], xdsSourcesConfig(tr.XDS, xdsKeys, extra))
 	waitListening(t, tr.XDS)
 	return tr
 }
@@ -110,7 +123,7 @@ func startTributary(t *testing.T, svcs map[string][]endpointSpec, extra string) 
 // the previous one must have exited.
 func (tr *tributary) restart(t *testing.T) {
 	t.Helper()
-	tr.Server = harness.StartAt(t, tr.dir, tr.API, tr.Admin, sourcesConfig(tr.XDS, tr.extraCfg))
+	tr.Server = harness.StartAt(t, tr.dir, tr.API, tr.Admin, xdsSourcesConfig(tr.XDS, tr.xdsKeys, tr.extraCfg))
 	waitListening(t, tr.XDS)
 }
 
@@ -194,7 +207,13 @@ type xdsClient struct {
 
 func dialXDS(t *testing.T, xdsAddr, zone, target string) *xdsClient {
 	t.Helper()
-	builder, err := xds.NewXDSResolverWithConfigForTesting(bootstrap(xdsAddr, "grpc-"+t.Name(), zone))
+	return dialXDSBootstrap(t, bootstrap(xdsAddr, "grpc-"+t.Name(), zone), target)
+}
+
+// dialXDSBootstrap is dialXDS with a bootstrap of the test's own.
+func dialXDSBootstrap(t *testing.T, bootstrapJSON []byte, target string) *xdsClient {
+	t.Helper()
+	builder, err := xds.NewXDSResolverWithConfigForTesting(bootstrapJSON)
 	if err != nil {
 		t.Fatal(err)
 	}
