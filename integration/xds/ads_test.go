@@ -495,3 +495,139 @@ func TestADSEndpointContent(t *testing.T) {
 		}
 	}
 }
+
+// deltaStream is a raw DeltaAggregatedResources stream.
+type deltaStream struct {
+	t      *testing.T
+	stream grpc.BidiStreamingClient[discoverygrpc.DeltaDiscoveryRequest, discoverygrpc.DeltaDiscoveryResponse]
+	resps  chan *discoverygrpc.DeltaDiscoveryResponse
+	errc   chan error
+}
+
+func openDelta(t *testing.T, addr string) *deltaStream {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stream, err := discoverygrpc.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx)
+	if err != nil {
+		cancel()
+		cc.Close()
+		t.Fatal(err)
+	}
+	s := &deltaStream{t: t, stream: stream, resps: make(chan *discoverygrpc.DeltaDiscoveryResponse, 100), errc: make(chan error, 1)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			r, err := stream.Recv()
+			if err != nil {
+				s.errc <- err
+				return
+			}
+			s.resps <- r
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done; cc.Close() })
+	return s
+}
+
+func (s *deltaStream) send(req *discoverygrpc.DeltaDiscoveryRequest) {
+	s.t.Helper()
+	if err := s.stream.Send(req); err != nil {
+		s.t.Fatalf("send: %v", err)
+	}
+}
+
+func (s *deltaStream) next() *discoverygrpc.DeltaDiscoveryResponse {
+	s.t.Helper()
+	select {
+	case r := <-s.resps:
+		return r
+	case err := <-s.errc:
+		s.errc <- err
+		s.t.Fatalf("delta stream ended: %v", err)
+	case <-time.After(harness.WaitFor):
+		s.t.Fatalf("no delta response within %v", harness.WaitFor)
+	}
+	return nil
+}
+
+// deltaCLAs decodes a delta response's CLAs by resource name.
+func deltaCLAs(t *testing.T, r *discoverygrpc.DeltaDiscoveryResponse) map[string]*endpointv3.ClusterLoadAssignment {
+	t.Helper()
+	out := map[string]*endpointv3.ClusterLoadAssignment{}
+	for _, res := range r.GetResources() {
+		var cla endpointv3.ClusterLoadAssignment
+		if err := res.GetResource().UnmarshalTo(&cla); err != nil {
+			t.Fatal(err)
+		}
+		if res.GetVersion() == "" || res.GetName() != cla.GetClusterName() {
+			t.Errorf("delta resource %q (version %q) holds CLA %q", res.GetName(), res.GetVersion(), cla.GetClusterName())
+		}
+		out[res.GetName()] = &cla
+	}
+	return out
+}
+
+// TestADSDelta: incremental xDS as Envoy's DELTA_GRPC uses it — a
+// subscription gets only the resources that exist, a resource that appears
+// is sent, one that changes is sent alone, one that disappears is listed in
+// removed_resources, an unsubscribed one is no longer sent, and a NACK
+// neither loops nor ends the stream.
+func TestADSDelta(t *testing.T) {
+	t.Parallel()
+	const later = "later.demo:9000"
+	web := []endpointSpec{{addr: "10.1.0.1:8080", zone: "zone-a"}}
+	tr := startTributary(t, map[string][]endpointSpec{webAuthority: web}, "")
+	s := openDelta(t, tr.XDS)
+	s.send(&discoverygrpc.DeltaDiscoveryRequest{Node: testNode("delta", "zone-a"), TypeUrl: typeCLA, ResourceNamesSubscribe: []string{webAuthority, later}})
+	r := s.next()
+	got := deltaCLAs(t, r)
+	if got[webAuthority] == nil || got[later] != nil || !sameAddrs(got[webAuthority], "zone-a/0/10.1.0.1:8080") {
+		t.Fatalf("first delta response: %v", slices.Sorted(maps.Keys(got)))
+	}
+	s.send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: typeCLA, ResponseNonce: r.GetNonce()})
+
+	// later appears: sent alone.
+	tr.write(t, map[string][]endpointSpec{webAuthority: web, later: {{addr: "10.2.0.1:9000", zone: "zone-a"}}})
+	r = s.next()
+	got = deltaCLAs(t, r)
+	if len(got) != 1 || got[later] == nil || !sameAddrs(got[later], "zone-a/0/10.2.0.1:9000") {
+		t.Fatalf("after %s appeared: %v", later, slices.Sorted(maps.Keys(got)))
+	}
+	// NACK it: nothing is resent, the stream stays up.
+	s.send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: typeCLA, ResponseNonce: r.GetNonce(), ErrorDetail: &status.Status{Code: int32(codes.InvalidArgument), Message: "rejected by the test"}})
+	select {
+	case r := <-s.resps:
+		t.Fatalf("a NACK was answered: %v removed %v", slices.Sorted(maps.Keys(deltaCLAs(t, r))), r.GetRemovedResources())
+	case err := <-s.errc:
+		t.Fatalf("the stream ended after a NACK: %v", err)
+	case <-time.After(time.Second):
+	}
+
+	// web disappears: removed.
+	tr.write(t, map[string][]endpointSpec{later: {{addr: "10.2.0.1:9000", zone: "zone-a"}}})
+	r = s.next()
+	if !slices.Contains(r.GetRemovedResources(), webAuthority) || len(r.GetResources()) != 0 {
+		t.Fatalf("after %s left the file: resources %v, removed %v", webAuthority, slices.Sorted(maps.Keys(deltaCLAs(t, r))), r.GetRemovedResources())
+	}
+	s.send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: typeCLA, ResponseNonce: r.GetNonce()})
+
+	// Unsubscribe later; its next change is not sent, web's return is.
+	s.send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: typeCLA, ResourceNamesUnsubscribe: []string{later}})
+	tr.write(t, map[string][]endpointSpec{webAuthority: web, later: {{addr: "10.2.0.2:9000", zone: "zone-a"}}})
+	for {
+		r = s.next()
+		got = deltaCLAs(t, r)
+		if got[later] != nil {
+			t.Fatalf("%s changed after it was unsubscribed, and was sent", later)
+		}
+		s.send(&discoverygrpc.DeltaDiscoveryRequest{TypeUrl: typeCLA, ResponseNonce: r.GetNonce()})
+		if got[webAuthority] != nil {
+			break
+		}
+	}
+}
