@@ -407,6 +407,8 @@ func (r *runner) openAll(ctx context.Context, n int, key string) error {
 	if n == 0 {
 		return nil
 	}
+	cpu0, _, _ := r.srv.Usage(context.Background())
+	self0 := selfCPU()
 	ws, start := r.fleet.OpenMany(n)
 	synced, last := r.fleet.WaitFirst(ws, time.Now().Add(r.o.syncTimeout(n)))
 	if last > 0 {
@@ -414,6 +416,12 @@ func (r *runner) openAll(ctx context.Context, n int, key string) error {
 	}
 	if key == "sync_s" {
 		r.res.Set("streams_synced", r.fleet.Len()-len(ws)+synced)
+		// Who had the cores while the streams synced: the server, or
+		// this tool opening and decoding them.
+		if cpu1, _, err := r.srv.Usage(context.Background()); err == nil && cpu0 > 0 {
+			r.res.Set("sync_server_cpu_s", cpu1-cpu0)
+		}
+		r.res.Set("sync_client_cpu_s", selfCPU()-self0)
 	}
 	if synced < n {
 		return fmt.Errorf("%d of %d streams got no first message (%s)", n-synced, n, strings.Join(r.fleet.Examples(), "; "))
