@@ -38,6 +38,10 @@ type Options struct {
 	// Panicking lists the authorities in panic mode (a served.Tracker's
 	// Panicking); nil: not tracked.
 	Panicking func() []served.Panic
+	// HealthCheck names the active health check (tcp, http, grpc) that
+	// sets the health of a source's endpoints of authority a, "" when none
+	// does (the source's own health stands). nil: none anywhere.
+	HealthCheck func(source string, a discovery.Authority) string
 }
 
 // Handler is the admin HTTP handler. SetDraining makes /readyz fail, which

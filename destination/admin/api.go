@@ -100,10 +100,14 @@ type ServicesAPI struct {
 // EndpointAPI is one endpoint the registry holds for a service, with what
 // the federation does with it for the client zone asked about.
 type EndpointAPI struct {
-	Address    string            `json:"address"`
-	Zone       string            `json:"zone,omitempty"`
-	ForZones   []string          `json:"for_zones,omitempty"`
-	Health     string            `json:"health"`
+	Address  string   `json:"address"`
+	Zone     string   `json:"zone,omitempty"`
+	ForZones []string `json:"for_zones,omitempty"`
+	Health   string   `json:"health"`
+	// HealthFrom says what set the health: "source" (the source reports
+	// it) or "check:tcp", "check:http", "check:grpc" (Tributary's active
+	// check, combined with the source's own).
+	HealthFrom string            `json:"health_from"`
 	Weight     uint32            `json:"weight"`
 	Identity   string            `json:"identity,omitempty"`
 	ServerName string            `json:"server_name,omitempty"`
@@ -436,11 +440,15 @@ func (h *Handler) Service(authority, zone string) (ServiceAPI, error) {
 	}
 	snap := h.opts.Store.Snapshot()
 	out := ServiceAPI{Authority: a.String(), Zone: zone, Endpoints: []EndpointAPI{}, Zones: []string{}, Members: []string{}}
+	memberOf := map[*discovery.Endpoint]discovery.Authority{}
 	for _, m := range h.opts.Federation.Members(a) {
 		out.Members = append(out.Members, m.String())
 		st := snap.Service(nil, m)
 		out.Exists = out.Exists || st.Exists
 		out.Opaque = out.Opaque || st.Opaque
+		for _, e := range st.Endpoints {
+			memberOf[e] = m
+		}
 	}
 	ex := h.explain(snap, a, zone)
 	out.Tier, out.PanicThreshold, out.Panic = ex.Tier, ex.PanicThreshold, ex.Panic
@@ -457,6 +465,19 @@ func (h *Handler) Service(authority, zone string) (ServiceAPI, error) {
 			Source: e.Source, Key: e.Key, Stale: stale[e.Source],
 			Served: d.Reason == discovery.ReasonServed || d.Reason == discovery.ReasonServedInPanic,
 			Reason: string(d.Reason), Why: why(d, ex),
+		}
+		ea.HealthFrom = "source"
+		if h.opts.HealthCheck != nil {
+			if c := h.opts.HealthCheck(e.Source, memberOf[e]); c != "" {
+				ea.HealthFrom = "check:" + c
+			}
+		}
+		if e.Health == discovery.HealthCritical {
+			if ea.HealthFrom == "source" {
+				ea.Why += "; its source reports it critical"
+			} else {
+				ea.Why += "; its active " + strings.TrimPrefix(ea.HealthFrom, "check:") + " health check fails (or its source reports it critical)"
+			}
 		}
 		if ea.Stale {
 			ea.Why += "; its source is stale (its last good state is served)"

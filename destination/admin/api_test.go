@@ -200,7 +200,13 @@ func TestAPIServiceExplains(t *testing.T) {
 	status := func() []discovery.SourceStatus {
 		return []discovery.SourceStatus{{Name: "k8s", Synced: true}, {Name: "file", Synced: true, Stale: true}}
 	}
-	srv := newServer(t, New(Options{Store: store, Federation: fed, Status: status, Gatherer: prometheus.NewRegistry()}))
+	checked := func(source string, a discovery.Authority) string {
+		if source == "k8s" && a == web {
+			return "tcp"
+		}
+		return ""
+	}
+	srv := newServer(t, New(Options{Store: store, Federation: fed, Status: status, Gatherer: prometheus.NewRegistry(), HealthCheck: checked}))
 
 	v := getAPI[ServiceAPI](t, srv+"/api/v1/services/web.demo:8080?zone=z1", 200)
 	if !v.Exists || v.Served != 1 || !v.ZoneHints || v.Panic || strings.Join(v.Zones, ",") != "z1,z2" || len(v.Endpoints) != 4 {
@@ -225,8 +231,11 @@ func TestAPIServiceExplains(t *testing.T) {
 		t.Errorf("first endpoint %+v", e)
 	}
 	for _, e := range v.Endpoints {
-		if e.Source == "file" && (!e.Stale || e.WinnerSource != "k8s" || !strings.Contains(e.Why, "stale")) {
+		if e.Source == "file" && (!e.Stale || e.WinnerSource != "k8s" || !strings.Contains(e.Why, "stale") || e.HealthFrom != "source") {
 			t.Errorf("file's endpoint: %+v", e)
+		}
+		if e.Address == "10.0.0.3:8080" && (e.HealthFrom != "check:tcp" || !strings.Contains(e.Why, "its active tcp health check fails")) {
+			t.Errorf("the checked critical endpoint: %+v", e)
 		}
 	}
 	// Without a zone, hints do not apply.

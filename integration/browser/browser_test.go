@@ -203,7 +203,7 @@ func TestStatusPageFollowsTheRegistry(t *testing.T) {
 	// of two addresses still serving, it is evicted.
 	a.Close()
 	run(t, ctx, "a critical", chromedp.WaitVisible(row(a.Addr().String(), `[data-health="critical"][data-reason="critical"]`)))
-	if why := read(t, ctx, "why", chromedp.TextContent(row(a.Addr().String(), ` td:nth-child(5)`))); !strings.Contains(why, "evicted") {
+	if why := read(t, ctx, "why", chromedp.TextContent(row(a.Addr().String(), ` td:nth-child(5)`))); !strings.Contains(why, "evicted") || !strings.Contains(why, "its active tcp health check fails") {
 		t.Errorf("why: %q", why)
 	}
 	// The client-zone selector: a client in zone-b is explained too.
