@@ -200,7 +200,7 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, pprofOn bool) 
 
 	adminHandler := admin.New(admin.Options{
 		Store: store, Status: mgr.Status, Gatherer: reg, Synced: mgr.Synced(), Version: version, Pprof: pprofOn,
-		Federation: fed, Panicking: tracker.Panicking,
+		Federation: fed, Panicking: tracker.Panicking, HealthCheck: checkType(cfg.Checks.Sources),
 	})
 
 	grpcLn, err := net.Listen("tcp", cfg.Server.Listen)
@@ -402,4 +402,19 @@ func (zs nodeZoners) NodeZone(node string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// checkType names the active check that sets the health of a source's
+// endpoints of an authority, for the admin API ("" for none).
+func checkType(sources map[string]*activehealth.Checks) func(string, discovery.Authority) string {
+	return func(source string, a discovery.Authority) string {
+		cs := sources[source]
+		if cs == nil {
+			return ""
+		}
+		if hc := cs.For(a); hc != nil && hc.Type != activehealth.CheckNone {
+			return hc.Type
+		}
+		return ""
+	}
 }
