@@ -184,6 +184,11 @@ func (h *Handler) routeAPI(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/v1/services", h.apiServices)
 	mux.HandleFunc("GET /api/v1/services/{authority}", h.apiService)
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			apiError(w, http.StatusMethodNotAllowed, "the API is read-only: use GET")
+			return
+		}
 		apiError(w, http.StatusNotFound, "no such API path "+strconv.Quote(r.URL.Path)+" (this server speaks /api/v1/sources, /api/v1/services, /api/v1/services/{authority})")
 	})
 }

@@ -132,6 +132,14 @@ func TestAPIServicesSearchAndPages(t *testing.T) {
 	}
 	getAPI[ErrorAPI](t, srv+"/api/v2/services", 404)
 	getAPI[ErrorAPI](t, srv+"/api/v1/services?sort=size", 400)
+	resp, err := http.Post(srv+"/api/v1/services", "application/json", strings.NewReader("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("POST: %d", resp.StatusCode)
+	}
 
 	// The largest first: svc-000007 has a third endpoint from "other".
 	v = getAPI[ServicesAPI](t, srv+"/api/v1/services?sort=endpoints&limit=2", 200)

@@ -67,8 +67,10 @@ type Tracker struct {
 	fed      *discovery.Federation
 	log      *slog.Logger
 	interval time.Duration
-	// dependents maps an alias host to the rule authorities it serves.
+	// dependents maps an alias host to the rule authorities it serves;
+	// ruleHosts are the hosts federation rules are written for.
 	dependents map[string][]discovery.Authority
+	ruleHosts  map[string]bool
 
 	panicActive prometheus.Gauge
 	transitions *prometheus.CounterVec
@@ -88,6 +90,7 @@ func New(opts Options) *Tracker {
 		log:        opts.Logger,
 		interval:   opts.MinInterval,
 		dependents: map[string][]discovery.Authority{},
+		ruleHosts:  map[string]bool{},
 		state:      map[discovery.Authority]*authState{},
 		byHost:     map[string]map[discovery.Authority]bool{},
 		panicActive: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -110,6 +113,7 @@ func New(opts Options) *Tracker {
 		t.interval = DefaultMinInterval
 	}
 	for _, a := range t.fed.RuleAuthorities() {
+		t.ruleHosts[a.Host] = true
 		for _, m := range t.fed.Members(a)[1:] {
 			t.dependents[m.Host] = append(t.dependents[m.Host], a)
 		}
@@ -147,7 +151,7 @@ func (t *Tracker) Run(ctx context.Context) {
 
 // Pass evaluates every authority whose host changed since the last pass,
 // adding to ws (if non-nil) a channel that fires on the next change. It
-// returns how many authorities it evaluated.
+// returns how many hosts had changed.
 func (t *Tracker) Pass(ws memdb.WatchSet) int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -156,6 +160,17 @@ func (t *Tracker) Pass(ws memdb.WatchSet) int {
 	t.synced = snap.HostsChangedSince(ws, t.synced, func(h string) { hosts = append(hosts, h) })
 	todo := map[discovery.Authority]bool{}
 	for _, h := range hosts {
+		// One read of every port's rows: a host whose endpoints all serve,
+		// that had nothing to remember and no rule of its own (whose
+		// aliases could hold critical endpoints, or failover tiers switch)
+		// has nothing to report; an alias's rule authority is still
+		// evaluated below.
+		if t.byHost[h] == nil && !t.ruleHosts[h] && allServing(snap.Service(nil, discovery.Authority{Host: h}).Endpoints) {
+			for _, a := range t.dependents[h] {
+				todo[a] = true
+			}
+			continue
+		}
 		for _, p := range snap.Ports(nil, h) {
 			todo[discovery.Authority{Host: h, Port: p}] = true
 		}
@@ -170,7 +185,16 @@ func (t *Tracker) Pass(ws memdb.WatchSet) int {
 	for a := range todo {
 		t.evaluate(snap, a, now)
 	}
-	return len(todo)
+	return len(hosts)
+}
+
+func allServing(eps []*discovery.Endpoint) bool {
+	for _, e := range eps {
+		if !e.Health.Serving() {
+			return false
+		}
+	}
+	return true
 }
 
 // evaluate reads a's view as the edges build it and records transitions.
