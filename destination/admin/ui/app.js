@@ -142,7 +142,8 @@
       tr.dataset.health = e.health;
       cell(tr, e.address, "mono");
       cell(tr, e.zone || "");
-      cell(tr, e.health + (e.stale ? " (stale)" : ""), e.health === "critical" ? "bad" : (e.health === "passing" ? "ok" : ""));
+      const hc = cell(tr, e.health + (e.stale ? " (stale)" : ""), e.health === "critical" ? "bad" : (e.health === "passing" ? "ok" : ""));
+      hc.appendChild(el("div", e.health_from === "source" ? "from the source" : e.health_from.replace("check:", "") + " check", "muted"));
       cell(tr, e.served ? "yes" : "no", e.served ? "ok" : "bad");
       cell(tr, e.why);
       cell(tr, e.source + " / " + e.key);
