@@ -114,7 +114,12 @@ func printStatus(out io.Writer, sources adminpkg.SourcesAPI, services *adminpkg.
 	}
 	t.write(out)
 	if len(sources.Panicking) > 0 {
-		fmt.Fprintf(out, "\n%d in panic mode (critical endpoints served too):\n", len(sources.Panicking))
+		n := max(sources.PanickingTotal, len(sources.Panicking))
+		if n > len(sources.Panicking) {
+			fmt.Fprintf(out, "\n%d in panic mode (critical endpoints served too); the first %d:\n", n, len(sources.Panicking))
+		} else {
+			fmt.Fprintf(out, "\n%d in panic mode (critical endpoints served too):\n", n)
+		}
 		t = &columns{}
 		t.add("AUTHORITY", "SERVING", "SINCE")
 		for _, p := range sources.Panicking {

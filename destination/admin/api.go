@@ -70,10 +70,16 @@ type SourcesAPI struct {
 	Ready   bool        `json:"ready"`
 	Time    time.Time   `json:"time"`
 	Sources []SourceAPI `json:"sources"`
-	// Panicking lists the authorities in panic mode (nil when the server
-	// does not track them).
-	Panicking []PanicAPI `json:"panicking"`
+	// Panicking lists the authorities in panic mode, at most maxPanicking
+	// of them (nil when the server does not track them); PanickingTotal
+	// counts them all.
+	Panicking      []PanicAPI `json:"panicking"`
+	PanickingTotal int        `json:"panicking_total"`
 }
+
+// maxPanicking bounds /api/v1/sources' list of authorities in panic mode,
+// which the page polls: in a wide outage it could name every service.
+const maxPanicking = 100
 
 // ServiceSummary is one authority in /api/v1/services.
 type ServiceSummary struct {
@@ -231,7 +237,9 @@ func (h *Handler) Sources() SourcesAPI {
 	slices.SortFunc(out.Sources, func(x, y SourceAPI) int { return strings.Compare(x.Name, y.Name) })
 	if h.opts.Panicking != nil {
 		out.Panicking = []PanicAPI{}
-		for _, p := range h.opts.Panicking() {
+		all := h.opts.Panicking()
+		out.PanickingTotal = len(all)
+		for _, p := range all[:min(len(all), maxPanicking)] {
 			out.Panicking = append(out.Panicking, PanicAPI{Authority: p.Authority.String(), Since: p.Since, Serving: p.Serving, Addresses: p.Addresses})
 		}
 	}

@@ -5,9 +5,9 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"strconv"
-	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tributary-mesh/tributary/cache"
+	"github.com/tributary-mesh/tributary/destination/served"
 	"github.com/tributary-mesh/tributary/discovery"
 )
 
@@ -67,6 +68,17 @@ func TestAPISourcesStates(t *testing.T) {
 	}
 	if v.Panicking != nil {
 		t.Errorf("panicking without a tracker: %v", v.Panicking)
+	}
+
+	// With a tracker: at most 100 listed, all counted.
+	var panics []served.Panic
+	for i := range 150 {
+		panics = append(panics, served.Panic{Authority: discovery.Authority{Host: fmt.Sprintf("s%03d.demo", i), Port: 80}, Serving: 0, Addresses: 1})
+	}
+	h := New(Options{Store: cache.New(), Gatherer: prometheus.NewRegistry(), Panicking: func() []served.Panic { return panics }})
+	p := getAPI[SourcesAPI](t, newServer(t, h)+"/api/v1/sources", 200)
+	if len(p.Panicking) != maxPanicking || p.PanickingTotal != 150 || p.Panicking[0].Authority != "s000.demo:80" {
+		t.Errorf("panicking: %d listed, total %d", len(p.Panicking), p.PanickingTotal)
 	}
 }
 

@@ -76,8 +76,9 @@
       li.appendChild(el("span", " " + p.serving + " of " + p.addresses + " addresses serving, since " + ago(p.since), "muted"));
       return li;
     });
-    if (panics.length > SHOWN) items.push(el("li", "and " + (panics.length - SHOWN) + " more", "muted"));
-    $("panicking-title").textContent = "In panic mode (" + panics.length + ")";
+    const total = data.panicking_total || panics.length;
+    if (total > SHOWN) items.push(el("li", "and " + (total - SHOWN) + " more", "muted"));
+    $("panicking-title").textContent = "In panic mode (" + total + ")";
     $("panicking-list").replaceChildren(...items);
   }
 
