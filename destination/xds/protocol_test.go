@@ -334,3 +334,52 @@ func TestDeltaStaleNonceSubscribes(t *testing.T) {
 		t.Fatalf("after a stale-nonce subscribe: %v", got)
 	}
 }
+
+// TestDeltaWildcard: a delta CDS stream that names nothing follows every
+// authority: one that appears is sent, one that goes is removed.
+func TestDeltaWildcard(t *testing.T) {
+	h := newHarness(t, Options{})
+	h.apply("file", group("a", "a.demo", 80, ep("10.0.0.1:80")))
+	d := h.delta()
+	d.request(&discoverypb.DeltaDiscoveryRequest{TypeUrl: TypeCluster})
+	r := d.next()
+	if got := resourceNames(r.Resources); !slices.Equal(got, []string{"a.demo:80"}) {
+		t.Fatalf("wildcard: %v", got)
+	}
+	d.ack(r)
+	h.apply("file", group("b", "b.demo", 80, ep("10.0.0.2:80")))
+	r = d.next()
+	if got := resourceNames(r.Resources); !slices.Equal(got, []string{"b.demo:80"}) || len(r.RemovedResources) != 0 {
+		t.Fatalf("after b appeared: %v", r)
+	}
+	d.ack(r)
+	h.apply("file", discovery.Group{Key: "a"})
+	r = d.next()
+	if len(r.Resources) != 0 || !slices.Equal(r.RemovedResources, []string{"a.demo:80"}) {
+		t.Fatalf("after a went: %v", r)
+	}
+	d.ack(r)
+	// Unsubscribing from the wildcard and naming b keeps b, silently.
+	d.request(&discoverypb.DeltaDiscoveryRequest{TypeUrl: TypeCluster, ResourceNamesSubscribe: []string{"b.demo:80"}, ResourceNamesUnsubscribe: []string{"*"}})
+	select {
+	case r := <-d.resps:
+		t.Fatalf("unexpected response: %v", r)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+// TestDeltaResubscribe: a name unsubscribed (by leaving the wildcard) and
+// subscribed again is sent again: the client forgot it.
+func TestDeltaResubscribe(t *testing.T) {
+	h := newHarness(t, Options{})
+	h.apply("file", group("a", "a.demo", 80, ep("10.0.0.1:80")))
+	d := h.delta()
+	d.request(&discoverypb.DeltaDiscoveryRequest{TypeUrl: TypeCluster, ResourceNamesSubscribe: []string{"*"}})
+	d.ack(d.next())
+	d.request(&discoverypb.DeltaDiscoveryRequest{TypeUrl: TypeCluster, ResourceNamesUnsubscribe: []string{"*"}})
+	d.request(&discoverypb.DeltaDiscoveryRequest{TypeUrl: TypeCluster, ResourceNamesSubscribe: []string{"a.demo:80"}})
+	r := d.next()
+	if got := resourceNames(r.Resources); !slices.Equal(got, []string{"a.demo:80"}) {
+		t.Fatalf("after resubscribing: %v", got)
+	}
+}

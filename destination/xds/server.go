@@ -589,6 +589,9 @@ func (x *stream) setWildcard(t *typeState, on bool, release *[]*authSub) {
 	for n, by := range t.names {
 		if by&byWildcard != 0 {
 			x.setName(t, n, byWildcard, false, release)
+			if t.names[n] == 0 {
+				delete(t.sent, n) // the client forgets what it unsubscribes from
+			}
 		}
 	}
 }
