@@ -10,6 +10,7 @@ type metrics struct {
 	staleNonces prometheus.Counter
 	badRequests prometheus.Counter
 	slowClosed  prometheus.Counter
+	refused     prometheus.Counter
 
 	// The series of pushes and resources by kind, looked up once.
 	pushed, resourcesSent [numKinds]prometheus.Counter
@@ -35,6 +36,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		badRequests: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tributary_xds_bad_requests_total", Help: "xDS requests refused as malformed (unknown type URL), ending their stream.",
 		}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "tributary_xds_streams_refused_total", Help: "ADS streams refused with ResourceExhausted: over the maximum of open streams or the rate of new ones.",
+		}),
 		slowClosed: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tributary_xds_slow_clients_closed_total", Help: "Connections of xDS clients closed because they took no response for the send timeout.",
 		}),
@@ -50,7 +54,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.nacks.WithLabelValues(name)
 	}
 	if reg != nil {
-		reg.MustRegister(m.streams, m.pushes, m.resources, m.nacks, m.staleNonces, m.badRequests, m.slowClosed)
+		reg.MustRegister(m.streams, m.pushes, m.resources, m.nacks, m.staleNonces, m.badRequests, m.slowClosed, m.refused)
 	}
 	return m
 }

@@ -13,6 +13,8 @@ import (
 	endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/tributary-mesh/tributary/discovery"
 )
@@ -381,5 +383,34 @@ func TestDeltaResubscribe(t *testing.T) {
 	r := d.next()
 	if got := resourceNames(r.Resources); !slices.Equal(got, []string{"a.demo:80"}) {
 		t.Fatalf("after resubscribing: %v", got)
+	}
+}
+
+// TestAdmission: beyond the maximum of open streams, or the rate of new
+// ones, a stream is refused with ResourceExhausted and a retry delay.
+func TestAdmission(t *testing.T) {
+	for _, opts := range []Options{
+		{MaxStreams: 2, NewStreamsPerSecond: -1},
+		{NewStreamsPerSecond: 0.001, NewStreamsBurst: 2},
+	} {
+		h := newHarness(t, opts)
+		h.apply("file", group("a", "a.demo", 80, ep("10.0.0.1:80")))
+		for i := range 3 {
+			s := h.sotw(nil)
+			s.request(&discoverypb.DiscoveryRequest{TypeUrl: TypeEndpoint, ResourceNames: []string{"a.demo:80"}})
+			select {
+			case r := <-s.resps:
+				if i == 2 {
+					t.Fatalf("%+v: stream 3 answered: %v", opts, r)
+				}
+			case err := <-s.errc:
+				if i < 2 || status.Code(err) != codes.ResourceExhausted {
+					t.Fatalf("%+v: stream %d: %v", opts, i+1, err)
+				}
+				s.errc <- err
+			case <-time.After(waitFor):
+				t.Fatalf("%+v: stream %d: nothing", opts, i+1)
+			}
+		}
 	}
 }

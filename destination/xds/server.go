@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"strconv"
 	"sync"
@@ -21,20 +22,25 @@ import (
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/hashicorp/go-memdb"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/tributary-mesh/tributary/cache"
 	"github.com/tributary-mesh/tributary/destination/fanout"
 	"github.com/tributary-mesh/tributary/discovery"
 )
 
-// Defaults.
+// Defaults: the destination API's.
 const (
-	DefaultStartupTimeout = 2 * time.Second
-	DefaultSendTimeout    = 30 * time.Second
+	DefaultStartupTimeout      = 2 * time.Second
+	DefaultSendTimeout         = 30 * time.Second
+	DefaultMaxStreams          = 150000
+	DefaultNewStreamsPerSecond = 20000
 )
 
 // Options configures a Server.
@@ -48,8 +54,16 @@ type Options struct {
 	// SendTimeout closes the connection of a client that has not taken a
 	// response for this long; 0: default, negative: never.
 	SendTimeout time.Duration
-	Logger      *slog.Logger
-	Registerer  prometheus.Registerer // nil: no metrics
+	// MaxStreams bounds open ADS streams (0: DefaultMaxStreams, negative:
+	// none); NewStreamsPerSecond and NewStreamsBurst rate-limit new ones
+	// (rate 0: DefaultNewStreamsPerSecond, negative: none; burst 0: one
+	// second's worth). Beyond them a stream gets ResourceExhausted with a
+	// retry delay, as on the destination API.
+	MaxStreams          int
+	NewStreamsPerSecond float64
+	NewStreamsBurst     int
+	Logger              *slog.Logger
+	Registerer          prometheus.Registerer // nil: no metrics
 }
 
 // Server is the ADS server. Register it on a gRPC server served on
@@ -78,6 +92,10 @@ type Server struct {
 	drainNow    context.CancelFunc
 	streams     sync.WaitGroup
 	ids         atomic.Uint64
+
+	maxStreams int64
+	open       atomic.Int64
+	newStreams *rate.Limiter // nil: no rate limit
 }
 
 // New returns a server.
@@ -109,6 +127,20 @@ func New(opts Options) *Server {
 	}
 	if s.log == nil {
 		s.log = slog.Default()
+	}
+	s.maxStreams = int64(opts.MaxStreams)
+	if s.maxStreams == 0 {
+		s.maxStreams = DefaultMaxStreams
+	}
+	if r := opts.NewStreamsPerSecond; r >= 0 {
+		if r == 0 {
+			r = DefaultNewStreamsPerSecond
+		}
+		b := opts.NewStreamsBurst
+		if b <= 0 {
+			b = max(1, int(min(r, math.MaxInt32)))
+		}
+		s.newStreams = rate.NewLimiter(rate.Limit(r), b)
 	}
 	s.stalls = fanout.NewStallWatch(max(s.sendTimeout, time.Millisecond), s.closeStalled)
 	s.drain, s.drainNow = context.WithCancel(context.Background())
@@ -186,6 +218,10 @@ func (s *Server) run(ctx context.Context, delta bool, recv func() (request, erro
 	if s.drain.Err() != nil {
 		return status.Error(codes.Unavailable, "server is shutting down")
 	}
+	if err := s.admit(); err != nil {
+		return err
+	}
+	defer s.open.Add(-1)
 	s.streams.Add(1)
 	defer s.streams.Done()
 	proto := "sotw"
@@ -227,6 +263,39 @@ func (s *Server) run(ctx context.Context, delta bool, recv func() (request, erro
 			return err
 		}
 	}
+}
+
+// admit takes a slot for a new stream, or refuses it with
+// ResourceExhausted and a retry delay: over MaxStreams, or over the rate of
+// new streams (a reconnect storm is spread out).
+func (s *Server) admit() error {
+	if n := s.open.Add(1); s.maxStreams > 0 && n > s.maxStreams {
+		s.open.Add(-1)
+		s.metrics.refused.Inc()
+		return retryLater(time.Second, "%d xDS streams open, the configured maximum", s.maxStreams)
+	}
+	if s.newStreams != nil {
+		if r := s.newStreams.Reserve(); !r.OK() || r.Delay() > 0 {
+			d := time.Second
+			if r.OK() {
+				d = r.Delay()
+				r.Cancel()
+			}
+			s.open.Add(-1)
+			s.metrics.refused.Inc()
+			return retryLater(d, "too many new xDS streams per second")
+		}
+	}
+	return nil
+}
+
+// retryLater is ResourceExhausted with a RetryInfo detail.
+func retryLater(after time.Duration, format string, args ...any) error {
+	st := status.Newf(codes.ResourceExhausted, format+"; retry later", args...)
+	if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(after)}); err == nil {
+		st = d
+	}
+	return st.Err()
 }
 
 func (s *Server) waitSynced(ctx context.Context) {
