@@ -220,6 +220,7 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, pprofOn bool) 
 	if cfg.XDS != nil {
 		xdsServer = xds.New(xds.Options{Store: store, Federation: fed, Settings: cfg.XDS, Synced: mgr.Synced(),
 			StartupTimeout: time.Duration(cfg.Server.StartupTimeout), SendTimeout: time.Duration(streams.SendTimeout),
+			MaxStreams: streams.Max, NewStreamsPerSecond: streams.NewPerSecond, NewStreamsBurst: streams.NewBurst,
 			Logger: logger, Registerer: reg})
 		xdsGRPC = grpc.NewServer(append(append(xds.ServerOptions(),
 			grpc.MaxRecvMsgSize(4<<20), // an ADS request names every resource it subscribes to
