@@ -154,6 +154,12 @@ type target struct {
 	due   time.Time
 	index int  // in the queue; -1 when not queued
 	gone  bool // no endpoint points at it any more
+
+	// What the last checks said, for CheckState (its sink's lock):
+	// when the last check ended, and the last failure's error and time.
+	lastCheck   time.Time
+	lastErr     string
+	lastErrTime time.Time
 }
 
 // schedule is a min-heap of targets by due time.

@@ -148,6 +148,10 @@ func (s *sourceSink) record(t *target, err error, took time.Duration) {
 		return // no endpoint points at it any more
 	}
 	s.c.metrics.observe(s.name, t.hc.Type, err == nil, took)
+	t.lastCheck = s.c.now()
+	if err != nil {
+		t.lastErr, t.lastErrTime = err.Error(), t.lastCheck
+	}
 	before := t.st.health
 	if !t.st.observe(err == nil, s.c.now(), t.hc) {
 		return
