@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -42,6 +44,30 @@ type Options struct {
 	// sets the health of a source's endpoints of authority a, "" when none
 	// does (the source's own health stands). nil: none anywhere.
 	HealthCheck func(source string, a discovery.Authority) string
+	// Checks reads what the active checks found for an endpoint (the
+	// health checker's CheckState); nil: not shown.
+	Checks CheckReader
+}
+
+// CheckReader reads the active health checker's state of one endpoint:
+// source's endpoint addr under authority a. ok is false when no check
+// covers it.
+type CheckReader interface {
+	CheckState(source string, a discovery.Authority, addr netip.AddrPort) (CheckState, bool)
+}
+
+// CheckState is what an endpoint's active check found (the checker's
+// view, before it is combined with the source's health).
+type CheckState struct {
+	Type                 string
+	Target               netip.AddrPort
+	Verdict              discovery.Health
+	LastCheck            time.Time
+	LastError            string
+	LastErrorTime        time.Time
+	ConsecutiveFailures  int
+	ConsecutiveSuccesses int
+	HeldDownUntil        time.Time
 }
 
 // Handler is the admin HTTP handler. SetDraining makes /readyz fail, which

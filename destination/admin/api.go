@@ -133,6 +133,28 @@ type EndpointAPI struct {
 	// instead, with reason "duplicate".
 	WinnerSource string `json:"winner_source,omitempty"`
 	WinnerKey    string `json:"winner_key,omitempty"`
+	// Check is what the endpoint's active health check found, when one
+	// covers it (added in v1: absent otherwise).
+	Check *CheckAPI `json:"check,omitempty"`
+}
+
+// CheckAPI is an endpoint's active health check: its own verdict (before
+// it is combined with the source's health) and its last failure.
+type CheckAPI struct {
+	Type string `json:"type"`
+	// Target is the address probed (the endpoint's, or the check's port).
+	Target  string `json:"target"`
+	Verdict string `json:"verdict"`
+	// LastCheck is when the last check ended (absent: none yet).
+	LastCheck time.Time `json:"last_check,omitzero"`
+	// LastError is the last failed check's error and LastErrorTime when
+	// it ended; they stay after the checks pass again.
+	LastError            string    `json:"last_error,omitempty"`
+	LastErrorTime        time.Time `json:"last_error_time,omitzero"`
+	ConsecutiveFailures  int       `json:"consecutive_failures"`
+	ConsecutiveSuccesses int       `json:"consecutive_successes"`
+	// HeldDownUntil: a flapping endpoint is kept out until then.
+	HeldDownUntil time.Time `json:"held_down_until,omitzero"`
 }
 
 // TierAPI is a failover tier of a federation rule.
@@ -485,10 +507,20 @@ func (h *Handler) Service(authority, zone string) (ServiceAPI, error) {
 				ea.HealthFrom = "check:" + c
 			}
 		}
+		if h.opts.Checks != nil && ea.HealthFrom != "source" {
+			if cs, ok := h.opts.Checks.CheckState(e.Source, memberOf[e], e.Addr); ok {
+				ea.Check = checkAPI(cs)
+			}
+		}
 		if e.Health == discovery.HealthCritical {
-			if ea.HealthFrom == "source" {
+			switch c := ea.Check; {
+			case ea.HealthFrom == "source":
 				ea.Why += "; its source reports it critical"
-			} else {
+			case c != nil && c.Verdict == discovery.HealthCritical.String():
+				ea.Why += "; " + checkWhy(c)
+			case c != nil:
+				ea.Why += fmt.Sprintf("; its source reports it critical (its active %s check says %s)", c.Type, c.Verdict)
+			default:
 				ea.Why += "; its active " + strings.TrimPrefix(ea.HealthFrom, "check:") + " health check fails (or its source reports it critical)"
 			}
 		}
@@ -525,4 +557,29 @@ func (h *Handler) apiService(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, v)
+}
+
+func checkAPI(cs CheckState) *CheckAPI {
+	return &CheckAPI{
+		Type: cs.Type, Target: cs.Target.String(), Verdict: cs.Verdict.String(),
+		LastCheck: cs.LastCheck.UTC(), LastError: cs.LastError, LastErrorTime: cs.LastErrorTime.UTC(),
+		ConsecutiveFailures: cs.ConsecutiveFailures, ConsecutiveSuccesses: cs.ConsecutiveSuccesses,
+		HeldDownUntil: cs.HeldDownUntil.UTC(),
+	}
+}
+
+// checkWhy puts a failing check into words: its last error, how many in
+// a row, when.
+func checkWhy(c *CheckAPI) string {
+	s := "its active " + c.Type + " health check of " + c.Target + " fails"
+	if c.LastError != "" {
+		s += ": " + c.LastError
+	}
+	if c.ConsecutiveFailures > 0 {
+		s += fmt.Sprintf(" (%d failures in a row, last at %s)", c.ConsecutiveFailures, c.LastErrorTime.Format(time.RFC3339))
+	}
+	if !c.HeldDownUntil.IsZero() {
+		s += "; held down for flapping until " + c.HeldDownUntil.Format(time.RFC3339)
+	}
+	return s
 }

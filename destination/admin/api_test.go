@@ -301,3 +301,67 @@ func TestStatusPageHeaders(t *testing.T) {
 		}
 	}
 }
+
+// fakeChecks is a CheckReader with fixed states, by "source address".
+type fakeChecks map[string]CheckState
+
+func (f fakeChecks) CheckState(source string, _ discovery.Authority, addr netip.AddrPort) (CheckState, bool) {
+	st, ok := f[source+" "+addr.String()]
+	return st, ok
+}
+
+// TestAPIServiceCheckFailure: a checked critical endpoint says which check
+// failed, with its error, the failures in a row and when, in its check
+// object and in its why; a passing one carries its check without a why;
+// a critical one whose check passes blames its source.
+func TestAPIServiceCheckFailure(t *testing.T) {
+	store := cache.New()
+	web := discovery.Authority{Host: "web.demo", Port: 8080}
+	eps := []discovery.Endpoint{
+		{Addr: netip.MustParseAddrPort("10.0.0.1:8080"), Health: discovery.HealthPassing},
+		{Addr: netip.MustParseAddrPort("10.0.0.2:8080"), Health: discovery.HealthCritical},
+		{Addr: netip.MustParseAddrPort("10.0.0.3:8080"), Health: discovery.HealthCritical},
+		{Addr: netip.MustParseAddrPort("10.0.0.4:8080"), Health: discovery.HealthPassing},
+	}
+	if _, err := store.Apply("k8s", []discovery.Group{{Key: "s", Services: []discovery.Service{{Authority: web, Endpoints: eps}}}}); err != nil {
+		t.Fatal(err)
+	}
+	failed := time.Date(2026, 12, 6, 18, 0, 0, 0, time.UTC)
+	checks := fakeChecks{
+		"k8s 10.0.0.1:8080": {Type: "tcp", Target: eps[0].Addr, Verdict: discovery.HealthPassing, LastCheck: failed.Add(time.Minute), ConsecutiveSuccesses: 4},
+		"k8s 10.0.0.2:8080": {Type: "tcp", Target: netip.MustParseAddrPort("10.0.0.2:9000"), Verdict: discovery.HealthCritical, LastCheck: failed,
+			LastError: "dial tcp 10.0.0.2:9000: connect: connection refused", LastErrorTime: failed, ConsecutiveFailures: 3},
+		"k8s 10.0.0.3:8080": {Type: "tcp", Target: eps[2].Addr, Verdict: discovery.HealthPassing, LastCheck: failed},
+	}
+	checked := func(string, discovery.Authority) string { return "tcp" }
+	srv := newServer(t, New(Options{Store: store, Gatherer: prometheus.NewRegistry(), HealthCheck: checked, Checks: checks}))
+	v := getAPI[ServiceAPI](t, srv+"/api/v1/services/web.demo:8080", 200)
+	by := map[string]EndpointAPI{}
+	for _, e := range v.Endpoints {
+		by[e.Address] = e
+	}
+	if c := by["10.0.0.1:8080"].Check; c == nil || c.Verdict != "passing" || c.ConsecutiveSuccesses != 4 || c.LastError != "" || strings.Contains(by["10.0.0.1:8080"].Why, "fails") {
+		t.Errorf("passing endpoint: %+v %+v", by["10.0.0.1:8080"], c)
+	}
+	e := by["10.0.0.2:8080"]
+	if c := e.Check; c == nil || c.Type != "tcp" || c.Target != "10.0.0.2:9000" || c.Verdict != "critical" || c.ConsecutiveFailures != 3 ||
+		!c.LastErrorTime.Equal(failed) || c.LastError != "dial tcp 10.0.0.2:9000: connect: connection refused" {
+		t.Errorf("failing endpoint's check: %+v", c)
+	}
+	for _, want := range []string{"evicted: health is critical", "tcp health check of 10.0.0.2:9000 fails: dial tcp 10.0.0.2:9000: connect: connection refused", "3 failures in a row", "2026-12-06T18:00:00Z"} {
+		if !strings.Contains(e.Why, want) {
+			t.Errorf("why %q lacks %q", e.Why, want)
+		}
+	}
+	if e := by["10.0.0.3:8080"]; e.Check == nil || !strings.Contains(e.Why, "its source reports it critical (its active tcp check says passing)") {
+		t.Errorf("critical by its source: %+v", e)
+	}
+	if e := by["10.0.0.4:8080"]; e.Check != nil || e.HealthFrom != "check:tcp" {
+		t.Errorf("no check state yet: %+v", e)
+	}
+	// In the raw JSON, an endpoint without a check state has no check field.
+	_, body := get(t, srv+"/api/v1/services/web.demo:8080")
+	if n := strings.Count(body, `"check":`); n != 3 {
+		t.Errorf("%d check objects, want 3:\n%s", n, body)
+	}
+}

@@ -145,6 +145,13 @@
       cell(tr, e.zone || "");
       const hc = cell(tr, e.health + (e.stale ? " (stale)" : ""), e.health === "critical" ? "bad" : (e.health === "passing" ? "ok" : ""));
       hc.appendChild(el("div", e.health_from === "source" ? "from the source" : e.health_from.replace("check:", "") + " check", "muted"));
+      if (e.check && e.check.last_error) {
+        // The check's last failure, as text: an error may quote the peer.
+        let fail = "last failure: " + e.check.last_error + " (" + e.check.last_error_time;
+        if (e.check.consecutive_failures > 0) fail += ", " + e.check.consecutive_failures + " in a row";
+        fail += ")";
+        hc.appendChild(el("div", fail, "muted check-error"));
+      }
       cell(tr, e.served ? "yes" : "no", e.served ? "ok" : "bad");
       cell(tr, e.why);
       cell(tr, e.source + " / " + e.key);
