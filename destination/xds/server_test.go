@@ -37,6 +37,7 @@ const waitFor = 5 * time.Second
 
 type harness struct {
 	t      *testing.T
+	addr   string // the ADS server's
 	store  *cache.Store
 	srv    *Server
 	client discoverypb.AggregatedDiscoveryServiceClient
@@ -65,7 +66,7 @@ func newHarness(t *testing.T, opts Options) *harness {
 		g.Stop()
 		srv.Wait()
 	})
-	return &harness{t: t, store: opts.Store, srv: srv, client: discoverypb.NewAggregatedDiscoveryServiceClient(conn)}
+	return &harness{t: t, addr: ln.Addr().String(), store: opts.Store, srv: srv, client: discoverypb.NewAggregatedDiscoveryServiceClient(conn)}
 }
 
 func (h *harness) apply(provider string, groups ...discovery.Group) {
