@@ -151,3 +151,32 @@ func TestProxylessGRPCmTLS(t *testing.T) {
 		}
 	}
 }
+
+// TestProxylessGRPCZonePreference: a gRPC client in zone-a uses only the
+// zone-a endpoint while it is there (priority 0), and the other zone's
+// once it is gone (priority 1 takes over).
+func TestProxylessGRPCZonePreference(t *testing.T) {
+	h := newHarness(t, Options{})
+	local, remote := backend(t), backend(t)
+	eps := []discovery.Endpoint{{Addr: mustAddr(local), Zone: "zone-a"}, {Addr: mustAddr(remote), Zone: "zone-b"}}
+	h.apply("file", group("web", "web.demo", 8080, eps...))
+	c := h.proxyless("", insecure.NewCredentials())
+	seen, err := spread(t, c, 20)
+	if err != nil || seen[local] != 20 {
+		t.Fatalf("calls by backend %v, err %v: want all in zone-a", seen, err)
+	}
+	h.apply("file", group("web", "web.demo", 8080, eps[1]))
+	deadline := time.Now().Add(waitFor)
+	for {
+		seen, err := spread(t, c, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[remote] == 10 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no failover to zone-b: %v", seen)
+		}
+	}
+}
