@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
@@ -201,6 +202,7 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, pprofOn bool) 
 	adminHandler := admin.New(admin.Options{
 		Store: store, Status: mgr.Status, Gatherer: reg, Synced: mgr.Synced(), Version: version, Pprof: pprofOn,
 		Federation: fed, Panicking: tracker.Panicking, HealthCheck: checkType(cfg.Checks.Sources),
+		Checks: checkReader{checker},
 	})
 
 	grpcLn, err := net.Listen("tcp", cfg.Server.Listen)
@@ -418,4 +420,18 @@ func checkType(sources map[string]*activehealth.Checks) func(string, discovery.A
 		}
 		return ""
 	}
+}
+
+// checkReader lets the admin API read what the active checks found of an
+// endpoint (why a checked endpoint is critical).
+type checkReader struct{ c *activehealth.Checker }
+
+func (r checkReader) CheckState(source string, a discovery.Authority, addr netip.AddrPort) (admin.CheckState, bool) {
+	st, ok := r.c.CheckState(source, a, addr)
+	return admin.CheckState{
+		Type: st.Type, Target: st.Target, Verdict: st.Verdict,
+		LastCheck: st.LastCheck, LastError: st.LastError, LastErrorTime: st.LastErrorTime,
+		ConsecutiveFailures: st.ConsecutiveFailures, ConsecutiveSuccesses: st.ConsecutiveSuccesses,
+		HeldDownUntil: st.HeldDownUntil,
+	}, ok
 }
