@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	adminpkg "github.com/tributary-mesh/tributary/destination/admin"
 	"github.com/tributary-mesh/tributary/discovery"
@@ -147,6 +148,20 @@ func printExplain(out io.Writer, v adminpkg.ServiceAPI) {
 		t.add(e.Address, dash(printable(e.Zone)), health, served, printable(e.Source), e.Reason, printable(e.Why), printable(e.Key))
 	}
 	t.write(out)
+	// The active checks' last failures, for the endpoints that had one.
+	var fails []string
+	for _, e := range v.Endpoints {
+		if c := e.Check; c != nil && c.LastError != "" {
+			fails = append(fails, fmt.Sprintf("%s (%s, %s check of %s, now %s): last failure at %s, %d in a row: %s",
+				e.Address, printable(e.Source), c.Type, c.Target, c.Verdict, c.LastErrorTime.Format(time.RFC3339), c.ConsecutiveFailures, printable(c.LastError)))
+		}
+	}
+	if len(fails) > 0 {
+		fmt.Fprintln(out, "\nactive health checks:")
+		for _, f := range fails {
+			fmt.Fprintln(out, "  "+f)
+		}
+	}
 }
 
 // printable replaces control characters, which a source may have sent, so

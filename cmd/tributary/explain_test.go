@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tributary-mesh/tributary/cache"
 	adminpkg "github.com/tributary-mesh/tributary/destination/admin"
@@ -75,5 +76,27 @@ func TestExplain(t *testing.T) {
 	}
 	if code := run([]string{"explain", "web.demo:8080", "--admin", "127.0.0.1:1"}, &stdout, &stderr); code != 1 {
 		t.Errorf("unreachable admin: exit %d, want 1", code)
+	}
+}
+
+// TestExplainCheckFailure: an endpoint whose active check failed gets a
+// line with the check, its target, the error, the failures in a row and
+// when; control characters in the error are replaced.
+func TestExplainCheckFailure(t *testing.T) {
+	at := time.Date(2026, 12, 6, 18, 0, 0, 0, time.UTC)
+	v := adminpkg.ServiceAPI{Authority: "web.demo:8080", Exists: true, Endpoints: []adminpkg.EndpointAPI{
+		{Address: "10.0.0.1:8080", Health: "passing", HealthFrom: "check:tcp", Source: "local", Served: true, Reason: "served", Why: "served",
+			Check: &adminpkg.CheckAPI{Type: "tcp", Target: "10.0.0.1:8080", Verdict: "passing"}},
+		{Address: "10.0.0.2:8080", Health: "critical", HealthFrom: "check:tcp", Source: "local", Reason: "critical", Why: "evicted: health is critical; its active tcp health check of 10.0.0.2:8080 fails",
+			Check: &adminpkg.CheckAPI{Type: "tcp", Target: "10.0.0.2:8080", Verdict: "critical", LastError: "dial tcp 10.0.0.2:8080: connect: connection refused\x1b[2J", LastErrorTime: at, ConsecutiveFailures: 3}},
+	}}
+	var out strings.Builder
+	printExplain(&out, v)
+	want := "active health checks:\n  10.0.0.2:8080 (local, tcp check of 10.0.0.2:8080, now critical): last failure at 2026-12-06T18:00:00Z, 3 in a row: dial tcp 10.0.0.2:8080: connect: connection refused?[2J\n"
+	if !strings.Contains(out.String(), want) {
+		t.Errorf("explain lacks %q:\n%s", want, out.String())
+	}
+	if strings.Count(out.String(), "last failure") != 1 {
+		t.Errorf("a passing check without a failure is listed:\n%s", out.String())
 	}
 }

@@ -49,7 +49,7 @@ func watchCmd(args []string, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, "print each message as one JSON line (protojson)")
 	profile := fs.Bool("profile", false, "watch GetProfile instead of Get")
 	token := fs.String("token", "", `context token, e.g. {"ns":"demo","zone":"zone-a"}`)
-	adminAddr := fs.String("admin", "", "admin address for each endpoint's health (/debug/registry); default: --addr's host, port 9996; \"off\": none. http:// or https:// may lead it (https uses the TLS flags)")
+	adminAddr := fs.String("admin", "", "admin address for each endpoint's health (/api/v1/services/AUTHORITY); default: --addr's host, port 9996; \"off\": none. http:// or https:// may lead it (https uses the TLS flags)")
 	healthEvery := fs.Duration("health-interval", 2*time.Second, "how often health is read again from the admin API; 0: only with each ADD")
 	var tf tlsFlags
 	tf.register(fs)
@@ -309,7 +309,7 @@ func watch(ctx context.Context, out, warn io.Writer, o watchOptions) error {
 				if h := health.of(r.address, r.source); h != r.health {
 					r.health = h
 					shown[a] = r
-					tw.print("HEALTH", r)
+					tw.print("HEALTH", withWhy(r, health.why(r.address, r.source)))
 				}
 			}
 		case u := <-updates:
@@ -329,7 +329,8 @@ func watch(ctx context.Context, out, warn io.Writer, o watchOptions) error {
 					b, _ = json.Marshal(struct {
 						Update json.RawMessage   `json:"update"`
 						Health map[string]string `json:"health"`
-					}{b, health})
+						Why    map[string]string `json:"why,omitempty"`
+					}{b, health.healths(), health.whys()})
 				}
 				fmt.Fprintln(out, string(b))
 				continue
@@ -339,18 +340,52 @@ func watch(ctx context.Context, out, warn io.Writer, o watchOptions) error {
 	}
 }
 
-// registryHealth is each endpoint's health from the admin /debug/registry:
+// registryHealth is each endpoint's health, with the reason when it is
+// not served, from the admin API's explain view (/api/v1/services/{authority}):
 // "address source" -> health.
-type registryHealth map[string]string
+type registryHealth map[string]endpointHealth
+
+type endpointHealth struct {
+	health string
+	// why is the explain view's sentence for an endpoint a client without
+	// a zone does not receive (evicted, beaten by a duplicate, ...); "" when
+	// it is served.
+	why string
+}
 
 func (h registryHealth) of(address, source string) string {
 	if v, ok := h[address+" "+source]; ok {
-		return v
+		return v.health
 	}
 	return "-"
 }
 
-// healthReader reads endpoint health from the admin API. The wire carries
+func (h registryHealth) why(address, source string) string {
+	return h[address+" "+source].why
+}
+
+// healths is each endpoint's health, as --json prints it.
+func (h registryHealth) healths() map[string]string {
+	out := make(map[string]string, len(h))
+	for k, v := range h {
+		out[k] = v.health
+	}
+	return out
+}
+
+// whys is the reason of each endpoint not served, as --json prints it.
+func (h registryHealth) whys() map[string]string {
+	out := map[string]string{}
+	for k, v := range h {
+		if v.why != "" {
+			out[k] = v.why
+		}
+	}
+	return out
+}
+
+// healthReader reads endpoint health from the admin API's explain view,
+// the one the status page and `tributary explain` read. The wire carries
 // no health (unhealthy endpoints are simply removed), so this is how
 // `watch` shows it. The first failure is reported once; then it is quiet.
 type healthReader struct {
@@ -362,12 +397,8 @@ type healthReader struct {
 }
 
 func (r *healthReader) read(ctx context.Context) registryHealth {
-	host, _, err := net.SplitHostPort(r.authority)
-	if err != nil {
-		host = r.authority
-	}
-	var reg adminpkg.RegistryJSON
-	if err := r.get(ctx, "/debug/registry?authority="+url.QueryEscape(host), &reg); err != nil {
+	var v adminpkg.ServiceAPI
+	if err := r.get(ctx, "/api/v1/services/"+url.PathEscape(r.authority), &v); err != nil {
 		if !r.warned {
 			r.warned = true
 			fmt.Fprintf(r.warn, "warning: no health from the admin API (%v); --admin sets its address, --admin off turns this off\n", err)
@@ -375,10 +406,12 @@ func (r *healthReader) read(ctx context.Context) registryHealth {
 		return nil
 	}
 	out := registryHealth{}
-	for _, svc := range reg.Services {
-		for _, e := range svc.Endpoints {
-			out[e.Address+" "+e.Source] = e.Health
+	for _, e := range v.Endpoints {
+		eh := endpointHealth{health: e.Health}
+		if !e.Served {
+			eh.why = e.Why
 		}
+		out[e.Address+" "+e.Source] = eh
 	}
 	return out
 }
@@ -503,10 +536,11 @@ func printTable(t *table, u *pb.Update, total int, health registryHealth, withHe
 			if !ok {
 				r = row{address: ap.String(), zone: "-", health: "-", weight: "-", source: "-", identity: "-"}
 			}
+			r.extra = ""
 			if withHealth && health != nil {
 				r.health = health.of(r.address, r.source)
+				r = withWhy(r, health.why(r.address, r.source))
 			}
-			r.extra = ""
 			delete(shown, ap.String())
 			t.print("REMOVE", r)
 		}
@@ -516,6 +550,19 @@ func printTable(t *table, u *pb.Update, total int, health registryHealth, withHe
 		return
 	}
 	fmt.Fprintf(t.out, "# %d endpoints\n", total)
+}
+
+// withWhy is r with the explain view's reason for not serving it (an
+// eviction, a duplicate, ...) at the end of the line.
+func withWhy(r row, why string) row {
+	if why == "" {
+		return r
+	}
+	if r.extra != "" {
+		r.extra += " "
+	}
+	r.extra += "why: " + printable(why)
+	return r
 }
 
 func orDash(s string) string {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"net"
 	"net/http/httptest"
 	"strings"
@@ -212,5 +213,45 @@ func TestStatus(t *testing.T) {
 		"local   file    stale       2         3          -             services/a.yaml:3: syntax error\n"
 	if stdout.String() != want {
 		t.Errorf("status:\n%s\nwant:\n%s", stdout.String(), want)
+	}
+}
+
+// TestWatchRemoveSaysWhy: watch reads health from /api/v1 (the explain
+// view the page and explain read): an endpoint evicted for its health is
+// removed with its health and the explain view's reason; in --json, a line
+// gives the reason of each endpoint not served.
+func TestWatchRemoveSaysWhy(t *testing.T) {
+	evict := func(store *cache.Store) func() {
+		return func() {
+			svc := webDemo()
+			svc.Endpoints[1].Health = discovery.HealthCritical
+			if _, err := store.Apply("local", []discovery.Group{{Key: "web", Services: []discovery.Service{svc}}}); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	addr, store := startDestination(t)
+	got, warn := runWatch(t, watchOptions{addr: addr, admin: startAdmin(t, store), authority: "web.demo:8080"}, "# 1 endpoints\n", 1, evict(store))
+	want := "REMOVE  10.0.0.2:8080          -       critical  5000    local   -  why: evicted: health is critical; its source reports it critical\n# 1 endpoints\n"
+	if !strings.HasSuffix(got, want) || warn != "" {
+		t.Errorf("output:\n%s\nwant it to end with:\n%s\nwarnings: %q", got, want, warn)
+	}
+
+	// --json: the line of an ADD carries every endpoint's health, and the
+	// reason of those not served.
+	addr, store = startDestination(t)
+	evict(store)()
+	got, _ = runWatch(t, watchOptions{addr: addr, admin: startAdmin(t, store), authority: "web.demo:8080", asJSON: true}, `"add"`, 1, nil)
+	lines := strings.Split(strings.TrimSpace(got), "\n")
+	var last struct {
+		Health map[string]string `json:"health"`
+		Why    map[string]string `json:"why"`
+	}
+	if err := json.Unmarshal([]byte(lines[0]), &last); err != nil {
+		t.Fatal(err, got)
+	}
+	if last.Health["10.0.0.2:8080 local"] != "critical" || last.Health["10.0.0.1:8080 local"] != "unknown" ||
+		!strings.HasPrefix(last.Why["10.0.0.2:8080 local"], "evicted: health is critical") || len(last.Why) != 1 {
+		t.Errorf("--json add line: %+v\n%s", last, got)
 	}
 }
