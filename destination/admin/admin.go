@@ -76,6 +76,8 @@ type Handler struct {
 	http.Handler
 	opts     Options
 	draining atomic.Bool
+	// counts serves /api/v1/services?sort=endpoints.
+	counts endpointCounts
 }
 
 // New builds the handler.

@@ -3,6 +3,7 @@ package admin
 import (
 	"bytes"
 	"cmp"
+	"container/heap"
 	"errors"
 	"fmt"
 	"maps"
@@ -10,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/tributary-mesh/tributary/cache"
@@ -366,43 +368,165 @@ func (h *Handler) Services(q string, offset, limit int) ServicesAPI {
 }
 
 // LargestServices is Services ordered by endpoints held, the most first
-// (then by name). It reads every matching authority's endpoints, so it
-// costs a pass over the registry: `tributary status` asks for it once.
+// (then by name). It walks the authority index once, as Services does,
+// takes each authority's endpoint count from h.counts (kept from one
+// request to the next, and read again only for hosts that changed since)
+// and keeps the best offset+limit in a bounded heap: it builds no row for
+// an authority that is not in the page.
 func (h *Handler) LargestServices(q string, offset, limit int) ServicesAPI {
 	q = strings.ToLower(q)
+	h.counts.mu.Lock()
+	defer h.counts.mu.Unlock()
+	// The snapshot is taken under the lock, so the counts only move forward.
 	snap := h.opts.Store.Snapshot()
-	type row struct {
-		a       discovery.Authority
-		n       int
-		sources []string
-	}
-	var rows []row
+	h.counts.refresh(snap)
+	out := ServicesAPI{Query: q, Sort: SortEndpoints, Offset: offset, Limit: limit, Services: []ServiceSummary{}}
+	k := offset + limit
+	top := &topRows{}
+	var cur *countRow // the current authority's row, when the heap holds it
 	var last discovery.Authority
 	first, match := true, false
+	qb := []byte(q)
+	var buf []byte
 	snap.EachAuthority(func(a discovery.Authority, provider string) bool {
 		if !first && a == last {
-			if r := &rows[len(rows)-1]; match && !slices.Contains(r.sources, provider) {
-				r.sources = append(r.sources, provider)
+			if cur != nil && !slices.Contains(cur.sources, provider) {
+				cur.sources = append(cur.sources, provider)
 			}
 			return true
 		}
-		first, last = false, a
-		if match = q == "" || strings.Contains(a.String(), q); match {
-			rows = append(rows, row{a: a, sources: []string{provider}})
+		first, last, cur = false, a, nil
+		if match = q == "" || matches(a, q, qb, &buf); !match || k == 0 {
+			if match {
+				out.Total++
+			}
+			return true
+		}
+		r := countRow{a: a, seq: out.Total}
+		out.Total++
+		for _, m := range h.opts.Federation.Members(a) {
+			r.n += h.counts.of(snap, m)
+		}
+		switch {
+		case len(*top) < k:
+			cur = &r
+			heap.Push(top, cur)
+		case r.better((*top)[0]):
+			cur = &r
+			(*top)[0] = cur
+			heap.Fix(top, 0)
+		}
+		if cur != nil {
+			cur.sources = []string{provider}
 		}
 		return true
 	})
-	for i := range rows {
-		for _, m := range h.opts.Federation.Members(rows[i].a) {
-			rows[i].n += len(snap.Service(nil, m).Endpoints)
+	rows := slices.Clone(*top)
+	slices.SortFunc(rows, func(x, y *countRow) int {
+		if x.better(y) {
+			return -1
 		}
-	}
-	slices.SortStableFunc(rows, func(x, y row) int { return cmp.Compare(y.n, x.n) })
-	out := ServicesAPI{Query: q, Sort: SortEndpoints, Offset: offset, Limit: limit, Total: len(rows), Services: []ServiceSummary{}}
-	for _, r := range rows[min(offset, len(rows)):min(offset+limit, len(rows))] {
+		return 1
+	})
+	for _, r := range rows[min(offset, len(rows)):] {
 		out.Services = append(out.Services, h.summary(snap, r.a, r.sources))
 	}
 	return out
+}
+
+// matches reports whether a's host:port contains q (lower case; qb is q),
+// formatting it into *buf rather than allocating.
+func matches(a discovery.Authority, q string, qb []byte, buf *[]byte) bool {
+	if strings.Contains(a.Host, q) {
+		return true
+	}
+	b := append((*buf)[:0], a.Host...)
+	if a.Port != 0 {
+		b = strconv.AppendUint(append(b, ':'), uint64(a.Port), 10)
+	}
+	*buf = b
+	return bytes.Contains(b, qb)
+}
+
+// countRow is an authority in the largest-services heap: n endpoints, the
+// seq-th match in name order.
+type countRow struct {
+	a       discovery.Authority
+	n, seq  int
+	sources []string
+}
+
+// better orders the largest services: more endpoints, then by name.
+func (r *countRow) better(o *countRow) bool {
+	return r.n > o.n || (r.n == o.n && r.seq < o.seq)
+}
+
+// topRows is a min-heap of the best rows so far, the worst at its root.
+type topRows []*countRow
+
+func (t topRows) Len() int           { return len(t) }
+func (t topRows) Less(i, j int) bool { return t[j].better(t[i]) }
+func (t topRows) Swap(i, j int)      { t[i], t[j] = t[j], t[i] }
+func (t *topRows) Push(x any)        { *t = append(*t, x.(*countRow)) }
+func (t *topRows) Pop() any {
+	old := *t
+	x := old[len(old)-1]
+	*t = old[:len(old)-1]
+	return x
+}
+
+// endpointCounts caches how many endpoints the registry holds for an
+// authority as a client asks for it (len(Snapshot.Service(a).Endpoints)),
+// by host: a host's counts are dropped when the host changes, and read
+// again when asked for. It serves sort=endpoints: after the first request,
+// one costs a walk of the authority index and of the hosts changed since.
+type endpointCounts struct {
+	mu     sync.Mutex
+	since  uint64                // the store version the counts hold for
+	byHost map[string]hostCounts // by canonical host
+}
+
+// hostCounts are one host's counts: the first port asked for inline (most
+// hosts have one), any other in more.
+type hostCounts struct {
+	port uint16
+	n    int
+	more map[uint16]int
+}
+
+// refresh drops the counts of the hosts that changed since the last call.
+func (c *endpointCounts) refresh(snap *cache.Snapshot) {
+	if c.byHost == nil {
+		c.byHost = map[string]hostCounts{}
+	}
+	c.since = snap.HostsChangedSince(nil, c.since, func(host string) { delete(c.byHost, host) })
+}
+
+// of is the endpoint count of a, read from snap when not cached.
+func (c *endpointCounts) of(snap *cache.Snapshot, a discovery.Authority) int {
+	// Keyed by the host as the store names it (an alias may be written
+	// otherwise), so that its change drops it.
+	if h, err := discovery.CanonicalHost(a.Host); err == nil {
+		a.Host = h
+	}
+	hc, ok := c.byHost[a.Host]
+	if ok && hc.port == a.Port {
+		return hc.n
+	}
+	if n, found := hc.more[a.Port]; found {
+		return n
+	}
+	n := len(snap.Service(nil, a).Endpoints)
+	switch {
+	case !ok:
+		hc = hostCounts{port: a.Port, n: n}
+	case hc.more == nil:
+		hc.more = map[uint16]int{a.Port: n}
+	default:
+		hc.more[a.Port] = n
+	}
+	c.byHost[a.Host] = hc
+	return n
 }
 
 // summary is one authority's line in the service list.

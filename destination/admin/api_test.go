@@ -3,10 +3,12 @@ package admin
 import (
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -192,6 +194,22 @@ func TestAPIServicesCostAtScale(t *testing.T) {
 		}
 		t.Logf("%d services, q=%q offset=%d limit=50: total %d, %v per request", n, q, n/2, v.Total, time.Since(start)/runs)
 	}
+	// sort=endpoints, as `tributary status` asks for it: the first request,
+	// then the next ones (the registry unchanged, then one host changed).
+	for i, change := range []bool{false, false, true} {
+		if change {
+			if _, err := h.opts.Store.Apply("other", []discovery.Group{{Key: "y", Services: []discovery.Service{{Authority: discovery.Authority{Host: "svc-000008.demo", Port: 8080},
+				Endpoints: []discovery.Endpoint{{Addr: netip.MustParseAddrPort("12.0.0.8:8080")}}}}}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		start := time.Now()
+		v := h.LargestServices("", 0, 10)
+		if v.Total != n || len(v.Services) != 10 || v.Services[0].Authority != "svc-000007.demo:8080" {
+			t.Fatalf("largest: total %d, first %+v", v.Total, v.Services[:min(1, len(v.Services))])
+		}
+		t.Logf("%d services, sort=endpoints limit=10, request %d (one host changed: %v): %v", n, i+1, change, time.Since(start))
+	}
 }
 
 func TestAPIServiceExplains(t *testing.T) {
@@ -363,5 +381,81 @@ func TestAPIServiceCheckFailure(t *testing.T) {
 	_, body := get(t, srv+"/api/v1/services/web.demo:8080")
 	if n := strings.Count(body, `"check":`); n != 3 {
 		t.Errorf("%d check objects, want 3:\n%s", n, body)
+	}
+}
+
+// TestLargestServicesFollowChanges: sort=endpoints, whose counts are kept
+// from one request to the next, answers what a full read of the registry
+// answers — order, ties by name, totals, pages, q, aliases, several
+// sources, port-less assertions — after every change of a random series.
+func TestLargestServicesFollowChanges(t *testing.T) {
+	store := cache.New()
+	fed, err := discovery.NewFederation([]discovery.FederationRule{{
+		Authority: discovery.Authority{Host: "h1.demo", Port: 80},
+		Aliases:   []discovery.Authority{{Host: "H5.demo", Port: 80}},
+	}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := New(Options{Store: store, Federation: fed, Gatherer: prometheus.NewRegistry()})
+	rng := rand.New(rand.NewPCG(1, 2))
+	// reference reads every authority's endpoints, as sort=endpoints did.
+	reference := func(q string, offset, limit int) []string {
+		snap := store.Snapshot()
+		type row struct {
+			a string
+			n int
+		}
+		var rows []row
+		seen := map[discovery.Authority]bool{}
+		snap.EachAuthority(func(a discovery.Authority, _ string) bool {
+			if seen[a] || !strings.Contains(a.String(), q) {
+				return true
+			}
+			seen[a] = true
+			r := row{a: a.String()}
+			for _, m := range fed.Members(a) {
+				r.n += len(snap.Service(nil, m).Endpoints)
+			}
+			rows = append(rows, r)
+			return true
+		})
+		slices.SortStableFunc(rows, func(x, y row) int { return y.n - x.n })
+		out := []string{fmt.Sprint(len(rows))}
+		for _, r := range rows[min(offset, len(rows)):min(offset+limit, len(rows))] {
+			out = append(out, fmt.Sprintf("%s=%d", r.a, r.n))
+		}
+		return out
+	}
+	got := func(q string, offset, limit int) []string {
+		v := h.LargestServices(q, offset, limit)
+		out := []string{fmt.Sprint(v.Total)}
+		for _, s := range v.Services {
+			out = append(out, fmt.Sprintf("%s=%d", s.Authority, s.Endpoints))
+		}
+		return out
+	}
+	for step := range 300 {
+		source := []string{"a", "b"}[rng.IntN(2)]
+		key := fmt.Sprintf("k%d", rng.IntN(6))
+		var svcs []discovery.Service
+		for range rng.IntN(3) {
+			a := discovery.Authority{Host: fmt.Sprintf("h%d.demo", rng.IntN(8)), Port: uint16([]int{0, 80, 81}[rng.IntN(3)])}
+			svc := discovery.Service{Authority: a}
+			for range rng.IntN(5) {
+				svc.Endpoints = append(svc.Endpoints, discovery.Endpoint{Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(rng.IntN(200))}), 80)})
+			}
+			if !slices.ContainsFunc(svcs, func(s discovery.Service) bool { return s.Authority == a }) {
+				svcs = append(svcs, svc)
+			}
+		}
+		if _, err := store.Apply(source, []discovery.Group{{Key: key, Services: svcs}}); err != nil {
+			t.Fatal(err)
+		}
+		q := []string{"", "h1", ":81", "nothing"}[rng.IntN(4)]
+		offset, limit := rng.IntN(4), rng.IntN(6)
+		if w, g := reference(q, offset, limit), got(q, offset, limit); !slices.Equal(w, g) {
+			t.Fatalf("step %d, q=%q offset=%d limit=%d:\n got %v\nwant %v", step, q, offset, limit, g, w)
+		}
 	}
 }
