@@ -203,8 +203,15 @@ func TestStatusPageFollowsTheRegistry(t *testing.T) {
 	// of two addresses still serving, it is evicted.
 	a.Close()
 	run(t, ctx, "a critical", chromedp.WaitVisible(row(a.Addr().String(), `[data-health="critical"][data-reason="critical"]`)))
-	if why := read(t, ctx, "why", chromedp.TextContent(row(a.Addr().String(), ` td:nth-child(5)`))); !strings.Contains(why, "evicted") || !strings.Contains(why, "its active tcp health check fails") {
+	// The why names the check's own error, and the health cell shows the
+	// last failure, as text.
+	if why := read(t, ctx, "why", chromedp.TextContent(row(a.Addr().String(), ` td:nth-child(5)`))); !strings.Contains(why, "evicted") ||
+		!strings.Contains(why, "its active tcp health check of "+a.Addr().String()+" fails: dial tcp "+a.Addr().String()) || !strings.Contains(why, "connection refused") {
 		t.Errorf("why: %q", why)
+	}
+	if fail := read(t, ctx, "last failure", chromedp.TextContent(row(a.Addr().String(), ` td:nth-child(3) .check-error`))); !strings.HasPrefix(fail, "last failure: dial tcp "+a.Addr().String()) ||
+		!strings.Contains(fail, "connection refused") || !strings.Contains(fail, " in a row)") {
+		t.Errorf("last failure: %q", fail)
 	}
 	// The client-zone selector: a client in zone-b is explained too.
 	// (Value and event in one script: the page re-renders the selector as

@@ -5,10 +5,12 @@ package operator
 import (
 	"encoding/json"
 	"errors"
+	"net"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tributary-mesh/tributary/integration/harness"
 )
@@ -85,4 +87,132 @@ func TestExplainAndAPI(t *testing.T) {
 	if code != 200 || strings.Count(body, `"state": "synced"`) != 2 {
 		t.Fatalf("/api/v1/sources: %d\n%s", code, body)
 	}
+}
+
+// TestExplainCheckFailure: an endpoint whose active TCP check fails after
+// its listener closes is explained with the check's own error — in
+// /api/v1's check object and why, and in `tributary explain` — while the
+// other endpoint's check, passing, has none.
+func TestExplainCheckFailure(t *testing.T) {
+	up, down := acceptor(t), acceptor(t)
+	dir := t.TempDir()
+	harness.WriteAtomic(t, filepath.Join(dir, "svc.yaml"), `services:
+  - name: web.demo
+    port: 8080
+    endpoints:
+      - address: `+up.Addr().String()+`
+      - address: `+down.Addr().String()+`
+`)
+	s := harness.Start(t, dir, `sources:
+  - name: local
+    kind: file
+    paths: ["svc.yaml"]
+    health_check:
+      type: tcp
+      interval: 100ms
+      timeout: 500ms
+      jitter: 0%
+      healthy_threshold: 1
+      unhealthy_threshold: 2
+      hold_down: 0s
+`)
+	type check struct {
+		Type                string    `json:"type"`
+		Target              string    `json:"target"`
+		Verdict             string    `json:"verdict"`
+		LastError           string    `json:"last_error"`
+		LastErrorTime       time.Time `json:"last_error_time"`
+		ConsecutiveFailures int       `json:"consecutive_failures"`
+	}
+	type endpoint struct {
+		Address string `json:"address"`
+		Health  string `json:"health"`
+		Reason  string `json:"reason"`
+		Why     string `json:"why"`
+		Check   *check `json:"check"`
+	}
+	read := func() map[string]endpoint {
+		code, body := s.HTTPGet("/api/v1/services/web.demo:8080")
+		var v struct {
+			Endpoints []endpoint `json:"endpoints"`
+		}
+		if err := json.Unmarshal([]byte(body), &v); code != 200 || err != nil {
+			t.Fatalf("/api/v1/services/web.demo:8080: %d %v\n%s", code, err, body)
+		}
+		out := map[string]endpoint{}
+		for _, e := range v.Endpoints {
+			out[e.Address] = e
+		}
+		return out
+	}
+	wait := func(what string, ok func(map[string]endpoint) bool) map[string]endpoint {
+		t.Helper()
+		deadline := time.Now().Add(harness.WaitFor)
+		for {
+			eps := read()
+			if ok(eps) {
+				return eps
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: never; last %+v", what, eps)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	wait("both checked and passing", func(eps map[string]endpoint) bool {
+		return eps[up.Addr().String()].Health == "passing" && eps[down.Addr().String()].Health == "passing"
+	})
+
+	closedAt := time.Now()
+	down.Close()
+	eps := wait("the closed one critical", func(eps map[string]endpoint) bool {
+		return eps[down.Addr().String()].Reason == "critical"
+	})
+	e := eps[down.Addr().String()]
+	if c := e.Check; c == nil || c.Type != "tcp" || c.Target != down.Addr().String() || c.Verdict != "critical" ||
+		!strings.Contains(c.LastError, "connection refused") || c.ConsecutiveFailures < 2 || c.LastErrorTime.Before(closedAt.Add(-time.Second)) {
+		t.Errorf("the closed listener's check: %+v", c)
+	}
+	if !strings.Contains(e.Why, "its active tcp health check of "+down.Addr().String()+" fails: ") || !strings.Contains(e.Why, "connection refused") {
+		t.Errorf("why: %q", e.Why)
+	}
+	if c := eps[up.Addr().String()].Check; c == nil || c.Verdict != "passing" || c.LastError != "" {
+		t.Errorf("the open listener's check: %+v", c)
+	}
+
+	out, err := exec.Command(harness.Bin, "explain", "web.demo:8080", "--admin", s.Admin).CombinedOutput()
+	if err != nil {
+		t.Fatalf("explain: %v\n%s", err, out)
+	}
+	squeezed := strings.Join(strings.Fields(string(out)), " ")
+	for _, want := range []string{
+		down.Addr().String() + " - critical no local critical evicted: health is critical; its active tcp health check of " + down.Addr().String() + " fails: dial tcp " + down.Addr().String(),
+		"active health checks: " + down.Addr().String() + " (local, tcp check of " + down.Addr().String() + ", now critical): last failure at ",
+		"connection refused",
+	} {
+		if !strings.Contains(squeezed, want) {
+			t.Errorf("explain lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// acceptor is a loopback listener that accepts and closes connections,
+// for a TCP health check to pass until it is closed.
+func acceptor(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return ln
 }
