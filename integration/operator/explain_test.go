@@ -3,9 +3,12 @@
 package operator
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -215,4 +218,56 @@ func acceptor(t *testing.T) net.Listener {
 		}
 	}()
 	return ln
+}
+
+// TestWatchSaysWhyRemoved: `tributary watch` against the running binary
+// reads health from /api/v1: when a checked listener closes, the endpoint's
+// REMOVE row carries its health and the explain view's reason, the
+// check's error included.
+func TestWatchSaysWhyRemoved(t *testing.T) {
+	up, down := acceptor(t), acceptor(t)
+	dir := t.TempDir()
+	harness.WriteAtomic(t, filepath.Join(dir, "svc.yaml"), `services:
+  - name: web.demo
+    port: 8080
+    endpoints:
+      - address: `+up.Addr().String()+`
+      - address: `+down.Addr().String()+`
+`)
+	s := harness.Start(t, dir, `sources:
+  - name: local
+    kind: file
+    paths: ["svc.yaml"]
+    health_check: {type: tcp, interval: 100ms, timeout: 500ms, jitter: 0%, healthy_threshold: 1, unhealthy_threshold: 2, hold_down: 0s}
+`)
+	ctx, cancel := context.WithTimeout(context.Background(), harness.WaitFor)
+	defer cancel()
+	var stdout harness.SyncBuffer
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, harness.Bin, "watch", "--addr", s.API, "--admin", s.Admin, "--health-interval", "100ms", "web.demo:8080")
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for !strings.Contains(stdout.String(), "# 2 endpoints") && ctx.Err() == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
+	down.Close()
+	for !strings.Contains(stdout.String(), "REMOVE") && ctx.Err() == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
+	_ = cmd.Process.Signal(os.Interrupt)
+	if err := cmd.Wait(); err != nil {
+		t.Errorf("watch: %v (stderr %s)", err, stderr.String())
+	}
+	var removed string
+	for _, line := range strings.Split(stdout.String(), "\n") {
+		if strings.HasPrefix(line, "REMOVE") {
+			removed = strings.Join(strings.Fields(line), " ")
+		}
+	}
+	want := "REMOVE " + down.Addr().String() + " - critical 10000 local - why: evicted: health is critical; its active tcp health check of " + down.Addr().String() + " fails: dial tcp " + down.Addr().String()
+	if !strings.HasPrefix(removed, want) || !strings.Contains(removed, "connection refused") {
+		t.Errorf("REMOVE row %q, want it to start with %q; output:\n%s", removed, want, stdout.String())
+	}
 }
