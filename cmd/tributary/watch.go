@@ -34,8 +34,11 @@ const watchUsage = `usage: tributary watch [flags] AUTHORITY
 Prints the Get stream a proxy receives for AUTHORITY (host:port) as a table:
 one row per address added, with its zone, health, source and identity, a
 REMOVE row per address removed, and a HEALTH row when an address's health
-changes (read from the admin API every --health-interval). --json prints the
-raw messages instead, --profile the GetProfile stream.
+changes. Health is read from the admin API's /api/v1/services/AUTHORITY (the
+view the status page and explain read) with each update and every
+--health-interval; a REMOVE or HEALTH row of an endpoint not served ends with
+the reason (why: evicted: health is critical; ...). --json prints the raw
+messages instead, --profile the GetProfile stream.
 
 Exit codes: 0 the stream ended (interrupt, or the server closed it), 1 the
 server could not be reached or the stream failed, 2 usage.
