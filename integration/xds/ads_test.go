@@ -18,6 +18,9 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
@@ -630,4 +633,69 @@ func TestADSDelta(t *testing.T) {
 			break
 		}
 	}
+}
+
+// TestADSResourceChain: the names contract a gRPC client follows from
+// xds:///web.demo:8080 — LDS web.demo:8080 is an API listener whose
+// HttpConnectionManager takes RDS web.demo:8080 over ADS, with the router
+// filter; that route configuration sends every request to cluster
+// web.demo:8080; the cluster is EDS over ADS with service_name
+// web.demo:8080.
+func TestADSResourceChain(t *testing.T) {
+	t.Parallel()
+	tr := startTributary(t, map[string][]endpointSpec{webAuthority: {{addr: "10.1.0.1:8080", zone: "zone-a"}}}, "")
+	s := openADS(t, tr.XDS, testNode("chain", "zone-a"))
+	names := []string{webAuthority}
+
+	s.request(typeListener, "", "", names, "")
+	r := s.nextOf(typeListener)
+	if len(r.GetResources()) != 1 {
+		t.Fatalf("LDS %s: %d resources", webAuthority, len(r.GetResources()))
+	}
+	var l listenerv3.Listener
+	if err := r.GetResources()[0].UnmarshalTo(&l); err != nil {
+		t.Fatal(err)
+	}
+	var hcm hcmv3.HttpConnectionManager
+	if l.GetName() != webAuthority || l.GetApiListener().GetApiListener().UnmarshalTo(&hcm) != nil {
+		t.Fatalf("listener %q is not an API listener with an HttpConnectionManager: %v", l.GetName(), &l)
+	}
+	if hcm.GetRds().GetRouteConfigName() != webAuthority || hcm.GetRds().GetConfigSource().GetAds() == nil {
+		t.Errorf("the listener's HCM takes RDS %q from %v; want %s over ADS", hcm.GetRds().GetRouteConfigName(), hcm.GetRds().GetConfigSource(), webAuthority)
+	}
+	if n := len(hcm.GetHttpFilters()); n == 0 || hcm.GetHttpFilters()[n-1].GetName() != "envoy.filters.http.router" {
+		t.Errorf("the HCM's last filter should be the router: %v", hcm.GetHttpFilters())
+	}
+	s.ack(r, names)
+
+	s.request(typeRoute, "", "", names, "")
+	r = s.nextOf(typeRoute)
+	if len(r.GetResources()) != 1 {
+		t.Fatalf("RDS %s: %d resources", webAuthority, len(r.GetResources()))
+	}
+	var rc routev3.RouteConfiguration
+	if err := r.GetResources()[0].UnmarshalTo(&rc); err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.Validate(); err != nil {
+		t.Errorf("route configuration does not validate: %v", err)
+	}
+	var clustersRouted []string
+	for _, vh := range rc.GetVirtualHosts() {
+		for _, rt := range vh.GetRoutes() {
+			clustersRouted = append(clustersRouted, rt.GetRoute().GetCluster())
+		}
+	}
+	if rc.GetName() != webAuthority || len(clustersRouted) == 0 || slices.ContainsFunc(clustersRouted, func(c string) bool { return c != webAuthority }) {
+		t.Errorf("route configuration %q routes to %v; want only %s", rc.GetName(), clustersRouted, webAuthority)
+	}
+	s.ack(r, names)
+
+	s.request(typeCluster, "", "", names, "")
+	r = s.nextOf(typeCluster)
+	c := clusters(t, r)[webAuthority]
+	if c == nil || c.GetType() != clusterv3.Cluster_EDS || c.GetEdsClusterConfig().GetEdsConfig().GetAds() == nil || c.GetEdsClusterConfig().GetServiceName() != webAuthority {
+		t.Fatalf("cluster %s: %v; want EDS over ADS with service_name %s", webAuthority, c, webAuthority)
+	}
+	s.ack(r, names)
 }

@@ -42,8 +42,8 @@ func TestEnvoyBootstrapAgainstTributary(t *testing.T) {
 
 	// The name the listener's route uses is a cluster Tributary serves.
 	edsName := web.GetEdsClusterConfig().GetServiceName()
-	if edsName == "" {
-		edsName = web.GetName()
+	if edsName != webAuthority {
+		t.Fatalf("cluster %s has EDS service_name %q; want the authority", webAuthority, edsName)
 	}
 	s.request(typeCLA, "", "", []string{edsName}, "")
 	r = s.nextOf(typeCLA)
