@@ -599,7 +599,11 @@ func (h *Handler) Service(authority, zone string) (ServiceAPI, error) {
 	}
 	snap := h.opts.Store.Snapshot()
 	out := ServiceAPI{Authority: a.String(), Zone: zone, Endpoints: []EndpointAPI{}, Zones: []string{}, Members: []string{}}
+	// memberOf is the authority each endpoint's source asserted it under,
+	// which the health checker keys its checks by: a host's every port
+	// when asked without one, a port-less assertion under any port.
 	memberOf := map[*discovery.Endpoint]discovery.Authority{}
+	checked := h.opts.HealthCheck != nil || h.opts.Checks != nil
 	for _, m := range h.opts.Federation.Members(a) {
 		out.Members = append(out.Members, m.String())
 		st := snap.Service(nil, m)
@@ -607,6 +611,9 @@ func (h *Handler) Service(authority, zone string) (ServiceAPI, error) {
 		out.Opaque = out.Opaque || st.Opaque
 		for _, e := range st.Endpoints {
 			memberOf[e] = m
+			if checked {
+				memberOf[e] = assertedUnder(snap, e, m)
+			}
 		}
 	}
 	ex := h.explain(snap, a, zone)
@@ -706,4 +713,16 @@ func checkWhy(c *CheckAPI) string {
 		s += "; held down for flapping until " + c.HeldDownUntil.Format(time.RFC3339)
 	}
 	return s
+}
+
+// assertedUnder is the authority e's source asserted it under: m, or,
+// when m has no port or e came from a port-less assertion, the one the
+// registry's row names.
+func assertedUnder(snap *cache.Snapshot, e *discovery.Endpoint, m discovery.Authority) discovery.Authority {
+	for _, am := range snap.EndpointsByAddr(nil, e.Addr) {
+		if am.Endpoint == e {
+			return am.Authority
+		}
+	}
+	return m
 }

@@ -459,3 +459,51 @@ func TestLargestServicesFollowChanges(t *testing.T) {
 		}
 	}
 }
+
+// checksByAuthority is a CheckReader that knows endpoints under the exact
+// authority they were asserted under, as the health checker does.
+type checksByAuthority map[discovery.Authority]CheckState
+
+func (f checksByAuthority) CheckState(_ string, a discovery.Authority, _ netip.AddrPort) (CheckState, bool) {
+	st, ok := f[a]
+	return st, ok
+}
+
+// TestAPIServiceCheckAuthority: the check of an endpoint is looked up
+// under the authority its source asserted it under — the port's when the
+// view is asked without a port, the port-less one for a port-less
+// assertion asked with a port.
+func TestAPIServiceCheckAuthority(t *testing.T) {
+	store := cache.New()
+	web := discovery.Authority{Host: "web.demo", Port: 8080}
+	api := discovery.Authority{Host: "api.demo"}
+	if _, err := store.Apply("k8s", []discovery.Group{{Key: "s", Services: []discovery.Service{
+		{Authority: web, Endpoints: []discovery.Endpoint{{Addr: netip.MustParseAddrPort("10.0.0.1:8080"), Health: discovery.HealthCritical}}},
+		{Authority: api, Endpoints: []discovery.Endpoint{{Addr: netip.MustParseAddrPort("10.0.0.2:9000"), Health: discovery.HealthCritical}}},
+	}}}); err != nil {
+		t.Fatal(err)
+	}
+	checks := checksByAuthority{
+		web: {Type: "tcp", Target: netip.MustParseAddrPort("10.0.0.1:8080"), Verdict: discovery.HealthCritical, LastError: "web refused", ConsecutiveFailures: 2},
+		api: {Type: "http", Target: netip.MustParseAddrPort("10.0.0.2:9000"), Verdict: discovery.HealthCritical, LastError: "api said 503", ConsecutiveFailures: 2},
+	}
+	checkType := func(_ string, a discovery.Authority) string { return checks[a].Type }
+	srv := newServer(t, New(Options{Store: store, Gatherer: prometheus.NewRegistry(), HealthCheck: checkType, Checks: checks}))
+	for path, want := range map[string]string{
+		"/api/v1/services/web.demo":      "check:tcp web refused",
+		"/api/v1/services/api.demo:9000": "check:http api said 503",
+	} {
+		v := getAPI[ServiceAPI](t, srv+path, 200)
+		if len(v.Endpoints) != 1 {
+			t.Fatalf("%s: %+v", path, v)
+		}
+		e := v.Endpoints[0]
+		got := e.HealthFrom
+		if e.Check != nil {
+			got += " " + e.Check.LastError
+		}
+		if got != want || !strings.Contains(e.Why, want[strings.Index(want, " ")+1:]) {
+			t.Errorf("%s: %q (why %q), want %q", path, got, e.Why, want)
+		}
+	}
+}
