@@ -59,7 +59,8 @@ func startFull(t *testing.T) (*harness.Server, func()) {
 	s := harness.StartWith(t, dir,
 		"  tls: {cert_file: tls/tls.crt, key_file: tls/tls.key, ca_file: tls/ca.crt}\n",
 		"sources:\n  - name: local\n    kind: file\n    paths: [\"*.yaml\"]\n    health_check: {type: tcp, interval: 1s}\n"+
-			"dns:\n  listen: "+harness.FreePort(t)+"\n  zones: [{zone: demo.}]\n")
+			"dns:\n  listen: "+harness.FreePort(t)+"\n  zones: [{zone: demo.}]\n"+
+			"xds:\n  listen: "+harness.FreePort(t)+"\n")
 	// The labelled TLS counters appear with their first event: a plaintext
 	// handshake, a call without a client certificate, a rotation.
 	events := func() {
