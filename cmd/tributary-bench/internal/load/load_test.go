@@ -32,6 +32,14 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
+	// So is the xDS floor's server.
+	if len(os.Args) >= 2 && os.Args[1] == XDSFloorArg {
+		if err := RunXDSFloorServer(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	goleak.VerifyTestMain(m)
 }
 

@@ -87,6 +87,15 @@ func (r *runner) steadyXDS(ctx context.Context) error {
 	}
 	merge(r.res, runs[ImplTributary], "")
 	merge(r.res, runs[ImplGCP], gcpPrefix)
+	if r.o.Floor && ctx.Err() == nil {
+		// After both servers stopped, so that it does not share the cores.
+		r.logf("measuring the xDS floor (a minimal grpc-go ADS server, xds_floor.go)")
+		if err := measureXDSFloor(ctx, r.res, r.o.Streams, r.o.Conns, r.o.Services, r.o.Endpoints, r.o.Rate, min(r.o.Duration, 10*time.Second)); err != nil {
+			r.res.Fail("xDS floor: %v", err)
+		} else {
+			xdsFloorFigures(r.res)
+		}
+	}
 	for _, k := range compareKeys {
 		t, okT := r.res.values[k].(float64)
 		g, okG := r.res.values[gcpPrefix+k].(float64)

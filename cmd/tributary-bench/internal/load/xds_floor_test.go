@@ -1,0 +1,43 @@
+package load
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+// TestXDSFloor runs the xDS floor small: every stream synced, every change
+// delivered and ACKed, and every figure reported and positive (this checks
+// that it measures, never what it measures).
+func TestXDSFloor(t *testing.T) {
+	res := newResult("steady")
+	if err := measureXDSFloor(context.Background(), res, 40, 4, 10, 3, 200, 300*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"xds_floor_cpu_us_per_delivery", "xds_floor_mem_per_stream_kib"} {
+		v, ok := res.Get(k)
+		if f, isF := v.(float64); !ok || !isF || f <= 0 {
+			t.Errorf("%s = %v", k, v)
+		}
+	}
+	if d, _ := res.Get("xds_floor_deliveries"); d == uint64(0) {
+		t.Errorf("no deliveries: %v", d)
+	}
+	res.Set("server_cpu_us_per_delivery", 100.0)
+	res.Set(gcpPrefix+"mem_per_stream_kib", 20.0)
+	xdsFloorFigures(res)
+	for _, k := range []string{"server_cpu_us_per_delivery_vs_xds_floor", gcpPrefix + "mem_per_stream_kib_vs_xds_floor"} {
+		if v, ok := res.Get(k); !ok || v.(float64) <= 0 {
+			t.Errorf("%s = %v", k, v)
+		}
+	}
+}
+
+// TestFloorCLA: the floor's response carries the bench labels the fleet
+// reads, so it is the size of the servers' own.
+func TestFloorCLA(t *testing.T) {
+	v := decodeCLA(floorCLA(floorName(3), 3, 4))
+	if len(v.eps) != 4 || len(v.ts) != 4 || v.unlabelled || v.bad != "" || v.name != floorName(3) {
+		t.Errorf("floor CLA decodes as %+v", v)
+	}
+}
