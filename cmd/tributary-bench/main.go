@@ -242,6 +242,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		return 0
+	case len(args) >= 1 && args[0] == load.XDSFloorArg:
+		if err := load.RunXDSFloorServer(args[1:]); err != nil {
+			fmt.Fprintf(stderr, "tributary-bench: %v\n", err)
+			return 1
+		}
+		return 0
 	}
 	f := newFlags(stderr)
 	var workload string
