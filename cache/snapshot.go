@@ -87,8 +87,11 @@ func (sn *Snapshot) Service(ws memdb.WatchSet, a discovery.Authority) ServiceSta
 		return ServiceState{} // no row can ever have this host
 	}
 	var (
-		st   ServiceState
-		rows []*endpointRow
+		st ServiceState
+		// Most services have a few endpoints: their rows are gathered on
+		// the stack, without growing a slice on the heap step by step.
+		buf  [16]*endpointRow
+		rows = buf[:0]
 	)
 	if raw, err := sn.txn.First(tableHosts, indexID, hostQuery(host)); err == nil && raw != nil {
 		v := raw.(*versionRow)

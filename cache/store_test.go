@@ -1105,3 +1105,25 @@ func TestLargeApplyIsSplitByHost(t *testing.T) {
 		t.Errorf("again: Apply = %v, %v", changed, err)
 	}
 }
+
+// A service with more endpoints than Service gathers on the stack reads
+// back whole and sorted.
+func TestServiceReadsManyEndpoints(t *testing.T) {
+	s := New()
+	var eps []discovery.Endpoint
+	for i := 40; i > 0; i-- {
+		eps = append(eps, ep(fmt.Sprintf("10.0.0.%d:80", i)))
+	}
+	if _, err := s.Apply("p", []discovery.Group{group("k", svc("web:80", eps...))}); err != nil {
+		t.Fatal(err)
+	}
+	got := s.Snapshot().Service(nil, auth("web:80")).Endpoints
+	if len(got) != 40 {
+		t.Fatalf("%d endpoints, want 40", len(got))
+	}
+	for i, e := range got {
+		if want := fmt.Sprintf("10.0.0.%d:80", i+1); e.Addr.String() != want {
+			t.Fatalf("endpoint %d is %s, want %s", i, e.Addr, want)
+		}
+	}
+}
