@@ -111,7 +111,7 @@ func startManager(t *testing.T, store Store, n int) (*Manager, []Sink) {
 }
 
 // startManagerWith starts n sources configured as cfg (name and kind set here).
-func startManagerWith(t *testing.T, store Store, n int, cfg SourceConfig, opts ManagerOptions) (*Manager, []Sink) {
+func startManagerWith(t testing.TB, store Store, n int, cfg SourceConfig, opts ManagerOptions) (*Manager, []Sink) {
 	t.Helper()
 	var instances []Instance
 	src := &scriptSource{sinks: make(chan Sink, n)}
@@ -703,5 +703,28 @@ func TestManagerLogsRecovery(t *testing.T) {
 	}
 	if m.Status()[0].Stale {
 		t.Fatal("still stale after recovering")
+	}
+}
+
+// signalStore answers every ApplyAt as a change and says so on done.
+type signalStore struct{ done chan struct{} }
+
+func (s *signalStore) ApplyAt(string, []Group, time.Time) (bool, error) {
+	s.done <- struct{}{}
+	return true, nil
+}
+func (s *signalStore) Keys(string) []string              { return nil }
+func (s *signalStore) DropProvider(string) (bool, error) { return false, nil }
+
+// BenchmarkManagerUpdate is the manager's own cost per change: one group
+// handed over, coalesced, and applied to a store that does nothing.
+func BenchmarkManagerUpdate(b *testing.B) {
+	st := &signalStore{done: make(chan struct{})}
+	_, sinks := startManagerWith(b, st, 1, SourceConfig{}, ManagerOptions{})
+	groups := [2]Group{svcGroup("k", "web"), svcGroup("k", "api")}
+	b.ReportAllocs()
+	for n := 0; b.Loop(); n++ {
+		sinks[0].Update(groups[n%2])
+		<-st.done
 	}
 }
