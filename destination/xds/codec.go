@@ -5,6 +5,7 @@ import (
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	// The proto codec registers itself; codec delegates to it.
@@ -71,4 +72,56 @@ func anyWire(a *anypb.Any) []byte {
 		b = protowire.AppendBytes(b, a.Value)
 	}
 	return b
+}
+
+// nodeLater is a request to decode (a *discoverypb.DiscoveryRequest or
+// *discoverypb.DeltaDiscoveryRequest) without its node: a stream reads the
+// node of its first request only, and Envoy sends the node, with its build
+// and its list of extensions (a few KiB), in every request unless
+// set_node_on_first_message_only is on. The node's bytes are skipped, not
+// decoded.
+type nodeLater struct{ m proto.Message }
+
+func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
+	r, ok := v.(*nodeLater)
+	if !ok {
+		return c.CodecV2.Unmarshal(data, v)
+	}
+	f := r.m.ProtoReflect().Descriptor().Fields().ByName("node")
+	if f == nil {
+		return c.CodecV2.Unmarshal(data, r.m)
+	}
+	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+	defer buf.Free()
+	return unmarshalWithout(buf.ReadOnlyData(), f.Number(), r.m)
+}
+
+// unmarshalWithout decodes b, a marshalled message, into m without its
+// field num when it is length-delimited: the bytes around it are decoded
+// one run after the other (merged, which is what a decoder does with the
+// fields of one message in order), so nothing is copied. Malformed bytes
+// are left to the decoder, which reports them.
+func unmarshalWithout(b []byte, num protowire.Number, m proto.Message) error {
+	merge := proto.UnmarshalOptions{Merge: true}
+	start := 0 // of the bytes not yet decoded
+	for i := 0; i < len(b); {
+		got, typ, n := protowire.ConsumeTag(b[i:])
+		if n < 0 {
+			break
+		}
+		l := protowire.ConsumeFieldValue(got, typ, b[i+n:])
+		if l < 0 {
+			break
+		}
+		if got == num && typ == protowire.BytesType {
+			if i > start {
+				if err := merge.Unmarshal(b[start:i], m); err != nil {
+					return err
+				}
+			}
+			start = i + n + l
+		}
+		i += n + l
+	}
+	return merge.Unmarshal(b[start:], m)
 }

@@ -186,16 +186,26 @@ func (s *Server) closeStalled(st *fanout.SendState) {
 
 // StreamAggregatedResources serves a state-of-the-world ADS stream.
 func (s *Server) StreamAggregatedResources(st grpc.BidiStreamingServer[discoverypb.DiscoveryRequest, discoverypb.DiscoveryResponse]) error {
-	return s.run(st.Context(), false, func() (request, error) {
-		r, err := st.Recv()
+	return s.run(st.Context(), false, func(node bool) (request, error) {
+		r := new(discoverypb.DiscoveryRequest)
+		var m any = r
+		if !node {
+			m = &nodeLater{r}
+		}
+		err := st.RecvMsg(m)
 		return request{sotw: r}, err
 	}, func(r *response) error { return st.SendMsg(r.sotw) })
 }
 
 // DeltaAggregatedResources serves an incremental (delta) ADS stream.
 func (s *Server) DeltaAggregatedResources(st grpc.BidiStreamingServer[discoverypb.DeltaDiscoveryRequest, discoverypb.DeltaDiscoveryResponse]) error {
-	return s.run(st.Context(), true, func() (request, error) {
-		r, err := st.Recv()
+	return s.run(st.Context(), true, func(node bool) (request, error) {
+		r := new(discoverypb.DeltaDiscoveryRequest)
+		var m any = r
+		if !node {
+			m = &nodeLater{r}
+		}
+		err := st.RecvMsg(m)
 		return request{delta: r}, err
 	}, func(r *response) error { return st.Send(r.delta) })
 }
@@ -214,7 +224,10 @@ type response struct {
 // handled here; responses are sent from here (answers to requests) and
 // from the fan-out engine's send jobs (changes), one at a time under the
 // stream's lock.
-func (s *Server) run(ctx context.Context, delta bool, recv func() (request, error), send func(*response) error) error {
+//
+// recv reads the next request; with node false it may leave the request's
+// node out (it is read from the first request only).
+func (s *Server) run(ctx context.Context, delta bool, recv func(node bool) (request, error), send func(*response) error) error {
 	if s.drain.Err() != nil {
 		return status.Error(codes.Unavailable, "server is shutting down")
 	}
@@ -244,7 +257,8 @@ func (s *Server) run(ctx context.Context, delta bool, recv func() (request, erro
 	// client leaves or its connection closes: a stalled client's (the
 	// stall watch), or every one when the gRPC server stops (after Drain).
 	for {
-		r, err := recv()
+		// x.node is written by handle, on this goroutine.
+		r, err := recv(!x.node)
 		if err != nil {
 			select {
 			case ferr := <-x.failed:
