@@ -17,8 +17,15 @@ import (
 
 // BenchmarkPush: one endpoint change delivered to 200 SotW EDS streams (on
 // 4 connections) that ACK every response; ns/op is per change, so divide by
-// 200 for a delivery. Client and server share the process.
+// 200 for a delivery. Client and server share the process. The service has
+// 2 endpoints without labels, or 10 with the two labels of the bench source
+// (the size of tributary-bench's CLAs).
 func BenchmarkPush(b *testing.B) {
+	b.Run("endpoints=2", func(b *testing.B) { benchPush(b, 2, false) })
+	b.Run("endpoints=10,labels", func(b *testing.B) { benchPush(b, 10, true) })
+}
+
+func benchPush(b *testing.B, n int, labels bool) {
 	const streams, conns = 200, 4
 	store := cache.New()
 	srv := New(Options{Store: store})
@@ -31,7 +38,15 @@ func BenchmarkPush(b *testing.B) {
 	go func() { _ = g.Serve(srv.Listener(ln)) }()
 	defer func() { srv.Drain(); g.Stop(); srv.Wait() }()
 	apply := func(i int) {
-		eps := []discovery.Endpoint{ep("10.0.0.1:80"), ep(fmt.Sprintf("10.1.%d.%d:80", i/250%250, i%250))}
+		eps := []discovery.Endpoint{ep(fmt.Sprintf("10.1.%d.%d:80", i/250%250, i%250))}
+		for j := 1; j < n; j++ {
+			eps = append(eps, ep(fmt.Sprintf("10.0.0.%d:80", j)))
+		}
+		if labels {
+			for j := range eps {
+				eps[j].Labels = map[string]string{"bench_seq": fmt.Sprint(1000000 + i*n + j), "bench_ts": fmt.Sprint(1765000000000000000 + i)}
+			}
+		}
 		if _, err := store.Apply("file", []discovery.Group{group("web", "web.demo", 80, eps...)}); err != nil {
 			b.Fatal(err)
 		}

@@ -34,22 +34,40 @@ func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 
 // sotwWire writes a DiscoveryResponse (envoy.service.discovery.v3) with
 // version_info (1), resources (2), type_url (4) and nonce (5), the
-// resources given as marshalled Anys. Its tests hold it to proto.Marshal.
-func sotwWire(version string, resources [][]byte, typeURL, nonce string) []byte {
+// resources given as marshalled Anys. The resources are not copied: the
+// response is the resources' own (shared, read-only) bytes between pieces
+// of one small buffer that holds everything else, so a delivery allocates
+// tens of bytes, not the size of the resources. Its tests hold it to
+// proto.Marshal.
+func sotwWire(version string, resources [][]byte, typeURL, nonce string) mem.BufferSlice {
 	n := protowire.SizeTag(1) + protowire.SizeBytes(len(version)) +
 		protowire.SizeTag(4) + protowire.SizeBytes(len(typeURL)) +
 		protowire.SizeTag(5) + protowire.SizeBytes(len(nonce))
 	for _, r := range resources {
-		n += protowire.SizeTag(2) + protowire.SizeBytes(len(r))
+		n += protowire.SizeTag(2) + protowire.SizeVarint(uint64(len(r)))
 	}
 	b := make([]byte, 0, n)
+	// The pieces are boxed as pointers into one array: a SliceBuffer
+	// value in an interface would be an allocation of its own.
+	pieces := make([]mem.SliceBuffer, 0, 2*len(resources)+1)
+	out := make(mem.BufferSlice, 0, cap(pieces))
+	add := func(p []byte) {
+		pieces = append(pieces, p)
+		out = append(out, &pieces[len(pieces)-1])
+	}
 	if version != "" {
 		b = protowire.AppendTag(b, 1, protowire.BytesType)
 		b = protowire.AppendString(b, version)
 	}
+	start := 0 // of b's bytes not yet in out
 	for _, r := range resources {
 		b = protowire.AppendTag(b, 2, protowire.BytesType)
-		b = protowire.AppendBytes(b, r)
+		b = protowire.AppendVarint(b, uint64(len(r)))
+		add(b[start:len(b):len(b)])
+		start = len(b)
+		if len(r) > 0 {
+			add(r)
+		}
 	}
 	b = protowire.AppendTag(b, 4, protowire.BytesType)
 	b = protowire.AppendString(b, typeURL)
@@ -57,7 +75,8 @@ func sotwWire(version string, resources [][]byte, typeURL, nonce string) []byte 
 		b = protowire.AppendTag(b, 5, protowire.BytesType)
 		b = protowire.AppendString(b, nonce)
 	}
-	return b
+	add(b[start:])
+	return out
 }
 
 // anyWire is a marshalled Any: type_url (1), value (2).

@@ -26,7 +26,6 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
@@ -871,7 +870,7 @@ func (x *stream) respondSotW(t *typeState, res [][]byte) error {
 	x.nonce++
 	t.nonce = strconv.FormatUint(x.nonce, 10)
 	b := sotwWire(strconv.FormatUint(t.version, 10), res, typeURLs[t.kind], t.nonce)
-	return x.sendLocked(t.kind, &response{sotw: &rawResponse{bufs: mem.BufferSlice{mem.SliceBuffer(b)}}}, len(res))
+	return x.sendLocked(t.kind, &response{sotw: &rawResponse{bufs: b}}, len(res))
 }
 
 // flushNames sends the resources among names (nil: every subscribed name)

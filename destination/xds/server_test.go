@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -329,6 +330,7 @@ func TestSotWWire(t *testing.T) {
 		{"1", "1", []kind{kindEndpoint}},
 		{"17", "42", []kind{kindListener, kindRoute, kindCluster, kindEndpoint}},
 		{"3", "9", nil},
+		{"", "", []kind{kindCluster, kindEndpoint}},
 	} {
 		var wires [][]byte
 		msg := &discoverypb.DiscoveryResponse{VersionInfo: tc.version, TypeUrl: TypeCluster, Nonce: tc.nonce}
@@ -341,8 +343,15 @@ func TestSotWWire(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := sotwWire(tc.version, wires, TypeCluster, tc.nonce); !bytes.Equal(got, want) {
+		got := sotwWire(tc.version, wires, TypeCluster, tc.nonce)
+		if !bytes.Equal(got.Materialize(), want) {
 			t.Errorf("%v: wire form differs from proto.Marshal", tc.kinds)
+		}
+		// The resources are sent as they are, not copied.
+		for _, w := range wires {
+			if !slices.ContainsFunc(got, func(b mem.Buffer) bool { return len(b.ReadOnlyData()) > 0 && &b.ReadOnlyData()[0] == &w[0] }) {
+				t.Errorf("%v: a resource was copied", tc.kinds)
+			}
 		}
 	}
 }
