@@ -51,7 +51,7 @@ func TestGettingStartedWatch(t *testing.T) {
 		"ADD     127.0.0.1:8080         -       passing   10000   consul  -  consul_dc=dc1 consul_node=dc1-node consul_service=web\n" +
 		"ADD     127.0.0.2:8080         -       passing   10000   consul  -  consul_dc=dc1 consul_node=dc1-node consul_service=web\n" +
 		"# 2 endpoints\n" +
-		"REMOVE  127.0.0.2:8080         -       critical  10000   consul  -\n" +
+		"REMOVE  127.0.0.2:8080         -       critical  10000   consul  -  why: evicted: health is critical; its source reports it critical\n" +
 		"# 1 endpoints\n"
 	if out.String() != want {
 		t.Errorf("watch printed:\n%s\nwant:\n%s", out.String(), want)
