@@ -10,7 +10,6 @@ package browser
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -99,26 +98,6 @@ func read[T any](t *testing.T, ctx context.Context, what string, a chromedp.Acti
 
 type css = chromedp.CSS
 
-// listener is a real TCP endpoint the test can take away.
-func listener(t *testing.T) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	return ln
-}
-
 const hostile = `<script>window.pwned=1</script><img src=x onerror="window.pwned=2">`
 
 func servicesFile(a, b, c string, withC bool) string {
@@ -146,7 +125,7 @@ func servicesFile(a, b, c string, withC bool) string {
 // endpoint go when its file entry is removed and turn critical when its
 // health check fails, and a hostile label shown as text.
 func TestStatusPageFollowsTheRegistry(t *testing.T) {
-	a, b, c := listener(t), listener(t), listener(t)
+	a, b, c := harness.Acceptor(t, "127.0.0.1:0"), harness.Acceptor(t, "127.0.0.1:0"), harness.Acceptor(t, "127.0.0.1:0")
 	dir := t.TempDir()
 	path := filepath.Join(dir, "svc.yaml")
 	harness.WriteAtomic(t, path, servicesFile(a.Addr().String(), b.Addr().String(), c.Addr().String(), true))

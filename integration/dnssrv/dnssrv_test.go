@@ -280,26 +280,8 @@ func TestNXDOMAINWithdrawsAfterTwoAnswers(t *testing.T) {
 
 func TestRefusedAndPriorityFailoverWithHealthChecks(t *testing.T) {
 	// Two listeners on loopback: priority 10 and priority 20 of one name.
-	primary, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	backup, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer backup.Close()
-	accept := func(ln net.Listener) {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}
-	go accept(primary)
-	go accept(backup)
+	primary := harness.Acceptor(t, "127.0.0.1:0")
+	backup := harness.Acceptor(t, "127.0.0.1:0")
 	_, p1, _ := net.SplitHostPort(primary.Addr().String())
 	_, p2, _ := net.SplitHostPort(backup.Addr().String())
 	c := startCoreDNS(t, "lo 60 IN A 127.0.0.1\n"+srvs("_http._tcp.api", 1, "10 1 "+p1+" lo", "20 1 "+p2+" lo"))
@@ -330,12 +312,7 @@ func TestRefusedAndPriorityFailoverWithHealthChecks(t *testing.T) {
 	if got := api.Next(); got != "remove:127.0.0.1:"+p1 {
 		t.Fatalf("failover: %s", got)
 	}
-	again, err := net.Listen("tcp", "127.0.0.1:"+p1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer again.Close()
-	go accept(again)
+	harness.Acceptor(t, "127.0.0.1:"+p1)
 	if got := api.Next(); got != "add:127.0.0.1:"+p1 {
 		t.Fatalf("fail back: %s", got)
 	}

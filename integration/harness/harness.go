@@ -81,6 +81,28 @@ type exitCapture struct {
 
 func (e exitCapture) Run() int { *e.code = e.m.Run(); return *e.code }
 
+// Acceptor listens on addr (loopback; port 0 picks a free one) and
+// accepts and closes every connection, so that a TCP health check of it
+// passes until the test closes it. It closes when the test ends.
+func Acceptor(t testing.TB, addr string) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return ln
+}
+
 // FreePort returns a loopback port that was free a moment ago.
 func FreePort(t *testing.T) string {
 	t.Helper()

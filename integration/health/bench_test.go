@@ -38,20 +38,7 @@ func BenchmarkHealthChecks(b *testing.B) {
 	targets := make([]string, 0, ips*ports)
 	for i := 1; i <= ips; i++ {
 		for range ports {
-			ln, err := net.Listen("tcp", fmt.Sprintf("127.0.2.%d:0", i))
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(func() { ln.Close() })
-			go func() {
-				for {
-					c, err := ln.Accept()
-					if err != nil {
-						return
-					}
-					c.Close()
-				}
-			}()
+			ln := harness.Acceptor(b, fmt.Sprintf("127.0.2.%d:0", i))
 			targets = append(targets, ln.Addr().String())
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -97,7 +96,7 @@ func TestExplainAndAPI(t *testing.T) {
 // /api/v1's check object and why, and in `tributary explain` — while the
 // other endpoint's check, passing, has none.
 func TestExplainCheckFailure(t *testing.T) {
-	up, down := acceptor(t), acceptor(t)
+	up, down := harness.Acceptor(t, "127.0.0.1:0"), harness.Acceptor(t, "127.0.0.1:0")
 	dir := t.TempDir()
 	harness.WriteAtomic(t, filepath.Join(dir, "svc.yaml"), `services:
   - name: web.demo
@@ -199,33 +198,12 @@ func TestExplainCheckFailure(t *testing.T) {
 	}
 }
 
-// acceptor is a loopback listener that accepts and closes connections,
-// for a TCP health check to pass until it is closed.
-func acceptor(t *testing.T) net.Listener {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Close()
-		}
-	}()
-	return ln
-}
-
 // TestWatchSaysWhyRemoved: `tributary watch` against the running binary
 // reads health from /api/v1: when a checked listener closes, the endpoint's
 // REMOVE row carries its health and the explain view's reason, the
 // check's error included.
 func TestWatchSaysWhyRemoved(t *testing.T) {
-	up, down := acceptor(t), acceptor(t)
+	up, down := harness.Acceptor(t, "127.0.0.1:0"), harness.Acceptor(t, "127.0.0.1:0")
 	dir := t.TempDir()
 	harness.WriteAtomic(t, filepath.Join(dir, "svc.yaml"), `services:
   - name: web.demo
