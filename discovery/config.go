@@ -304,6 +304,40 @@ func (s Section) Errorf(format string, args ...any) *ConfigError {
 	return &ConfigError{File: s.File, Line: s.line, Key: s.Path, Err: fmt.Errorf(format, args...)}
 }
 
+// Place puts the errors a section's owner found in its decoded value into
+// the file: a ConfigError whose Key is relative to the section (as a
+// Settings method returns them) gets the section's path before its key and
+// that key's line (the section's line when the key is not written); any
+// other error is a problem with the section, at its line. Joined errors
+// are placed one by one; nil stays nil.
+func (s Section) Place(err error) error {
+	if err == nil {
+		return nil
+	}
+	var errs []error
+	var place func(error)
+	place = func(e error) {
+		if j, ok := e.(interface{ Unwrap() []error }); ok {
+			for _, inner := range j.Unwrap() {
+				place(inner)
+			}
+			return
+		}
+		var ce *ConfigError
+		if !errors.As(e, &ce) || ce.Key == "" {
+			errs = append(errs, s.Errorf("%v", e))
+			return
+		}
+		line := KeyLine(s.Node, ce.Key)
+		if line == 0 {
+			line = s.line
+		}
+		errs = append(errs, &ConfigError{File: s.File, Line: line, Key: joinPath(s.Path, ce.Key), Err: ce.Err})
+	}
+	place(err)
+	return errors.Join(errs...)
+}
+
 // KeyErrorf is a problem with the entry's key, at its line.
 func (e SectionEntry) KeyErrorf(format string, args ...any) *ConfigError {
 	return &ConfigError{File: e.Value.File, Line: e.keyLine, Key: e.Value.Path, Err: fmt.Errorf(format, args...)}

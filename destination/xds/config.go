@@ -143,34 +143,10 @@ func DecodeSection(s discovery.Section) (*Settings, error) {
 			Err: errors.New("required when the section sets anything else (the xDS server is off without it)")}
 	}
 	set, err := c.Settings()
-	if err == nil {
-		return set, nil
+	if err != nil {
+		return nil, s.Place(err)
 	}
-	var errs []error
-	for _, e := range flatten(err) {
-		var ce *discovery.ConfigError
-		if errors.As(e, &ce) && ce.Key != "" {
-			line := discovery.KeyLine(s.Node, ce.Key)
-			if line == 0 {
-				line = s.Line()
-			}
-			errs = append(errs, &discovery.ConfigError{File: s.File, Line: line, Key: s.Path + "." + ce.Key, Err: ce.Err})
-			continue
-		}
-		errs = append(errs, s.Errorf("%v", e))
-	}
-	return nil, errors.Join(errs...)
-}
-
-func flatten(err error) []error {
-	if j, ok := err.(interface{ Unwrap() []error }); ok {
-		var out []error
-		for _, e := range j.Unwrap() {
-			out = append(out, flatten(e)...)
-		}
-		return out
-	}
-	return []error{err}
+	return set, nil
 }
 
 // zoneOf is the zone of a node: its own locality's zone, else the first
