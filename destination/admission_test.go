@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tributary-mesh/tributary/cache"
+	"github.com/tributary-mesh/tributary/destination/internal/admit"
 )
 
 // retryHint is the RetryInfo delay of a ResourceExhausted refusal; ok is
@@ -181,39 +182,13 @@ func TestMaxStreamsRetryIsJittered(t *testing.T) {
 	seen := map[time.Duration]bool{}
 	for range 20 {
 		d, ok := retryHint(s.admitStream())
-		if !ok || d < MaxStreamsRetry || d >= 2*MaxStreamsRetry {
+		if !ok || d < admit.MaxStreamsRetry || d >= 2*admit.MaxStreamsRetry {
 			t.Fatalf("retry hint %v (ok %v), want within [1s, 2s)", d, ok)
 		}
 		seen[d] = true
 	}
 	if len(seen) < 10 {
 		t.Fatalf("%d distinct hints in 20 refusals: not jittered", len(seen))
-	}
-}
-
-// TestAdmissionHorizonPasses: clients that never come back do not hold the
-// queue. Once their slots have passed, a newcomer is admitted at once.
-func TestAdmissionHorizonPasses(t *testing.T) {
-	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
-	a := newAdmission(100, 1, clock.now, func(int64) int64 { return 0 })
-	if ok, _ := a.admit(); !ok {
-		t.Fatal("first stream refused")
-	}
-	var last time.Duration
-	for i := range 50 {
-		ok, d := a.admit()
-		if ok || d <= last {
-			t.Fatalf("refusal %d: admitted %v, delay %v after %v: want a later slot each time", i, ok, d, last)
-		}
-		last = d
-	}
-	clock.t = clock.t.Add(last) // nobody came back
-	if ok, _ := a.admit(); !ok {
-		t.Fatal("newcomer refused after the queue's horizon passed")
-	}
-	// The next refusal is one slot out, not behind the clients that left.
-	if ok, d := a.admit(); ok || d > 20*time.Millisecond {
-		t.Fatalf("after the horizon: admitted %v, delay %v, want a refusal for about one slot (10ms)", ok, d)
 	}
 }
 

@@ -6,14 +6,12 @@ package destination
 import (
 	"context"
 	"log/slog"
-	"math"
 	"net/netip"
 	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-memdb"
 	pb "github.com/linkerd/linkerd2-proxy-api/go/destination"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -22,6 +20,7 @@ import (
 
 	"github.com/tributary-mesh/tributary/cache"
 	"github.com/tributary-mesh/tributary/destination/fanout"
+	"github.com/tributary-mesh/tributary/destination/internal/admit"
 	"github.com/tributary-mesh/tributary/discovery"
 )
 
@@ -114,7 +113,7 @@ type Server struct {
 	hub     *hub
 
 	sendTimeout time.Duration
-	admit       *admission
+	admit       *admit.Admission
 	maxStreams  int64
 	open        atomic.Int64
 	conns       fanout.Conns
@@ -146,14 +145,11 @@ func NewServer(opts Options) *Server {
 		s.sendTimeout = DefaultSendTimeout
 	}
 	s.stalls = fanout.NewStallWatch(s.sendTimeout, s.closeStalled)
-	r, b := opts.NewStreamsPerSecond, opts.NewStreamsBurst
+	r := opts.NewStreamsPerSecond
 	if r == 0 {
 		r = DefaultNewStreamsPerSecond
 	}
-	if b <= 0 {
-		b = max(1, int(min(r, math.MaxInt32)))
-	}
-	s.admit = newAdmission(r, b, opts.now, opts.jitter) // r < 0: no rate limit
+	s.admit = admit.New(r, opts.NewStreamsBurst, opts.now, opts.jitter) // r < 0: no rate limit
 	s.drain, s.drainNow = context.WithCancel(context.Background())
 	if s.fed == nil {
 		s.fed, _ = discovery.NewFederation(nil, nil)
@@ -489,22 +485,13 @@ func (s *Server) clientZone(tok contextToken) string {
 func (s *Server) admitStream() error {
 	if n := s.open.Add(1); s.maxStreams > 0 && n > s.maxStreams {
 		s.open.Add(-1)
-		return retryLater(s.admit.fullDelay(), "%d streams open, the configured maximum", s.maxStreams)
+		return admit.RetryLater(s.admit.FullDelay(), "%d streams open, the configured maximum", s.maxStreams)
 	}
-	if ok, d := s.admit.admit(); !ok {
+	if ok, d := s.admit.Admit(); !ok {
 		s.open.Add(-1)
-		return retryLater(d, "too many new streams per second")
+		return admit.RetryLater(d, "too many new streams per second")
 	}
 	return nil
-}
-
-// retryLater is ResourceExhausted with a RetryInfo detail.
-func retryLater(after time.Duration, format string, args ...any) error {
-	st := status.Newf(codes.ResourceExhausted, format+"; retry later", args...)
-	if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(after)}); err == nil {
-		st = d
-	}
-	return st.Err()
 }
 
 // ended is a stream's return value once its context is done: nil when the

@@ -42,7 +42,7 @@ var importRules = []importRule{
 	{pkg: "destination/registration", imports: []string{"discovery", "proto/...", "sources/register"}, tests: []string{"destination/..."}},
 	{pkg: "destination/fanout", imports: []string{"cache", "discovery"}},
 	{pkg: "destination/served", imports: []string{"cache", "discovery"}},
-	{pkg: "destination/xds", imports: []string{"cache", "discovery", "destination/fanout"}, tests: []string{"discovery/configdoc", "destination/tlsauth/tlstest"}},
+	{pkg: "destination/xds", imports: []string{"cache", "discovery", "destination/fanout", "destination/internal/admit"}, tests: []string{"discovery/configdoc", "destination/tlsauth/tlstest"}},
 	{pkg: "destination/...", imports: []string{"cache", "discovery", "destination/..."}},
 	{pkg: "integration/harness", imports: []string{"destination/..."}},
 	// Registration tests run etcd with integration/etcd's member and call the API.

@@ -12,10 +12,12 @@ import (
 	corepb "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointpb "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/tributary-mesh/tributary/cache"
 	"github.com/tributary-mesh/tributary/discovery"
 )
 
@@ -412,5 +414,37 @@ func TestAdmission(t *testing.T) {
 				t.Fatalf("%+v: stream %d: nothing", opts, i+1)
 			}
 		}
+	}
+}
+
+// TestAdmissionQueuesRefusedClients: xDS refusals follow the same virtual
+// queue as the destination API's (destination/internal/admit): each client
+// refused in a storm is told a later slot than the one before it, so that
+// clients honouring RetryInfo come back one per slot instead of all at once.
+func TestAdmissionQueuesRefusedClients(t *testing.T) {
+	s := New(Options{Store: cache.New(), NewStreamsPerSecond: 10, NewStreamsBurst: 1})
+	if err := s.admitStream(); err != nil {
+		t.Fatalf("first stream: %v", err)
+	}
+	var last time.Duration
+	for i := range 20 {
+		err := s.admitStream()
+		st := status.Convert(err)
+		if st.Code() != codes.ResourceExhausted {
+			t.Fatalf("refusal %d: %v", i, err)
+		}
+		var d time.Duration
+		for _, det := range st.Details() {
+			if ri, ok := det.(*errdetails.RetryInfo); ok {
+				d = ri.RetryDelay.AsDuration()
+			}
+		}
+		if d <= last {
+			t.Fatalf("refusal %d: retry in %v after %v: want a later slot each time", i, d, last)
+		}
+		last = d
+	}
+	if last < time.Second {
+		t.Fatalf("the 20th refused client of 10/s is told %v: want about 2 s (its place in the queue)", last)
 	}
 }

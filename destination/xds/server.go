@@ -11,7 +11,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"math"
 	"net"
 	"strconv"
 	"sync"
@@ -22,15 +21,13 @@ import (
 	discoverypb "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/hashicorp/go-memdb"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/time/rate"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/tributary-mesh/tributary/cache"
 	"github.com/tributary-mesh/tributary/destination/fanout"
+	"github.com/tributary-mesh/tributary/destination/internal/admit"
 	"github.com/tributary-mesh/tributary/discovery"
 )
 
@@ -94,7 +91,7 @@ type Server struct {
 
 	maxStreams int64
 	open       atomic.Int64
-	newStreams *rate.Limiter // nil: no rate limit
+	admission  *admit.Admission
 }
 
 // New returns a server.
@@ -131,16 +128,11 @@ func New(opts Options) *Server {
 	if s.maxStreams == 0 {
 		s.maxStreams = DefaultMaxStreams
 	}
-	if r := opts.NewStreamsPerSecond; r >= 0 {
-		if r == 0 {
-			r = DefaultNewStreamsPerSecond
-		}
-		b := opts.NewStreamsBurst
-		if b <= 0 {
-			b = max(1, int(min(r, math.MaxInt32)))
-		}
-		s.newStreams = rate.NewLimiter(rate.Limit(r), b)
+	r := opts.NewStreamsPerSecond
+	if r == 0 {
+		r = DefaultNewStreamsPerSecond
 	}
+	s.admission = admit.New(r, opts.NewStreamsBurst, nil, nil) // r < 0: no rate limit
 	s.stalls = fanout.NewStallWatch(max(s.sendTimeout, time.Millisecond), s.closeStalled)
 	s.drain, s.drainNow = context.WithCancel(context.Background())
 	s.catalog.srv = s
@@ -230,7 +222,7 @@ func (s *Server) run(ctx context.Context, delta bool, recv func(node bool) (requ
 	if s.drain.Err() != nil {
 		return status.Error(codes.Unavailable, "server is shutting down")
 	}
-	if err := s.admit(); err != nil {
+	if err := s.admitStream(); err != nil {
 		return err
 	}
 	defer s.open.Add(-1)
@@ -281,34 +273,18 @@ func (s *Server) run(ctx context.Context, delta bool, recv func(node bool) (requ
 // admit takes a slot for a new stream, or refuses it with
 // ResourceExhausted and a retry delay: over MaxStreams, or over the rate of
 // new streams (a reconnect storm is spread out).
-func (s *Server) admit() error {
+func (s *Server) admitStream() error {
 	if n := s.open.Add(1); s.maxStreams > 0 && n > s.maxStreams {
 		s.open.Add(-1)
 		s.metrics.refused.Inc()
-		return retryLater(time.Second, "%d xDS streams open, the configured maximum", s.maxStreams)
+		return admit.RetryLater(s.admission.FullDelay(), "%d xDS streams open, the configured maximum", s.maxStreams)
 	}
-	if s.newStreams != nil {
-		if r := s.newStreams.Reserve(); !r.OK() || r.Delay() > 0 {
-			d := time.Second
-			if r.OK() {
-				d = r.Delay()
-				r.Cancel()
-			}
-			s.open.Add(-1)
-			s.metrics.refused.Inc()
-			return retryLater(d, "too many new xDS streams per second")
-		}
+	if ok, d := s.admission.Admit(); !ok {
+		s.open.Add(-1)
+		s.metrics.refused.Inc()
+		return admit.RetryLater(d, "too many new xDS streams per second")
 	}
 	return nil
-}
-
-// retryLater is ResourceExhausted with a RetryInfo detail.
-func retryLater(after time.Duration, format string, args ...any) error {
-	st := status.Newf(codes.ResourceExhausted, format+"; retry later", args...)
-	if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(after)}); err == nil {
-		st = d
-	}
-	return st.Err()
 }
 
 func (s *Server) waitSynced(ctx context.Context) {

@@ -1,14 +1,23 @@
-package destination
+// Package admit is how the streaming edges (Linkerd's destination API,
+// xDS) admit new streams and tell a refused client when to come back: one
+// rule for every edge, so that a reconnect storm is spread the same way
+// whichever API the clients speak.
+package admit
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
-// admission rate-limits new streams and tells each refused client when to
+// Admission rate-limits new streams and tells each refused client when to
 // come back.
 //
 // A token bucket (rate, burst) admits. A refused client is placed in a
@@ -27,7 +36,7 @@ import (
 // next, and the horizon passes; a new stream that takes a token meant for
 // a returning one (they cannot be told apart) makes that one wait once
 // more, at the end of the queue.
-type admission struct {
+type Admission struct {
 	mu      sync.Mutex
 	bucket  *rate.Limiter // nil: no rate limit
 	slot    time.Duration // 1/rate
@@ -38,27 +47,30 @@ type admission struct {
 	jitter func(n int64) int64
 }
 
-// newAdmission returns the admission of perSecond new streams (burst);
-// perSecond <= 0: no rate limit. now and jitter may be nil (the clock,
-// math/rand).
-func newAdmission(perSecond float64, burst int, now func() time.Time, jitter func(int64) int64) *admission {
+// New returns the admission of perSecond new streams with a burst of
+// burst (burst <= 0: one second's worth of the rate); perSecond <= 0: no
+// rate limit. now and jitter may be nil (the clock, math/rand).
+func New(perSecond float64, burst int, now func() time.Time, jitter func(int64) int64) *Admission {
 	if now == nil {
 		now = time.Now
 	}
 	if jitter == nil {
 		jitter = rand.Int64N
 	}
-	a := &admission{now: now, jitter: jitter}
+	a := &Admission{now: now, jitter: jitter}
 	if perSecond > 0 {
+		if burst <= 0 {
+			burst = max(1, int(min(perSecond, float64(1<<31-1))))
+		}
 		a.bucket = rate.NewLimiter(rate.Limit(perSecond), burst)
 		a.slot = max(time.Duration(float64(time.Second)/perSecond), 8)
 	}
 	return a
 }
 
-// admit takes a token (true) or places the caller in the queue and returns
+// Admit takes a token (true) or places the caller in the queue and returns
 // when it should try again.
-func (a *admission) admit() (bool, time.Duration) {
+func (a *Admission) Admit() (bool, time.Duration) {
 	if a.bucket == nil {
 		return true, 0
 	}
@@ -82,14 +94,26 @@ func later(a, b time.Time) time.Time {
 	return b
 }
 
-// MaxStreamsRetry is the base delay told to a client refused because
-// MaxStreams streams are open. Slots free as streams end, at a pace the
-// server cannot foresee: the delay is jittered over [1 s, 2 s) so that the
-// refused clients do not all come back at once.
+// MaxStreamsRetry is the base delay told to a client refused because the
+// maximum of open streams is reached. Slots free as streams end, at a pace
+// the server cannot foresee: the delay is jittered over [1 s, 2 s) so that
+// the refused clients do not all come back at once.
 const MaxStreamsRetry = time.Second
 
-func (a *admission) fullDelay() time.Duration {
+// FullDelay is the delay for a client refused because the maximum of open
+// streams is reached.
+func (a *Admission) FullDelay() time.Duration {
 	a.mu.Lock() // the jitter source need not be safe for concurrent use
 	defer a.mu.Unlock()
 	return MaxStreamsRetry + time.Duration(a.jitter(int64(MaxStreamsRetry)))
+}
+
+// RetryLater is the refusal a client is sent: ResourceExhausted with a
+// RetryInfo detail of after.
+func RetryLater(after time.Duration, format string, args ...any) error {
+	st := status.New(codes.ResourceExhausted, fmt.Sprintf(format, args...)+"; retry later")
+	if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(after)}); err == nil {
+		st = d
+	}
+	return st.Err()
 }
