@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -212,6 +213,48 @@ func (f *Federation) PanicThreshold(a Authority) float64 {
 // same pointers (nil when nothing is served). One allocation per call.
 func (f *Federation) Resolve(a Authority, eps []*Endpoint) []*Endpoint {
 	return f.resolve(a, eps, nil)
+}
+
+// Backups is, for an authority whose rule has failover tiers, what each
+// tier after the one Resolve serves would serve on its own: the tier's
+// endpoints resolved by the same rules as if it were the only one (levels,
+// eviction and its panic threshold, deduplication), in failover order,
+// leaving out addresses already served or offered by an earlier backup;
+// tiers with nothing to offer are skipped. served is Resolve's answer for
+// eps. Edges whose clients fail over by themselves (xDS priorities) offer
+// these below the served tier, so that a client that cannot reach any of
+// the served endpoints still has somewhere to go; the choice of the tier
+// (min_healthy) stays Tributary's. Nil without failover tiers.
+func (f *Federation) Backups(a Authority, eps, served []*Endpoint) [][]*Endpoint {
+	r := f.lookup(a)
+	if r == nil || len(r.rule.Failover) == 0 || len(served) == 0 {
+		return nil
+	}
+	chosen := r.tier(served[0].Source)
+	seen := make(map[netip.AddrPort]bool, len(served))
+	for _, e := range served {
+		seen[e.Addr] = true
+	}
+	var out [][]*Endpoint
+	for t := chosen + 1; t < len(r.minHealthy); t++ {
+		var tier []*Endpoint
+		for _, e := range eps {
+			if r.tier(e.Source) == t {
+				tier = append(tier, e)
+			}
+		}
+		var kept []*Endpoint
+		for _, e := range f.Resolve(a, tier) {
+			if !seen[e.Addr] {
+				seen[e.Addr] = true
+				kept = append(kept, e)
+			}
+		}
+		if len(kept) > 0 {
+			out = append(out, kept)
+		}
+	}
+	return out
 }
 
 // resolve is Resolve; when ex is not nil, every endpoint it drops is

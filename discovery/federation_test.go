@@ -537,3 +537,51 @@ func sameTier(f *Federation, a, b *Endpoint) bool {
 	}
 	return r.tier(a.Source) == r.tier(b.Source)
 }
+
+func TestBackups(t *testing.T) {
+	const (
+		P = HealthPassing
+		C = HealthCritical
+	)
+	f := mustFederation(t, tiered, nil)
+	eps := []*Endpoint{
+		fep("10.0.0.1:80", "east", "e", P),
+		fep("10.0.0.2:80", "east", "e", P),
+		fep("10.0.1.1:80", "west", "w", P),
+		fep("10.0.1.2:80", "west", "w", C),   // evicted in its tier as Resolve would
+		fep("10.0.0.1:80", "west2", "w2", P), // already served by east
+		fep("10.0.2.1:80", "other", "o", P),  // the implicit last tier
+	}
+	served := f.Resolve(webAuth, eps)
+	if got := describe(served); got != "10.0.0.1:80/east/e 10.0.0.2:80/east/e" {
+		t.Fatalf("served %s", got)
+	}
+	var got []string
+	for _, tier := range f.Backups(webAuth, eps, served) {
+		got = append(got, describe(tier))
+	}
+	want := []string{"10.0.1.1:80/west/w", "10.0.2.1:80/other/o"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("backups %q, want %q", got, want)
+	}
+
+	// east below min_healthy: west is served, and only what comes after it
+	// is a backup (east is not offered: Tributary chose against it).
+	eps[1] = fep("10.0.0.2:80", "east", "e", C)
+	served = f.Resolve(webAuth, eps)
+	if got := describe(served); got != "10.0.0.1:80/west2/w2 10.0.1.1:80/west/w" {
+		t.Fatalf("served %s", got)
+	}
+	got = got[:0]
+	for _, tier := range f.Backups(webAuth, eps, served) {
+		got = append(got, describe(tier))
+	}
+	if want := []string{"10.0.2.1:80/other/o"}; !slices.Equal(got, want) {
+		t.Fatalf("backups %q, want %q", got, want)
+	}
+
+	// No failover rule: no backups.
+	if b := mustFederation(t, nil, nil).Backups(webAuth, eps, served); b != nil {
+		t.Fatalf("backups without a rule: %v", b)
+	}
+}

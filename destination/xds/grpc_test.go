@@ -180,3 +180,40 @@ func TestProxylessGRPCZonePreference(t *testing.T) {
 		}
 	}
 }
+
+// TestProxylessGRPCFailsOverToBackupTier: with federation failover tiers,
+// the tier Tributary serves comes first and the next tier follows at a
+// lower priority, so a gRPC client that cannot reach any endpoint of the
+// served tier (here: registered passing, but nothing listens) fails over
+// to the next tier by itself instead of failing its calls.
+func TestProxylessGRPCFailsOverToBackupTier(t *testing.T) {
+	fed, err := discovery.NewFederation([]discovery.FederationRule{{
+		Authority: discovery.Authority{Host: "web.demo", Port: 8080},
+		Failover:  []discovery.Tier{{Sources: []string{"east"}, MinHealthy: 1}, {Sources: []string{"west"}, MinHealthy: 1}},
+	}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, Options{Federation: fed})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	west := backend(t)
+	h.apply("east", group("web", "web.demo", 8080, discovery.Endpoint{Addr: mustAddr(dead), Health: discovery.HealthPassing}))
+	h.apply("west", group("web", "web.demo", 8080, discovery.Endpoint{Addr: mustAddr(west), Health: discovery.HealthPassing}))
+	c := h.proxyless("", insecure.NewCredentials())
+	deadline := time.Now().Add(waitFor)
+	for {
+		seen, err := spread(t, c, 10)
+		if err == nil && seen[west] == 10 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("calls by backend %v, err %v: want every call on the west tier's backend", seen, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

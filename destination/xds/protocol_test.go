@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -446,5 +447,50 @@ func TestAdmissionQueuesRefusedClients(t *testing.T) {
 	}
 	if last < time.Second {
 		t.Fatalf("the 20th refused client of 10/s is told %v: want about 2 s (its place in the queue)", last)
+	}
+}
+
+// TestBackupTierPriorities: the served tier's localities come first (the
+// client's zone, then the others), the next failover tier's after them,
+// numbered without gaps; the backup holds only what the tier would serve
+// on its own (a critical endpoint of it is evicted).
+func TestBackupTierPriorities(t *testing.T) {
+	fed, err := discovery.NewFederation([]discovery.FederationRule{{
+		Authority: discovery.Authority{Host: "web.demo", Port: 8080},
+		Failover:  []discovery.Tier{{Sources: []string{"east"}, MinHealthy: 1}, {Sources: []string{"west"}, MinHealthy: 1}},
+	}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := newHarness(t, Options{Federation: fed})
+	h.apply("east", group("web", "web.demo", 8080,
+		discovery.Endpoint{Addr: mustAddr("10.0.0.1:8080"), Zone: "a", Health: discovery.HealthPassing},
+		discovery.Endpoint{Addr: mustAddr("10.0.0.2:8080"), Zone: "b", Health: discovery.HealthPassing}))
+	h.apply("west", group("web", "web.demo", 8080,
+		discovery.Endpoint{Addr: mustAddr("10.0.1.1:8080"), Zone: "a", Health: discovery.HealthPassing},
+		discovery.Endpoint{Addr: mustAddr("10.0.1.2:8080"), Zone: "a", Health: discovery.HealthCritical},
+		discovery.Endpoint{Addr: mustAddr("10.0.1.3:8080"), Zone: "a", Health: discovery.HealthPassing}))
+	for _, tc := range []struct {
+		zone string
+		want []string // "priority zone addresses"
+	}{
+		{"a", []string{"0 a 10.0.0.1", "1 b 10.0.0.2", "2 a 10.0.1.1,10.0.1.3"}},
+		{"b", []string{"0 b 10.0.0.2", "1 a 10.0.0.1", "2 a 10.0.1.1,10.0.1.3"}},
+		{"", []string{"0 a 10.0.0.1", "0 b 10.0.0.2", "1 a 10.0.1.1,10.0.1.3"}},
+	} {
+		s := h.sotw(nil)
+		s.request(&discoverypb.DiscoveryRequest{Node: &corepb.Node{Id: "n", Locality: &corepb.Locality{Zone: tc.zone}},
+			TypeUrl: TypeEndpoint, ResourceNames: []string{"web.demo:8080"}})
+		var got []string
+		for _, l := range cla(t, s.next())["web.demo:8080"].Endpoints {
+			var addrs []string
+			for _, e := range l.LbEndpoints {
+				addrs = append(addrs, e.GetEndpoint().GetAddress().GetSocketAddress().GetAddress())
+			}
+			got = append(got, fmt.Sprintf("%d %s %s", l.Priority, l.Locality.GetZone(), strings.Join(addrs, ",")))
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("client zone %q: %q, want %q", tc.zone, got, tc.want)
+		}
 	}
 }

@@ -81,7 +81,11 @@ type view struct {
 	version   uint64
 	exists    bool
 	endpoints []*discovery.Endpoint // served (federation rules applied), by address
-	zone      string                // the clients' zone: decides the priorities
+	// backups are the failover tiers after the served one, each as it
+	// would serve on its own (discovery.Federation.Backups): lower
+	// priorities, for clients that cannot reach any served endpoint.
+	backups [][]*discovery.Endpoint
+	zone    string // the clients' zone: decides the priorities
 
 	// endpointVersion is the ClusterLoadAssignment's version, "r" and the
 	// registry version, formatted once.
@@ -108,7 +112,11 @@ func (s *Server) build(snap *cache.Snapshot, ws memdb.WatchSet, a discovery.Auth
 		v.exists = v.exists || st.Exists
 		all = append(all, st.Endpoints...)
 	}
-	v.endpoints = discovery.PreferZone(s.fed.Resolve(a, all), zone)
+	served := s.fed.Resolve(a, all)
+	v.endpoints = discovery.PreferZone(served, zone)
+	for _, b := range s.fed.Backups(a, all, served) {
+		v.backups = append(v.backups, discovery.PreferZone(b, zone))
+	}
 	v.exists = v.exists || len(v.endpoints) > 0
 	v.endpointVersion = "r" + strconv.FormatUint(v.version, 10)
 	return v, v.version
@@ -141,7 +149,7 @@ func (v *view) resource(k kind, s *Server) (*anypb.Any, []byte) {
 		case kindCluster:
 			r.any = mustAny(s.cluster(v.name))
 		default:
-			r.any = mustAny(loadAssignment(v.name, v.endpoints, v.zone))
+			r.any = mustAny(loadAssignment(v.name, append([][]*discovery.Endpoint{v.endpoints}, v.backups...), v.zone))
 		}
 		r.wire = anyWire(r.any)
 	})
@@ -285,47 +293,59 @@ func (s *Server) upstreamTLS() *tlspb.UpstreamTlsContext {
 	return &tlspb.UpstreamTlsContext{CommonTlsContext: common}
 }
 
-// loadAssignment maps the served endpoints to a ClusterLoadAssignment: one
-// LocalityLbEndpoints per zone, in zone order; the client's own zone at
-// priority 0 and every other zone at priority 1 (all at 0 when the client's
-// zone is unknown or no endpoint is in it), so that gRPC's priority policy
-// and Envoy use the local zone while it has a ready endpoint. A locality's
-// weight is the sum of its endpoints' weights.
-func loadAssignment(name string, eps []*discovery.Endpoint, clientZone string) *endpointpb.ClusterLoadAssignment {
+// loadAssignment maps the served endpoints and the backup tiers after
+// them (tiers[0] is what is served) to a ClusterLoadAssignment: one
+// LocalityLbEndpoints per (tier, zone). Within a tier the client's own zone
+// comes first and every other zone after it (one level when the client's
+// zone is unknown or no endpoint of the tier is in it); the tiers follow
+// one another. Priorities are these levels numbered from 0 without gaps
+// (gRPC rejects a gap), so gRPC's priority policy and Envoy use the local
+// zone of the served tier while it has a ready endpoint, then its other
+// zones, then the next tier. A locality's weight is the sum of its
+// endpoints' weights.
+func loadAssignment(name string, tiers [][]*discovery.Endpoint, clientZone string) *endpointpb.ClusterLoadAssignment {
 	cla := &endpointpb.ClusterLoadAssignment{ClusterName: name}
-	if len(eps) == 0 {
-		return cla
-	}
-	local := clientZone != "" && slices.ContainsFunc(eps, func(e *discovery.Endpoint) bool { return e.Zone == clientZone })
-	byZone := map[string]*endpointpb.LocalityLbEndpoints{}
-	var zones []string
-	for _, e := range eps {
-		l := byZone[e.Zone]
-		if l == nil {
-			l = &endpointpb.LocalityLbEndpoints{Locality: &corepb.Locality{Zone: e.Zone}}
-			if local && e.Zone != clientZone {
-				l.Priority = 1
+	var priority uint32
+	for _, eps := range tiers {
+		if len(eps) == 0 {
+			continue
+		}
+		local := clientZone != "" && slices.ContainsFunc(eps, func(e *discovery.Endpoint) bool { return e.Zone == clientZone })
+		others := false
+		byZone := map[string]*endpointpb.LocalityLbEndpoints{}
+		var zones []string
+		for _, e := range eps {
+			l := byZone[e.Zone]
+			if l == nil {
+				l = &endpointpb.LocalityLbEndpoints{Locality: &corepb.Locality{Zone: e.Zone}, Priority: priority}
+				if local && e.Zone != clientZone {
+					l.Priority, others = priority+1, true
+				}
+				byZone[e.Zone] = l
+				zones = append(zones, e.Zone)
 			}
-			byZone[e.Zone] = l
-			zones = append(zones, e.Zone)
+			l.LbEndpoints = append(l.LbEndpoints, lbEndpoint(e))
 		}
-		l.LbEndpoints = append(l.LbEndpoints, lbEndpoint(e))
-	}
-	slices.SortFunc(zones, func(a, b string) int {
-		pa, pb := byZone[a].Priority, byZone[b].Priority
-		if pa != pb {
-			return int(pa) - int(pb)
+		slices.SortFunc(zones, func(a, b string) int {
+			pa, pb := byZone[a].Priority, byZone[b].Priority
+			if pa != pb {
+				return int(pa) - int(pb)
+			}
+			return strings.Compare(a, b)
+		})
+		for _, z := range zones {
+			l := byZone[z]
+			var w uint64
+			for _, e := range l.LbEndpoints {
+				w += uint64(e.LoadBalancingWeight.GetValue())
+			}
+			l.LoadBalancingWeight = wrapperspb.UInt32(uint32(min(w, 1<<31))) // gRPC caps a priority's total at 2^32-1
+			cla.Endpoints = append(cla.Endpoints, l)
 		}
-		return strings.Compare(a, b)
-	})
-	for _, z := range zones {
-		l := byZone[z]
-		var w uint64
-		for _, e := range l.LbEndpoints {
-			w += uint64(e.LoadBalancingWeight.GetValue())
+		priority++
+		if others {
+			priority++
 		}
-		l.LoadBalancingWeight = wrapperspb.UInt32(uint32(min(w, 1<<31))) // gRPC caps a priority's total at 2^32-1
-		cla.Endpoints = append(cla.Endpoints, l)
 	}
 	return cla
 }
