@@ -114,18 +114,29 @@ sources:
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	logf, err := os.Create(filepath.Join(dir, "server.log"))
-	if err != nil {
-		os.RemoveAll(dir)
+	if err := s.launch(ctx, spec, "config and log", exec.Command(bin, "serve", "--config", cfgPath, "--pprof")); err != nil {
 		return nil, err
 	}
-	s.cmd = exec.Command(bin, "serve", "--config", cfgPath, "--pprof")
+	return s, nil
+}
+
+// launch runs cmd as s's server process, its output in s's folder's
+// server.log, and waits until it is ready: what it serves is fully read
+// (readyBound for the spec's size). On failure the folder is kept (the
+// error names it, as what) or removed if nothing ran.
+func (s *Server) launch(ctx context.Context, spec ServerSpec, what string, cmd *exec.Cmd) error {
+	logf, err := os.Create(filepath.Join(s.dir, "server.log"))
+	if err != nil {
+		os.RemoveAll(s.dir)
+		return err
+	}
+	s.cmd = cmd
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	start := time.Now()
 	if err := s.cmd.Start(); err != nil {
 		logf.Close()
-		os.RemoveAll(dir)
-		return nil, err
+		os.RemoveAll(s.dir)
+		return err
 	}
 	s.Pid = s.cmd.Process.Pid
 	go func() {
@@ -136,10 +147,10 @@ sources:
 	if err := s.waitReady(ctx, readyBound(spec.Services*spec.Endpoints)); err != nil {
 		s.keep = true
 		s.Stop()
-		return nil, fmt.Errorf("%w (config and log in %s)", err, dir)
+		return fmt.Errorf("%w (%s in %s)", err, what, s.dir)
 	}
 	s.Ready = time.Since(start)
-	return s, nil
+	return nil
 }
 
 // AttachServer uses a running server; its config must have a bench source

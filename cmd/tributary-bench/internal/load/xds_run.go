@@ -262,33 +262,12 @@ func startGCP(ctx context.Context, spec ServerSpec) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{API: ports[0], XDS: ports[0], Admin: ports[1], Control: ports[2], dir: dir, keep: spec.Keep, exited: make(chan struct{}), http: newHTTPClient()}
-	logf, err := os.Create(filepath.Join(dir, "server.log"))
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	s.cmd = exec.Command(bin, "--xds", s.XDS, "--admin", s.Admin, "--control", s.Control,
+	cmd := exec.Command(bin, "--xds", s.XDS, "--admin", s.Admin, "--control", s.Control,
 		"--services", fmt.Sprint(spec.Services), "--endpoints", fmt.Sprint(spec.Endpoints),
 		"--host", spec.Host, "--seed", fmt.Sprint(spec.Seed))
-	s.cmd.Stdout, s.cmd.Stderr = logf, logf
-	start := time.Now()
-	if err := s.cmd.Start(); err != nil {
-		logf.Close()
-		os.RemoveAll(dir)
+	if err := s.launch(ctx, spec, "log", cmd); err != nil {
 		return nil, err
 	}
-	s.Pid = s.cmd.Process.Pid
-	go func() {
-		_ = s.cmd.Wait()
-		logf.Close()
-		close(s.exited)
-	}()
-	if err := s.waitReady(ctx, readyBound(spec.Services*spec.Endpoints)); err != nil {
-		s.keep = true
-		s.Stop()
-		return nil, fmt.Errorf("%w (log in %s)", err, dir)
-	}
-	s.Ready = time.Since(start)
 	return s, nil
 }
 
