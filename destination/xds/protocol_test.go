@@ -2,7 +2,9 @@ package xds
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"slices"
 	"strings"
@@ -400,7 +402,11 @@ func TestAdmission(t *testing.T) {
 		h.apply("file", group("a", "a.demo", 80, ep("10.0.0.1:80")))
 		for i := range 3 {
 			s := h.sotw(nil)
-			s.request(&discoverypb.DiscoveryRequest{TypeUrl: TypeEndpoint, ResourceNames: []string{"a.demo:80"}})
+			// A refused stream may be ended before the request goes out: Send
+			// then says io.EOF, and the status comes from Recv (errc).
+			if err := s.st.Send(&discoverypb.DiscoveryRequest{TypeUrl: TypeEndpoint, ResourceNames: []string{"a.demo:80"}}); err != nil && !errors.Is(err, io.EOF) {
+				t.Fatalf("%+v: stream %d: %v", opts, i+1, err)
+			}
 			select {
 			case r := <-s.resps:
 				if i == 2 {
