@@ -270,7 +270,7 @@ func watch(ctx context.Context, out, warn io.Writer, o watchOptions) error {
 	}
 	var hr *healthReader
 	if o.admin != "" {
-		hr = &healthReader{admin: o.admin, authority: o.authority, tls: o.adminTLS, warn: warn}
+		hr = &healthReader{admin: o.admin, authority: o.authority, zone: tokenZone(o.token), tls: o.adminTLS, warn: warn}
 	}
 	updates := make(chan *pb.Update)
 	errc := make(chan error, 1)
@@ -387,12 +387,27 @@ func (h registryHealth) whys() map[string]string {
 	return out
 }
 
+// tokenZone is the "zone" of a JSON context token, so that the reasons
+// watch prints are those of a client in that zone (topology hints). A
+// zone the server finds from the token's nodeName is not known here: such
+// a client's reasons are those of a client without a zone.
+func tokenZone(token string) string {
+	var t struct {
+		Zone string `json:"zone"`
+	}
+	if json.Unmarshal([]byte(token), &t) != nil {
+		return ""
+	}
+	return t.Zone
+}
+
 // healthReader reads endpoint health from the admin API's explain view,
 // the one the status page and `tributary explain` read. The wire carries
 // no health (unhealthy endpoints are simply removed), so this is how
 // `watch` shows it. The first failure is reported once; then it is quiet.
 type healthReader struct {
 	admin, authority string
+	zone             string // the client's zone, from the token's "zone"; "" for none
 	tls              *tls.Config
 	warn             io.Writer
 	client           *http.Client
@@ -401,7 +416,11 @@ type healthReader struct {
 
 func (r *healthReader) read(ctx context.Context) registryHealth {
 	var v adminpkg.ServiceAPI
-	if err := r.get(ctx, "/api/v1/services/"+url.PathEscape(r.authority), &v); err != nil {
+	path := "/api/v1/services/" + url.PathEscape(r.authority)
+	if r.zone != "" {
+		path += "?zone=" + url.QueryEscape(r.zone)
+	}
+	if err := r.get(ctx, path, &v); err != nil {
 		if !r.warned {
 			r.warned = true
 			fmt.Fprintf(r.warn, "warning: no health from the admin API (%v); --admin sets its address, --admin off turns this off\n", err)

@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"io"
 	"net"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -253,5 +255,36 @@ func TestWatchRemoveSaysWhy(t *testing.T) {
 	if last.Health["10.0.0.2:8080 local"] != "critical" || last.Health["10.0.0.1:8080 local"] != "unknown" ||
 		!strings.HasPrefix(last.Why["10.0.0.2:8080 local"], "evicted: health is critical") || len(last.Why) != 1 {
 		t.Errorf("--json add line: %+v\n%s", last, got)
+	}
+}
+
+// TestWatchReasonsForTheTokensZone: the reasons watch prints are those of
+// a client in the token's zone (topology hints apply to it), so the admin
+// API is asked with ?zone=.
+func TestWatchReasonsForTheTokensZone(t *testing.T) {
+	for token, want := range map[string]string{
+		`{"ns":"demo","zone":"zone-a"}`: "zone-a",
+		`{"ns":"demo","nodeName":"n1"}`: "",
+		`demo`:                          "",
+		``:                              "",
+	} {
+		if got := tokenZone(token); got != want {
+			t.Errorf("tokenZone(%q) = %q, want %q", token, got, want)
+		}
+	}
+	asked := make(chan string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case asked <- r.URL.RequestURI():
+		default:
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"endpoints":[]}`))
+	}))
+	defer srv.Close()
+	r := &healthReader{admin: strings.TrimPrefix(srv.URL, "http://"), authority: "web.demo:8080", zone: "zone a", warn: io.Discard}
+	r.read(context.Background())
+	if got := <-asked; got != "/api/v1/services/web.demo:8080?zone=zone+a" {
+		t.Errorf("asked %s", got)
 	}
 }
