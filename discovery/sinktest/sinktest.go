@@ -1,16 +1,18 @@
 // Package sinktest is what the sources' tests share: a discovery.Sink that
-// records what a source hands over, in order; a reader of fuzz input; and
-// the check every source's output must pass.
+// records what a source hands over, in order, and a source run into one; a
+// reader of fuzz input; and the check every source's output must pass.
 package sinktest
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/tributary-mesh/tributary/discovery"
 )
@@ -136,4 +138,72 @@ func render(g discovery.Group) string {
 		}
 	}
 	return b.String()
+}
+
+// Running is a Source run by a test on its own goroutine, recording into a
+// Sink (Calls).
+type Running struct {
+	*Sink
+	wait time.Duration
+	stop func()
+}
+
+// Run runs s into a new Sink until the test ends (or Stop). wait bounds
+// every wait of Next and of Stop: a hang guard, never a latency claim.
+func Run(tb testing.TB, s discovery.Source, wait time.Duration) *Running {
+	tb.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &Running{Sink: New(10000), wait: wait}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.Run(ctx, r.Sink)
+	}()
+	var once sync.Once
+	r.stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case <-done:
+			case <-time.After(wait):
+				tb.Error("Run did not return after cancellation")
+			}
+		})
+	}
+	tb.Cleanup(r.stop)
+	return r
+}
+
+// Stop cancels the source and waits for Run to return.
+func (r *Running) Stop() { r.stop() }
+
+// Next returns the next call whose op is one of ops, skipping the others.
+func (r *Running) Next(tb testing.TB, ops ...string) Call {
+	tb.Helper()
+	deadline := time.After(r.wait)
+	for {
+		select {
+		case c := <-r.Calls:
+			if slices.Contains(ops, c.Op) {
+				return c
+			}
+		case <-deadline:
+			tb.Fatalf("no %v call within %s", ops, r.wait)
+		}
+	}
+}
+
+// None fails if a call of one of ops is waiting.
+func (r *Running) None(tb testing.TB, ops ...string) {
+	tb.Helper()
+	for {
+		select {
+		case c := <-r.Calls:
+			if slices.Contains(ops, c.Op) {
+				tb.Fatalf("unexpected %v", c)
+			}
+		default:
+			return
+		}
+	}
 }

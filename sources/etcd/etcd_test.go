@@ -91,8 +91,8 @@ func TestFollowsPutsAndDeletes(t *testing.T) {
 	mustf(t, err, "put")
 	mustf(t, web.AddEndpoint(ctx, "services/web/web-3:8080", endpoints.Endpoint{Addr: "web-3:8080"}), "add")
 
-	r := runSource(t, newTestSource(t, te, nil))
-	first := r.next(t, "replace")
+	r := sinktest.Run(t, newTestSource(t, te, nil), waitFor)
+	first := r.Next(t, "replace")
 	checkGroups(t, first, "prod/api api.prod 10.0.1.1:9000", "web web 10.0.0.1:8080")
 	e := first.Groups[1].Services[0].Endpoints[0]
 	if e.Zone != "z1" || e.Weight != 5 || e.Labels["rack"] != "r1" || e.Protocol != discovery.ProtocolH2 ||
@@ -101,22 +101,22 @@ func TestFollowsPutsAndDeletes(t *testing.T) {
 	}
 
 	mustf(t, web.AddEndpoint(ctx, "services/web/10.0.0.2:8080", endpoints.Endpoint{Addr: "10.0.0.2:8080"}), "add")
-	checkGroups(t, r.next(t, "update"), "web web 10.0.0.1:8080,10.0.0.2:8080")
+	checkGroups(t, r.Next(t, "update"), "web web 10.0.0.1:8080,10.0.0.2:8080")
 
 	// One transaction touching two targets is one Update.
 	mustf(t, web.Update(ctx, []*endpoints.UpdateWithOpts{endpoints.NewDeleteUpdateOpts("services/web/10.0.0.1:8080")}), "delete")
-	checkGroups(t, r.next(t, "update"), "web web 10.0.0.2:8080")
+	checkGroups(t, r.Next(t, "update"), "web web 10.0.0.2:8080")
 	_, err = cli.Txn(ctx).Then(
 		clientv3.OpDelete("services/prod/api/10.0.1.1:9000"),
 		clientv3.OpPut("services/web/10.0.0.3:8080", `{"Op":0,"Addr":"10.0.0.3:8080","Metadata":null}`),
 	).Commit()
 	mustf(t, err, "txn")
-	checkGroups(t, r.next(t, "update"), "prod/api", "web web 10.0.0.2:8080,10.0.0.3:8080")
+	checkGroups(t, r.Next(t, "update"), "prod/api", "web web 10.0.0.2:8080,10.0.0.3:8080")
 
 	// An address written under two keys is served once.
 	mustf(t, web.AddEndpoint(ctx, "services/web/dup", endpoints.Endpoint{Addr: "10.0.0.3:8080"}), "add")
-	checkGroups(t, r.next(t, "update"), "web web 10.0.0.2:8080,10.0.0.3:8080")
-	r.none(t, "failed")
+	checkGroups(t, r.Next(t, "update"), "web web 10.0.0.2:8080,10.0.0.3:8080")
+	r.None(t, "failed")
 }
 
 func TestNaming(t *testing.T) {
@@ -136,8 +136,8 @@ func TestNaming(t *testing.T) {
 		c.Prefix = "svc"
 		c.Naming = Naming{Domain: "etcd.internal.", Port: 8080, Targets: map[string]string{"pay": "payments.internal:9000"}}
 	})
-	r := runSource(t, s)
-	checkGroups(t, r.next(t, "replace"),
+	r := sinktest.Run(t, s, waitFor)
+	checkGroups(t, r.Next(t, "replace"),
 		"a a.etcd.internal:8080 10.0.0.1:80",
 		"pay payments.internal:9000 10.0.0.3:443",
 		"team/b b.team.etcd.internal:8080 10.0.0.2:80")
@@ -163,8 +163,8 @@ func TestCompactionRelists(t *testing.T) {
 			<-release
 		}
 	}
-	r := runSource(t, s)
-	checkGroups(t, r.next(t, "replace"), "web web 10.0.0.1:8080")
+	r := sinktest.Run(t, s, waitFor)
+	checkGroups(t, r.Next(t, "replace"), "web web 10.0.0.1:8080")
 	var rev int64
 	select {
 	case rev = <-held:
@@ -182,15 +182,15 @@ func TestCompactionRelists(t *testing.T) {
 	mustf(t, err, "compact")
 	close(release)
 
-	c := r.next(t, "replace", "update")
+	c := r.Next(t, "replace", "update")
 	if c.Op != "replace" {
 		t.Fatalf("after a compaction the source resumed (%v) instead of listing again", c)
 	}
 	checkGroups(t, c, "web web 10.0.0.2:8080")
 	// And it watches again from the new listing.
 	mustf(t, web.AddEndpoint(ctx, "services/web/10.0.0.3:8080", endpoints.Endpoint{Addr: "10.0.0.3:8080"}), "add")
-	checkGroups(t, r.next(t, "update", "replace"), "web web 10.0.0.2:8080,10.0.0.3:8080")
-	r.none(t, "failed")
+	checkGroups(t, r.Next(t, "update", "replace"), "web web 10.0.0.2:8080,10.0.0.3:8080")
+	r.None(t, "failed")
 	if listings != 2 {
 		t.Fatalf("%d listings, want 2", listings)
 	}
@@ -210,11 +210,11 @@ func TestPartition(t *testing.T) {
 	mustf(t, api.AddEndpoint(ctx, "services/api/10.0.1.1:8080", endpoints.Endpoint{Addr: "10.0.1.1:8080"}), "add")
 
 	p := etcdtest.NewCutProxy(t, te.Endpoint())
-	r := runSource(t, newTestSource(t, te, func(c *Config) { c.Endpoints = []string{p.Addr} }))
-	checkGroups(t, r.next(t, "replace"), "api api 10.0.1.1:8080", "web web 10.0.0.1:8080")
+	r := sinktest.Run(t, newTestSource(t, te, func(c *Config) { c.Endpoints = []string{p.Addr} }), waitFor)
+	checkGroups(t, r.Next(t, "replace"), "api api 10.0.1.1:8080", "web web 10.0.0.1:8080")
 
 	p.Cut()
-	if c := r.next(t, "failed", "update", "replace"); c.Op != "failed" {
+	if c := r.Next(t, "failed", "update", "replace"); c.Op != "failed" {
 		t.Fatalf("cut off etcd: got %v, want failed", c)
 	}
 	// While the source cannot see it: a change, a withdrawal, a compaction.
@@ -224,16 +224,16 @@ func TestPartition(t *testing.T) {
 	mustf(t, err, "get")
 	_, err = cli.Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical())
 	mustf(t, err, "compact")
-	r.none(t, "update", "replace")
+	r.None(t, "update", "replace")
 
 	p.Restore()
-	c := r.next(t, "update", "replace")
+	c := r.Next(t, "update", "replace")
 	if c.Op != "replace" {
 		t.Fatalf("etcd reachable again: got %v, want a new listing", c)
 	}
 	checkGroups(t, c, "web web 10.0.0.1:8080,10.0.0.2:8080")
 	mustf(t, web.AddEndpoint(ctx, "services/web/10.0.0.3:8080", endpoints.Endpoint{Addr: "10.0.0.3:8080"}), "add")
-	checkGroups(t, r.next(t, "update", "replace"), "web web 10.0.0.1:8080,10.0.0.2:8080,10.0.0.3:8080")
+	checkGroups(t, r.Next(t, "update", "replace"), "web web 10.0.0.1:8080,10.0.0.2:8080,10.0.0.3:8080")
 }
 
 // TestRestart stops etcd itself under a watching source and starts it
@@ -247,21 +247,21 @@ func TestRestart(t *testing.T) {
 	web := manager(t, cli, "services/web")
 	mustf(t, web.AddEndpoint(ctx, "services/web/10.0.0.1:8080", endpoints.Endpoint{Addr: "10.0.0.1:8080"}), "add")
 
-	r := runSource(t, newTestSource(t, te, nil))
-	checkGroups(t, r.next(t, "replace"), "web web 10.0.0.1:8080")
+	r := sinktest.Run(t, newTestSource(t, te, nil), waitFor)
+	checkGroups(t, r.Next(t, "replace"), "web web 10.0.0.1:8080")
 
 	te.Stop()
-	if c := r.next(t, "failed", "update", "replace"); c.Op != "failed" {
+	if c := r.Next(t, "failed", "update", "replace"); c.Op != "failed" {
 		t.Fatalf("etcd stopped: got %v, want failed", c)
 	}
 	te.Start()
-	c := r.next(t, "update", "replace")
+	c := r.Next(t, "update", "replace")
 	if c.Op != "replace" {
 		t.Fatalf("etcd back: got %v, want a new listing", c)
 	}
 	checkGroups(t, c, "web web 10.0.0.1:8080")
 	mustf(t, web.AddEndpoint(ctx, "services/web/10.0.0.2:8080", endpoints.Endpoint{Addr: "10.0.0.2:8080"}), "add")
-	checkGroups(t, r.next(t, "update", "replace"), "web web 10.0.0.1:8080,10.0.0.2:8080")
+	checkGroups(t, r.Next(t, "update", "replace"), "web web 10.0.0.1:8080,10.0.0.2:8080")
 }
 
 // TestUnreachableAtStart: etcd is not there when the source starts. It
@@ -270,12 +270,12 @@ func TestRestart(t *testing.T) {
 func TestUnreachableAtStart(t *testing.T) {
 	te := etcdtest.Start(t)
 	te.Stop()
-	r := runSource(t, newTestSource(t, te, nil))
-	if c := r.next(t, "failed", "update", "replace"); c.Op != "failed" {
+	r := sinktest.Run(t, newTestSource(t, te, nil), waitFor)
+	if c := r.Next(t, "failed", "update", "replace"); c.Op != "failed" {
 		t.Fatalf("got %v, want failed", c)
 	}
 	te.Start()
-	checkGroups(t, r.next(t, "replace", "update"))
+	checkGroups(t, r.Next(t, "replace", "update"))
 }
 
 func TestDecodeEndpoint(t *testing.T) {

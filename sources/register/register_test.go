@@ -27,50 +27,6 @@ func TestMain(m *testing.M) {
 
 const waitFor = etcdtest.WaitFor
 
-// running is a Source in its own goroutine, recording into a sink.
-type running struct {
-	sink   *sinktest.Sink
-	cancel func()
-}
-
-func runSource(t testing.TB, s discovery.Source) *running {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	sink := sinktest.New(10000)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		s.Run(ctx, sink)
-	}()
-	r := &running{sink: sink}
-	r.cancel = func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(waitFor):
-			t.Error("Run did not return after cancellation")
-		}
-	}
-	t.Cleanup(r.cancel)
-	return r
-}
-
-// next returns the next call whose op is one of ops, skipping the others.
-func (r *running) next(t testing.TB, ops ...string) sinktest.Call {
-	t.Helper()
-	deadline := time.After(waitFor)
-	for {
-		select {
-		case c := <-r.sink.Calls:
-			if slices.Contains(ops, c.Op) {
-				return c
-			}
-		case <-deadline:
-			t.Fatalf("no %v call within %s", ops, waitFor)
-		}
-	}
-}
-
 // render lists groups as "key addr,addr…" lines.
 func render(gs []discovery.Group) []string {
 	var out []string
@@ -146,14 +102,14 @@ func TestMemoryLeases(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := runSource(t, s)
-	checkGroups(t, r.next(t, "replace"), "web.vm:8080/10.0.0.1:8080 10.0.0.1:8080")
+	r := sinktest.Run(t, s, waitFor)
+	checkGroups(t, r.Next(t, "replace"), "web.vm:8080/10.0.0.1:8080 10.0.0.1:8080")
 
 	l2, err := s.Register(ctx, reg("web.vm:8080", "10.0.0.2:8080", 10*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkGroups(t, r.next(t, "update"), "web.vm:8080/10.0.0.2:8080 10.0.0.2:8080")
+	checkGroups(t, r.Next(t, "update"), "web.vm:8080/10.0.0.2:8080 10.0.0.2:8080")
 
 	// 6s later the first is renewed, the second is not; 5s more and only
 	// the second has expired.
@@ -163,7 +119,7 @@ func TestMemoryLeases(t *testing.T) {
 	}
 	clk.Add(5 * time.Second)
 	m.signal()
-	checkGroups(t, r.next(t, "update"), "web.vm:8080/10.0.0.2:8080")
+	checkGroups(t, r.Next(t, "update"), "web.vm:8080/10.0.0.2:8080")
 	if _, err := s.KeepAlive(ctx, l2.ID); !errors.Is(err, ErrUnknownLease) {
 		t.Fatalf("keepalive of an expired lease: %v", err)
 	}
@@ -178,14 +134,14 @@ func TestMemoryLeases(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkGroups(t, r.next(t, "update"), "web.vm:8080/10.0.0.1:8080 10.0.0.1:8080")
+	checkGroups(t, r.Next(t, "update"), "web.vm:8080/10.0.0.1:8080 10.0.0.1:8080")
 	if _, err := s.KeepAlive(ctx, early.ID); !errors.Is(err, ErrUnknownLease) {
 		t.Fatalf("keepalive of a replaced lease: %v", err)
 	}
 	if err := s.Deregister(ctx, again.ID); err != nil {
 		t.Fatal(err)
 	}
-	checkGroups(t, r.next(t, "update"), "web.vm:8080/10.0.0.1:8080")
+	checkGroups(t, r.Next(t, "update"), "web.vm:8080/10.0.0.1:8080")
 	if err := s.Deregister(ctx, again.ID); !errors.Is(err, ErrUnknownLease) {
 		t.Fatalf("second deregister: %v", err)
 	}
@@ -198,7 +154,7 @@ func TestExclusive(t *testing.T) {
 	clk := &clock{now: time.Unix(1000, 0)}
 	mem, _ := memorySource(t, clk)
 	ets := etcdSource(t, te.Endpoint())
-	runSource(t, ets).next(t, "replace")
+	sinktest.Run(t, ets, waitFor).Next(t, "replace")
 	for name, s := range map[string]*Source{"memory": mem, "etcd": ets} {
 		ctx := context.Background()
 		r := reg("web.vm:8080", "10.0.0.1:8080", 10*time.Second)
@@ -246,13 +202,13 @@ func TestMemoryExpiresOnItsOwn(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.cfg.MinTTL = time.Millisecond
-	r := runSource(t, s)
-	r.next(t, "replace")
+	r := sinktest.Run(t, s, waitFor)
+	r.Next(t, "replace")
 	if _, err := s.Register(context.Background(), reg("web.vm:8080", "10.0.0.1:8080", 50*time.Millisecond)); err != nil {
 		t.Fatal(err)
 	}
-	checkGroups(t, r.next(t, "update"), "web.vm:8080/10.0.0.1:8080 10.0.0.1:8080")
-	checkGroups(t, r.next(t, "update"), "web.vm:8080/10.0.0.1:8080")
+	checkGroups(t, r.Next(t, "update"), "web.vm:8080/10.0.0.1:8080 10.0.0.1:8080")
+	checkGroups(t, r.Next(t, "update"), "web.vm:8080/10.0.0.1:8080")
 }
 
 func TestCheck(t *testing.T) {
@@ -374,9 +330,9 @@ func etcdSource(t testing.TB, endpoint string) *Source {
 func TestEtcdReplicas(t *testing.T) {
 	te := etcdtest.Start(t)
 	a, b := etcdSource(t, te.Endpoint()), etcdSource(t, te.Endpoint())
-	ra, rb := runSource(t, a), runSource(t, b)
-	checkGroups(t, ra.next(t, "replace"))
-	checkGroups(t, rb.next(t, "replace"))
+	ra, rb := sinktest.Run(t, a, waitFor), sinktest.Run(t, b, waitFor)
+	checkGroups(t, ra.Next(t, "replace"))
+	checkGroups(t, rb.Next(t, "replace"))
 	ctx := context.Background()
 
 	if _, err := a.Register(ctx, reg("web.vm:8080", "10.0.0.1:8080", 0)); !errors.Is(err, ErrInvalid) {
@@ -390,8 +346,8 @@ func TestEtcdReplicas(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, run := range []*running{ra, rb} {
-		c := run.next(t, "update")
+	for _, run := range []*sinktest.Running{ra, rb} {
+		c := run.Next(t, "update")
 		checkGroups(t, c, "web.vm:8080/10.0.0.1:8080 10.0.0.1:8080")
 		if e := c.Groups[0].Services[0].Endpoints[0]; e.Labels["rack"] != "r1" || e.Identity != r.Endpoint.Identity {
 			t.Fatalf("endpoint %+v", e)
@@ -411,8 +367,8 @@ func TestEtcdReplicas(t *testing.T) {
 		t.Fatalf("unknown lease: %v", err)
 	}
 	// Not renewed any more: etcd expires the lease; both withdraw it.
-	for _, run := range []*running{ra, rb} {
-		checkGroups(t, run.next(t, "update"), "web.vm:8080/10.0.0.1:8080")
+	for _, run := range []*sinktest.Running{ra, rb} {
+		checkGroups(t, run.Next(t, "update"), "web.vm:8080/10.0.0.1:8080")
 	}
 	if _, err := a.KeepAlive(ctx, l.ID); !errors.Is(err, ErrUnknownLease) {
 		t.Fatalf("keepalive of an expired lease: %v", err)
@@ -423,21 +379,21 @@ func TestEtcdReplicas(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkGroups(t, rb.next(t, "update"), "api.vm:9000/10.0.0.2:9000 10.0.0.2:9000")
+	checkGroups(t, rb.Next(t, "update"), "api.vm:9000/10.0.0.2:9000 10.0.0.2:9000")
 	l2, err := b.Register(ctx, reg("api.vm:9000", "10.0.0.2:9000", 30*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkGroups(t, rb.next(t, "update"), "api.vm:9000/10.0.0.2:9000 10.0.0.2:9000")
+	checkGroups(t, rb.Next(t, "update"), "api.vm:9000/10.0.0.2:9000 10.0.0.2:9000")
 	if err := a.Deregister(ctx, l1.ID); !errors.Is(err, ErrUnknownLease) {
 		t.Fatalf("the replaced lease was not revoked: %v", err)
 	}
 	if err := a.Deregister(ctx, l2.ID); err != nil {
 		t.Fatal(err)
 	}
-	checkGroups(t, rb.next(t, "update"), "api.vm:9000/10.0.0.2:9000")
+	checkGroups(t, rb.Next(t, "update"), "api.vm:9000/10.0.0.2:9000")
 	// The first replica saw the same, in the same order.
-	checkGroups(t, ra.next(t, "update"), "api.vm:9000/10.0.0.2:9000 10.0.0.2:9000")
-	checkGroups(t, ra.next(t, "update"), "api.vm:9000/10.0.0.2:9000 10.0.0.2:9000")
-	checkGroups(t, ra.next(t, "update"), "api.vm:9000/10.0.0.2:9000")
+	checkGroups(t, ra.Next(t, "update"), "api.vm:9000/10.0.0.2:9000 10.0.0.2:9000")
+	checkGroups(t, ra.Next(t, "update"), "api.vm:9000/10.0.0.2:9000 10.0.0.2:9000")
+	checkGroups(t, ra.Next(t, "update"), "api.vm:9000/10.0.0.2:9000")
 }
