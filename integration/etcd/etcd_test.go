@@ -4,11 +4,9 @@ package etcd
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"syscall"
 	"testing"
-	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/naming/endpoints"
@@ -31,31 +29,6 @@ func source(addr string) string {
     check_interval: 200ms
     naming: {domain: etcd.test}
 `, addr)
-}
-
-type sourceStatus struct {
-	Name      string `json:"name"`
-	Stale     bool   `json:"stale"`
-	LastError string `json:"last_error"`
-}
-
-func waitStale(t *testing.T, s *harness.Server, want bool) {
-	t.Helper()
-	deadline := time.Now().Add(harness.WaitFor)
-	for {
-		_, body := s.HTTPGet("/debug/sources")
-		var st []sourceStatus
-		if err := json.Unmarshal([]byte(body), &st); err != nil || len(st) != 1 {
-			t.Fatalf("/debug/sources: %v %s", err, body)
-		}
-		if st[0].Stale == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("source never stale=%v: %+v", want, st[0])
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 func must(t *testing.T, err error) {
@@ -124,7 +97,7 @@ func TestCompactionWhileCutOff(t *testing.T) {
 	}
 
 	p.Cut()
-	waitStale(t, s, true)
+	WaitStale(t, s, true)
 	must(t, em.DeleteEndpoint(ctx, "services/web/127.0.0.1:8080"))
 	must(t, em.AddEndpoint(ctx, "services/web/127.0.0.3:8080", endpoints.Endpoint{Addr: "127.0.0.3:8080"}))
 	resp, err := cli.Get(ctx, "x")
@@ -133,7 +106,7 @@ func TestCompactionWhileCutOff(t *testing.T) {
 	must(t, err)
 
 	p.Restore()
-	waitStale(t, s, false)
+	WaitStale(t, s, false)
 	s.WaitLog("listing the prefix again")
 	if got := st.Next(); got != "add:127.0.0.3:8080" {
 		t.Fatal(got)
@@ -160,9 +133,9 @@ func TestEtcdRestart(t *testing.T) {
 		t.Fatal(got)
 	}
 	m.Stop(syscall.SIGKILL)
-	waitStale(t, s, true)
+	WaitStale(t, s, true)
 	m.Start()
-	waitStale(t, s, false)
+	WaitStale(t, s, false)
 	must(t, em.AddEndpoint(ctx, "services/web/127.0.0.2:8080", endpoints.Endpoint{Addr: "127.0.0.2:8080"}))
 	// Nothing was removed while etcd was away: the next update is the add.
 	if got := st.Next(); got != "add:127.0.0.2:8080" {

@@ -9,6 +9,7 @@ package etcd
 
 import (
 	"context"
+	"encoding/json"
 	"os/exec"
 	"path/filepath"
 	"syscall"
@@ -109,4 +110,32 @@ func (m *Member) NewClient() *clientv3.Client {
 		m.t.Fatal(err)
 	}
 	return cli
+}
+
+// sourceStatus is what WaitStale reads of /debug/sources.
+type sourceStatus struct {
+	Name      string `json:"name"`
+	Stale     bool   `json:"stale"`
+	LastError string `json:"last_error"`
+}
+
+// WaitStale waits until the server's one source is stale (want) or not,
+// as /debug/sources reports it.
+func WaitStale(t *testing.T, s *harness.Server, want bool) {
+	t.Helper()
+	deadline := time.Now().Add(harness.WaitFor)
+	for {
+		_, body := s.HTTPGet("/debug/sources")
+		var st []sourceStatus
+		if err := json.Unmarshal([]byte(body), &st); err != nil || len(st) != 1 {
+			t.Fatalf("/debug/sources: %v %s", err, body)
+		}
+		if st[0].Stale == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("source never stale=%v: %+v", want, st[0])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -8,7 +8,6 @@ package register
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -263,11 +262,11 @@ func TestReplicas(t *testing.T) {
 	// comes back.)
 	m.Stop(syscall.SIGKILL)
 	for _, s := range reps[1:] {
-		waitStale(t, s, true)
+		etcd.WaitStale(t, s, true)
 	}
 	m.Start()
 	for _, s := range reps[1:] {
-		waitStale(t, s, false)
+		etcd.WaitStale(t, s, false)
 	}
 	// Back: the short lease, never renewed, expires and is withdrawn
 	// everywhere; the kept one stays.
@@ -280,31 +279,6 @@ func TestReplicas(t *testing.T) {
 		if len(st.Set.Addrs) != 1 {
 			t.Fatalf("replica %d serves %v", i+1, st.Set.Sorted())
 		}
-	}
-}
-
-type sourceStatus struct {
-	Name      string `json:"name"`
-	Stale     bool   `json:"stale"`
-	LastError string `json:"last_error"`
-}
-
-func waitStale(t *testing.T, s *harness.Server, want bool) {
-	t.Helper()
-	deadline := time.Now().Add(harness.WaitFor)
-	for {
-		_, body := s.HTTPGet("/debug/sources")
-		var st []sourceStatus
-		if err := json.Unmarshal([]byte(body), &st); err != nil || len(st) != 1 {
-			t.Fatalf("/debug/sources: %v %s", err, body)
-		}
-		if st[0].Stale == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("source never stale=%v: %+v", want, st[0])
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
