@@ -81,6 +81,14 @@ type contextToken struct {
 	Zone     string `json:"zone"`
 }
 
+// ContextTokenZone is the zone a context token names in its "zone" field,
+// read as Get reads it; "" when it names none (Get may still find the
+// zone from the token's nodeName, which only the server can look up).
+func ContextTokenZone(token string) string {
+	t, _ := parseContextToken(token)
+	return t.Zone
+}
+
 // parseContextToken decodes a token. Empty is fine; a token that is not
 // JSON is ignored (old proxies sent a bare namespace string), but an
 // oversized one is refused.

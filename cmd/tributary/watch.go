@@ -270,7 +270,7 @@ func watch(ctx context.Context, out, warn io.Writer, o watchOptions) error {
 	}
 	var hr *healthReader
 	if o.admin != "" {
-		hr = &healthReader{admin: o.admin, authority: o.authority, zone: tokenZone(o.token), tls: o.adminTLS, warn: warn}
+		hr = &healthReader{admin: o.admin, authority: o.authority, zone: destination.ContextTokenZone(o.token), tls: o.adminTLS, warn: warn}
 	}
 	updates := make(chan *pb.Update)
 	errc := make(chan error, 1)
@@ -387,27 +387,13 @@ func (h registryHealth) whys() map[string]string {
 	return out
 }
 
-// tokenZone is the "zone" of a JSON context token, so that the reasons
-// watch prints are those of a client in that zone (topology hints). A
-// zone the server finds from the token's nodeName is not known here: such
-// a client's reasons are those of a client without a zone.
-func tokenZone(token string) string {
-	var t struct {
-		Zone string `json:"zone"`
-	}
-	if json.Unmarshal([]byte(token), &t) != nil {
-		return ""
-	}
-	return t.Zone
-}
-
 // healthReader reads endpoint health from the admin API's explain view,
 // the one the status page and `tributary explain` read. The wire carries
 // no health (unhealthy endpoints are simply removed), so this is how
 // `watch` shows it. The first failure is reported once; then it is quiet.
 type healthReader struct {
 	admin, authority string
-	zone             string // the client's zone, from the token's "zone"; "" for none
+	zone             string // the client's zone, from the token's "zone" (destination.ContextTokenZone); "" for none
 	tls              *tls.Config
 	warn             io.Writer
 	client           *http.Client

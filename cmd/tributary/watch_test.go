@@ -268,8 +268,8 @@ func TestWatchReasonsForTheTokensZone(t *testing.T) {
 		`demo`:                          "",
 		``:                              "",
 	} {
-		if got := tokenZone(token); got != want {
-			t.Errorf("tokenZone(%q) = %q, want %q", token, got, want)
+		if got := destination.ContextTokenZone(token); got != want {
+			t.Errorf("ContextTokenZone(%q) = %q, want %q", token, got, want)
 		}
 	}
 	asked := make(chan string, 1)
