@@ -280,17 +280,7 @@ func TestRunWithServiceProfiles(t *testing.T) {
 	if p := r.nextProfile("update"); p != nil {
 		t.Fatalf("after the delete: %+v", p)
 	}
-	for {
-		select {
-		case c := <-r.sink.Calls:
-			if c.Op == "failed" {
-				t.Errorf("the source failed: %v", c.Err)
-			}
-			continue
-		default:
-		}
-		break
-	}
+	r.noFailures()
 }
 
 // Without the CRD, Services are served at once without profiles; once it

@@ -166,6 +166,21 @@ func (r *running) expect(op string, want ...string) {
 	}
 }
 
+// noFailures drains the calls waiting and reports any Failed among them.
+func (r *running) noFailures() {
+	r.t.Helper()
+	for {
+		select {
+		case c := <-r.sink.Calls:
+			if c.Op == "failed" {
+				r.t.Errorf("the source failed: %v", c.Err)
+			}
+		default:
+			return
+		}
+	}
+}
+
 func (r *running) ctx() context.Context { return context.Background() }
 
 func TestRunSyncsThenHandsOverWholeGroups(t *testing.T) {
