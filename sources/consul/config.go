@@ -183,11 +183,12 @@ type settings struct {
 }
 
 // maxConns is the most HTTP connections the source opens to the agent: a
-// watch each, the overflow fetches, a catalog and a checks query per
-// datacenter, and one for the occasional bootstrap request.
+// watch each, the overflow fetches, a catalog query and a checks query per
+// non-passing state per datacenter, and one for the occasional bootstrap
+// request.
 func (s *settings) maxConns() int {
 	dcs := max(len(s.datacenters), 1)
-	return s.maxWatches + s.overflowConcurrency + 2*dcs + 1
+	return s.maxWatches + s.overflowConcurrency + (1+len(nonPassing))*dcs + 1
 }
 
 // newFromNode is the kind's constructor: it decodes the kind's keys

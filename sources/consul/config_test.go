@@ -34,7 +34,7 @@ func TestConfigDefaults(t *testing.T) {
 	case len(s.datacenters) != 0:
 		t.Errorf("datacenters %v", s.datacenters)
 	}
-	if got := s.maxConns(); got != 150+8+2+1 {
+	if got := s.maxConns(); got != 150+8+3+1 {
 		t.Errorf("connection bound %d", got)
 	}
 	if tr := src.(*Source).transport; tr.MaxConnsPerHost != s.maxConns() || tr.MaxIdleConnsPerHost != s.maxConns() {

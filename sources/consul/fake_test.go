@@ -377,10 +377,14 @@ func (f *fakeConsul) serve(w http.ResponseWriter, req *http.Request) {
 		w.Header().Set("X-Consul-Index", strconv.FormatUint(idx, 10))
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write(body)
-	case p == "/v1/health/state/any":
+	case strings.HasPrefix(p, "/v1/health/state/"):
+		state := strings.TrimPrefix(p, "/v1/health/state/")
 		defer f.enter("checks")()
-		if got := q.Get("filter"); got != nonPassingFilter {
-			f.t.Errorf("checks query filter %q, want %q", got, nonPassingFilter)
+		if !slices.Contains(nonPassing, state) {
+			f.t.Errorf("checks query of state %q, want one of %v", state, nonPassing)
+		}
+		if q.Has("filter") {
+			f.t.Errorf("checks query with filter %q: Consul evaluates it over every check", q.Get("filter"))
 		}
 		idx, ok := f.block(w, req.Context(), dcName, index, wait, func() uint64 { return d.checksIndex })
 		if !ok {
@@ -391,7 +395,7 @@ func (f *fakeConsul) serve(w http.ResponseWriter, req *http.Request) {
 		for _, entries := range d.services {
 			for _, e := range entries {
 				for _, c := range e.Checks {
-					if c.Status != api.HealthPassing {
+					if c.Status == state {
 						out = append(out, c)
 					}
 				}

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"maps"
 	"path"
 	"slices"
 	"strings"
@@ -15,8 +16,13 @@ import (
 	"github.com/tributary-mesh/tributary/discovery/retry"
 )
 
-// nonPassingFilter selects the checks whose changes the overflow follows.
-const nonPassingFilter = `Status != "passing"`
+// nonPassing are the check states whose changes the overflow follows, one
+// blocking query each. Consul reads a state by its status index: the
+// answer costs it the checks in that state, and the query wakes only when
+// one enters or leaves it. One query for every state but passing (a filter
+// on /v1/health/state/any) evaluates every check of the datacenter on each
+// answer, ~20 ms for 25,000 checks, and wakes on any check's change.
+var nonPassing = []string{api.HealthCritical, api.HealthWarning}
 
 // Events the goroutines send to the loop.
 type (
@@ -30,7 +36,8 @@ type (
 	}
 	checksEvent struct {
 		dc     string
-		checks map[checkRef]checkInfo // the non-passing checks
+		state  string                 // one of nonPassing
+		checks map[checkRef]checkInfo // the checks in that state
 		index  uint64                 // of the answer
 		err    error
 	}
@@ -87,8 +94,9 @@ type dcState struct {
 	anonNote bool
 
 	checksStarted bool
-	baseline      bool // the checks query has answered once
-	checks        map[checkRef]checkInfo
+	baseline      bool                              // every checks query has answered once
+	byState       map[string]map[checkRef]checkInfo // each checks query's last answer
+	checks        map[checkRef]checkInfo            // the non-passing checks: their union
 }
 
 // loopState is owned by the loop goroutine.
@@ -378,20 +386,35 @@ func (r *run) ensureChecks(ctx context.Context, dc string) {
 		return
 	}
 	d.checksStarted = true
-	r.goFn(func() { r.watchChecks(ctx, dc) })
+	d.byState = map[string]map[checkRef]checkInfo{}
+	for _, state := range nonPassing {
+		r.goFn(func() { r.watchChecks(ctx, dc, state) })
+	}
 }
 
 func (r *run) onChecks(ev checksEvent) {
 	d := r.dc[ev.dc]
-	component := "checks " + ev.dc
+	component := "checks " + ev.dc + " " + ev.state
 	if ev.err != nil {
-		r.fail(component, fmt.Errorf("consul %s: reading checks: %w", ev.dc, ev.err))
+		r.fail(component, fmt.Errorf("consul %s: reading %s checks: %w", ev.dc, ev.state, ev.err))
 		return
 	}
 	r.ok(component)
+	d.byState[ev.state] = ev.checks
+	// A check that moved between states may be in the two answers for a
+	// moment, until the other query wakes: this answer's status wins.
+	checks := make(map[checkRef]checkInfo, len(d.checks)+len(ev.checks))
+	for _, set := range d.byState {
+		maps.Copy(checks, set)
+	}
+	maps.Copy(checks, ev.checks)
+	ev.checks = checks
 	if !d.baseline {
-		// Changes after this answer ring; read every overflow service once
-		// now, so none falls between its last read and the baseline.
+		if len(d.byState) < len(nonPassing) {
+			return
+		}
+		// Changes after these answers ring; read every overflow service
+		// once now, so none falls between its last read and the baseline.
 		d.baseline = true
 		d.checks = ev.checks
 		for _, st := range r.svcs {
@@ -793,21 +816,21 @@ func (r *run) wanted(name string) bool {
 	return false
 }
 
-// watchChecks follows a datacenter's non-passing checks: any check change
-// ends the blocking query, and the difference names the services to read.
-func (r *run) watchChecks(ctx context.Context, dc string) {
+// watchChecks follows a datacenter's checks in one state: a check entering
+// or leaving it ends the blocking query, and the difference names the
+// services to read.
+func (r *run) watchChecks(ctx context.Context, dc, state string) {
 	var checks api.HealthChecks
 	r.block(ctx, 0,
 		func(idx uint64, consistent bool) (*api.QueryMeta, error) {
 			q, cancel := r.query(ctx, dc, idx, consistent)
 			defer cancel()
-			q.Filter = nonPassingFilter
 			var meta *api.QueryMeta
 			var err error
-			checks, meta, err = r.client.Health().State(api.HealthAny, q)
+			checks, meta, err = r.client.Health().State(state, q)
 			return meta, err
 		},
-		func(err error) any { return checksEvent{dc: dc, err: err} },
+		func(err error) any { return checksEvent{dc: dc, state: state, err: err} },
 		func(meta *api.QueryMeta) any {
 			set := make(map[checkRef]checkInfo, len(checks))
 			for _, c := range checks {
@@ -815,7 +838,7 @@ func (r *run) watchChecks(ctx context.Context, dc string) {
 					set[checkRef{node: c.Node, id: c.CheckID}] = checkInfo{status: c.Status, service: c.ServiceName, serviceID: c.ServiceID}
 				}
 			}
-			return checksEvent{dc: dc, checks: set, index: meta.LastIndex}
+			return checksEvent{dc: dc, state: state, checks: set, index: meta.LastIndex}
 		})
 }
 
