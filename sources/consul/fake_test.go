@@ -38,7 +38,6 @@ type fakeConsul struct {
 	failService     map[string]int // answer one service's health with this status
 	failDC          map[string]int // answer everything about one datacenter with this status
 	servedFilters   map[string]string
-	held            map[string]chan struct{} // non-blocking health reads of a service wait for it
 
 	inflight      map[string]int // by kind: health, blocking-health, catalog, checks
 	maxInflight   map[string]int
@@ -167,25 +166,6 @@ func (f *fakeConsul) failHealth(name string, code int) {
 	}
 	f.bump()
 	f.mu.Unlock()
-}
-
-// hold makes one-off health reads of a service wait (blocking queries do
-// not) until the returned release is called; they then answer what is
-// current.
-func (f *fakeConsul) hold(name string) (release func()) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.held == nil {
-		f.held = map[string]chan struct{}{}
-	}
-	h := make(chan struct{})
-	f.held[name] = h
-	return sync.OnceFunc(func() {
-		f.mu.Lock()
-		delete(f.held, name)
-		f.mu.Unlock()
-		close(h)
-	})
 }
 
 func (f *fakeConsul) stat(kind string) (inflight, maxInflight int) {
@@ -347,18 +327,6 @@ func (f *fakeConsul) serve(w http.ResponseWriter, req *http.Request) {
 			return
 		}
 		f.mu.Lock()
-		if h := f.held[name]; h != nil && index == 0 {
-			f.mu.Unlock()
-			select {
-			case <-h:
-			case <-req.Context().Done():
-				return
-			}
-			f.mu.Lock()
-			if i, ok := d.svcIndex[name]; ok {
-				idx = i
-			}
-		}
 		fc := f.failService[name]
 		entries := d.services[name]
 		if entries == nil {

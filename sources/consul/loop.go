@@ -38,7 +38,6 @@ type (
 		dc     string
 		state  string                 // one of nonPassing
 		checks map[checkRef]checkInfo // the checks in that state
-		index  uint64                 // of the answer
 		err    error
 	}
 	healthEvent struct {
@@ -50,7 +49,6 @@ type (
 		problems []problem
 		nodes    []string
 		bad      map[checkRef]string // its non-passing checks: status
-		entries  []*api.ServiceEntry // the answer, checks trimmed (keep)
 		err      error
 	}
 )
@@ -74,7 +72,6 @@ type svcState struct {
 	group    discovery.Group     // built from it
 	nodes    []string            // nodes of its instances
 	bad      map[checkRef]string // non-passing checks in the answer taken
-	entries  []*api.ServiceEntry // the answer taken, checks trimmed (keep)
 	problems []problem           // instances left out, as last reported
 	err      error               // the last fetch failed
 
@@ -452,7 +449,6 @@ func (r *run) onChecks(ev checksEvent) {
 	// disagrees with the checks now reported for its instances' nodes.
 	for _, st := range r.svcs {
 		if st.dc == ev.dc && !st.watched && st.have && !r.agrees(st, ev.checks) {
-			r.preview(st, ev)
 			r.enqueue(st, true)
 		}
 	}
@@ -469,76 +465,6 @@ func (r *run) onChecks(ev checksEvent) {
 			r.enqueue(st, true)
 		}
 	}
-}
-
-// preview serves an overflow service's check change at once, without
-// waiting for the read that onChecks asks for: its last answer, with the
-// statuses the checks query now reports, is built again. The read that
-// follows confirms it (or brings what the checks query cannot tell: new
-// instances, new checks of unknown instances, other fields). A read already
-// running began before the change: its answer is dropped (gen), and the
-// confirming read runs after it (again).
-//
-// Not done when an instance filter is set (the filter may name checks, and
-// only Consul can apply it), nor when the service's answer is newer than
-// the checks query's (it may have seen a later change than this answer).
-func (r *run) preview(st *svcState, ev checksEvent) {
-	if r.s.instFilt != "" || st.entries == nil || st.index > ev.index {
-		return
-	}
-	entries := previewEntries(st.entries, ev.checks)
-	g, problems := r.b.build(st.dc, st.name, entries)
-	st.gen++
-	st.bad = badChecks(entries)
-	st.entries = entries
-	r.report(st, problems)
-	if groupsEqual(st.group, g) {
-		return
-	}
-	st.group = g
-	if r.synced {
-		r.pending[st.key] = g
-	}
-}
-
-// previewEntries returns entries with each known check's status replaced
-// by the one in checks (the datacenter's non-passing checks: a check not
-// there passes), and the non-passing checks of an instance or its node
-// that entries did not have added.
-func previewEntries(entries []*api.ServiceEntry, checks map[checkRef]checkInfo) []*api.ServiceEntry {
-	out := make([]*api.ServiceEntry, len(entries))
-	for i, e := range entries {
-		if e == nil || e.Node == nil || e.Service == nil {
-			out[i] = e
-			continue
-		}
-		c := *e
-		c.Checks = make(api.HealthChecks, 0, len(e.Checks))
-		for _, hc := range e.Checks {
-			if hc == nil {
-				continue
-			}
-			status := api.HealthPassing
-			if info, ok := checks[checkRef{node: hc.Node, id: hc.CheckID}]; ok {
-				status = info.status
-			}
-			c.Checks = append(c.Checks, trimCheck(hc, status))
-		}
-		for ref, info := range checks {
-			if ref.node != e.Node.Node || info.serviceID != "" && info.serviceID != e.Service.ID ||
-				slices.ContainsFunc(c.Checks, func(hc *api.HealthCheck) bool { return hc.CheckID == ref.id && hc.Node == ref.node }) {
-				continue
-			}
-			c.Checks = append(c.Checks, &api.HealthCheck{Node: ref.node, CheckID: ref.id, Status: info.status, ServiceID: info.serviceID})
-		}
-		out[i] = &c
-	}
-	return out
-}
-
-// trimCheck keeps what build and preview read of a check.
-func trimCheck(hc *api.HealthCheck, status string) *api.HealthCheck {
-	return &api.HealthCheck{Node: hc.Node, CheckID: hc.CheckID, Status: status, ServiceID: hc.ServiceID}
 }
 
 // badChecks lists the non-passing checks of entries.
@@ -607,7 +533,7 @@ func (r *run) onHealth(ev healthEvent) {
 	}
 	st.err = nil
 	r.ok(component)
-	st.index, st.nodes, st.bad, st.entries = ev.index, ev.nodes, ev.bad, ev.entries
+	st.index, st.nodes, st.bad = ev.index, ev.nodes, ev.bad
 	r.report(st, ev.problems)
 	if st.have && groupsEqual(st.group, ev.group) {
 		return
@@ -831,14 +757,14 @@ func (r *run) watchChecks(ctx context.Context, dc, state string) {
 			return meta, err
 		},
 		func(err error) any { return checksEvent{dc: dc, state: state, err: err} },
-		func(meta *api.QueryMeta) any {
+		func(*api.QueryMeta) any {
 			set := make(map[checkRef]checkInfo, len(checks))
 			for _, c := range checks {
 				if c != nil {
 					set[checkRef{node: c.Node, id: c.CheckID}] = checkInfo{status: c.Status, service: c.ServiceName, serviceID: c.ServiceID}
 				}
 			}
-			return checksEvent{dc: dc, state: state, checks: set, index: meta.LastIndex}
+			return checksEvent{dc: dc, state: state, checks: set}
 		})
 }
 
@@ -884,24 +810,11 @@ func (r *run) result(st *svcState, gen uint64, entries []*api.ServiceEntry, inde
 	g, problems := r.b.build(st.dc, st.name, entries)
 	seen := make(map[string]bool, len(entries))
 	var nodes []string
-	kept := make([]*api.ServiceEntry, len(entries))
-	for i, e := range entries {
-		if e == nil {
-			continue
-		}
-		if e.Node != nil && !seen[e.Node.Node] {
+	for _, e := range entries {
+		if e != nil && e.Node != nil && !seen[e.Node.Node] {
 			seen[e.Node.Node] = true
 			nodes = append(nodes, e.Node.Node)
 		}
-		c := *e
-		c.Checks = make(api.HealthChecks, 0, len(e.Checks))
-		for _, hc := range e.Checks {
-			if hc != nil {
-				c.Checks = append(c.Checks, trimCheck(hc, hc.Status))
-			}
-		}
-		kept[i] = &c
 	}
-	return healthEvent{st: st, gen: gen, index: index, group: g, problems: problems, nodes: nodes,
-		bad: badChecks(kept), entries: kept}
+	return healthEvent{st: st, gen: gen, index: index, group: g, problems: problems, nodes: nodes, bad: badChecks(entries)}
 }
