@@ -26,10 +26,8 @@ const (
 	indexHost = "host"
 	// indexGroup: (provider, key), read with a groupQuery; its prefix form
 	// takes a providerQuery and matches every key of exactly that provider.
+	// Endpoints by address: the addrTable, not an index.
 	indexGroup = "group"
-	// indexAddr: the endpoint address, read with a netip.AddrPort. Its key
-	// is the address in nibbles (addrIndexKey).
-	indexAddr = "addr"
 
 	prefix = "_prefix"
 )
@@ -50,6 +48,10 @@ type serviceRow struct {
 type endpointRow struct {
 	auth discovery.Authority
 	ep   discovery.Endpoint
+}
+
+func (r *endpointRow) ref() rowRef {
+	return rowRef{auth: r.auth, provider: r.ep.Source, key: r.ep.Key}
 }
 
 // versionRow records the last change to any row of a host: the store-wide
@@ -186,13 +188,6 @@ func endpointsTableSchema() *memdb.TableSchema {
 					prefix: func(q idPrefix) []byte { return q.idPrefix() },
 				},
 			},
-			indexAddr: {
-				Name: indexAddr,
-				Indexer: index[netip.AddrPort, *endpointRow]{
-					query:  func(a netip.AddrPort) []byte { return addrIndexKey(a, 0) },
-					object: func(r *endpointRow) []byte { return addrIndexKey(r.ep.Addr, endpointIDLen(r)) },
-				},
-			},
 		},
 	}
 }
@@ -293,32 +288,13 @@ func appendEndpointID(b []byte, r *endpointRow) []byte {
 // distinct), its 4 or 16 bytes (the family byte says which, so keys stay
 // prefix-free), the port, and the zone as a terminated string. IPv4 keys
 // are 12 bytes shorter than the 16-byte form would make them: shorter
-// radix-tree keys to store and compare, in the id index and twice over in
-// the addr index's nibbles.
+// radix-tree keys to store and compare in the id index.
 func addrLen(a netip.AddrPort) int {
 	n := 16
 	if a.Addr().Is4() {
 		n = 4
 	}
 	return 1 + n + 2 + len(a.Addr().Zone()) + 1
-}
-
-// addrIndexKey is the addr index's key for a: appendAddr's bytes split into
-// nibbles, each byte b as b>>4, b&15, with room for extra more bytes (memdb
-// appends the primary key to a non-unique index's). Addresses are dense —
-// a node's pod /24, a pool's consecutive IPs — so by whole bytes the tree has
-// nodes of up to 256 edges, and go-memdb copies every node on the path of
-// each write: 4 KiB for one such node. By nibbles no node has more than 16
-// edges. Splitting keeps keys prefix-free, so reads of one address still
-// never match another.
-func addrIndexKey(a netip.AddrPort, extra int) []byte {
-	var raw [1 + 16 + 2 + 1 + 64]byte
-	in := appendAddr(raw[:0], a)
-	out := make([]byte, 0, 2*len(in)+extra)
-	for _, c := range in {
-		out = append(out, c>>4, c&15)
-	}
-	return out
 }
 
 func appendAddr(b []byte, a netip.AddrPort) []byte {

@@ -19,7 +19,8 @@ import (
 // Endpoints it returns are shared with the store and every other reader:
 // callers must not modify them.
 type Snapshot struct {
-	txn *memdb.Txn
+	txn   *memdb.Txn
+	addrs *addrTable
 }
 
 // ServiceState is what the registry holds for one requested authority.
@@ -144,13 +145,25 @@ func (sn *Snapshot) Service(ws memdb.WatchSet, a discovery.Authority) ServiceSta
 
 // EndpointsByAddr returns every endpoint row with exactly that address, with
 // the authority it serves, sorted by host, port, Source and Key. It adds to
-// ws (if non-nil) a channel that fires when rows of that address change.
+// ws (if non-nil) channels that fire when rows of that address change or
+// when the address gains or loses a row.
+//
+// Which rows have the address is read at call time (the addrTable), the
+// rows from the snapshot: a row added since the snapshot is missing from
+// the answer and its watch is already closed; a row deleted since is left
+// out. Either way a watcher re-reads and converges.
 func (sn *Snapshot) EndpointsByAddr(ws memdb.WatchSet, addr netip.AddrPort) []AddrMatch {
+	refs, bell := sn.addrs.lookup(addr)
+	ws.Add(bell)
 	var out []AddrMatch
-	it := sn.get(ws, tableEndpoints, indexAddr, addr)
-	for obj := it.Next(); obj != nil; obj = it.Next() {
-		r := obj.(*endpointRow)
-		if r.ep.Addr == addr {
+	for _, ref := range refs {
+		watch, obj, err := sn.txn.FirstWatch(tableEndpoints, indexID, endpointID{serviceID{provider: ref.provider, key: ref.key, auth: ref.auth}, addr})
+		if err != nil {
+			panic("cache: " + err.Error())
+		}
+		ws.Add(watch)
+		if obj != nil {
+			r := obj.(*endpointRow)
 			out = append(out, AddrMatch{Authority: r.auth, Endpoint: &r.ep})
 		}
 	}

@@ -31,7 +31,8 @@ var ErrInvalid = errors.New("invalid registry input")
 // Store is the registry. Safe for concurrent use; writes are serialised,
 // reads are lock-free MVCC snapshots.
 type Store struct {
-	db *memdb.MemDB
+	db    *memdb.MemDB
+	addrs *addrTable
 	// version counts the transactions that changed something. Only written
 	// inside a write transaction, which memdb serialises.
 	version uint64
@@ -43,7 +44,7 @@ func New() *Store {
 	if err != nil {
 		panic("cache: invalid schema: " + err.Error())
 	}
-	return &Store{db: db}
+	return &Store{db: db, addrs: newAddrTable()}
 }
 
 // Apply writes the groups of one provider (a source instance name) and
@@ -177,6 +178,7 @@ func (s *Store) applyPlans(provider string, plans []groupPlan, order [][]int, at
 	if err := s.bumpHosts(txn, w.touched, at); err != nil {
 		return false, nil, err
 	}
+	s.addrs.apply(w.addrs)
 	txn.Commit()
 	return true, order, nil
 }
@@ -297,10 +299,12 @@ func (s *Store) DropProvider(provider string) (changed bool, err error) {
 		return false, fmt.Errorf("source %q: %w", provider, err)
 	}
 	touched := map[string]struct{}{}
+	addrs := make([]addrChange, 0, len(eps))
 	for _, r := range eps {
 		if err := txn.Delete(tableEndpoints, r); err != nil {
 			return false, fmt.Errorf("source %q: %w", provider, err)
 		}
+		addrs = append(addrs, addrChange{addr: r.ep.Addr, ref: r.ref()})
 	}
 	for _, r := range svcs {
 		touched[r.auth.Host] = struct{}{}
@@ -314,6 +318,7 @@ func (s *Store) DropProvider(provider string) (changed bool, err error) {
 	if err := s.bumpHosts(txn, touched, time.Now()); err != nil {
 		return false, err
 	}
+	s.addrs.apply(addrs)
 	txn.Commit()
 	return true, nil
 }
@@ -348,7 +353,7 @@ func appendRows[R any](rows []R, txn *memdb.Txn, table, index string, args ...an
 // Snapshot returns a consistent read-only view of the registry. It is cheap
 // and never blocks writers; later writes do not show in it.
 func (s *Store) Snapshot() *Snapshot {
-	return &Snapshot{txn: s.db.Txn(false)}
+	return &Snapshot{txn: s.db.Txn(false), addrs: s.addrs}
 }
 
 // Planning: validate and normalise a whole Apply before the write lock.
@@ -523,6 +528,7 @@ type writer struct {
 	oldEps   []*endpointRow // scratch, reused across groups
 	args     []any          // scratch: Get's variadic argument, reused
 	touched  map[string]struct{}
+	addrs    []addrChange // endpoint rows inserted and deleted, for the addrTable
 }
 
 // touch records that a row of host changed.
@@ -612,10 +618,13 @@ func (w *writer) syncGroup(p *groupPlan) (changed bool, err error) {
 		case c < 0:
 			w.touch(oldE[i].auth.Host)
 			err = w.txn.Delete(tableEndpoints, oldE[i])
+			w.addrs = append(w.addrs, addrChange{addr: oldE[i].ep.Addr, ref: oldE[i].ref()})
 			i++
 		case c > 0:
 			w.touch(wantE[j].auth.Host)
-			err = w.txn.Insert(tableEndpoints, w.endpointRow(p.key, &wantE[j]))
+			r := w.endpointRow(p.key, &wantE[j])
+			err = w.txn.Insert(tableEndpoints, r)
+			w.addrs = append(w.addrs, addrChange{addr: r.ep.Addr, ref: r.ref(), add: true})
 			j++
 		case sameEndpoint(&oldE[i].ep, wantE[j].ep, w.provider, p.key):
 			i, j = i+1, j+1
