@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/tributary-mesh/tributary/discovery"
 )
@@ -29,8 +30,11 @@ type addrTable struct {
 	rows map[netip.AddrPort][]rowRef
 	// bells[i] is closed, and replaced, when an address of bucket i gains
 	// or loses a row: what wakes a reader of an address that another
-	// service starts (or stops) using.
+	// service starts (or stops) using. heard[i] says a reader took
+	// bells[i] since it was made: a bell nobody took is not replaced (at
+	// start, or in an estate nobody asks by IP, that is every bell).
 	bells [addrBuckets]chan struct{}
+	heard [addrBuckets]atomic.Bool
 	seed  maphash.Seed
 }
 
@@ -88,8 +92,9 @@ func (t *addrTable) apply(changes []addrChange) {
 			continue
 		}
 		b := t.bucket(c.addr)
-		if rung[b/64]&(1<<(b%64)) == 0 {
+		if rung[b/64]&(1<<(b%64)) == 0 && t.heard[b].Load() {
 			rung[b/64] |= 1 << (b % 64)
+			t.heard[b].Store(false)
 			close(t.bells[b])
 			t.bells[b] = make(chan struct{})
 		}
@@ -99,7 +104,20 @@ func (t *addrTable) apply(changes []addrChange) {
 // lookup returns the rows that have a (the slice is not to be modified) and
 // the bell that rings when that list changes.
 func (t *addrTable) lookup(a netip.AddrPort) ([]rowRef, <-chan struct{}) {
+	b := t.bucket(a)
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	return t.rows[a], t.bells[t.bucket(a)]
+	t.heard[b].Store(true)
+	return t.rows[a], t.bells[b]
+}
+
+// reserve makes room for n addresses in an empty table: the first
+// hand-over of a large estate then does not grow the map step by step
+// (at 1,000,000 addresses the growing cost a tenth of the start's CPU).
+func (t *addrTable) reserve(n int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.rows) == 0 && n > len(t.bells) {
+		t.rows = make(map[netip.AddrPort][]rowRef, n)
+	}
 }

@@ -114,6 +114,9 @@ func (s *Store) ApplyAt(provider string, groups []discovery.Group, at time.Time)
 	if err != nil {
 		return false, fmt.Errorf("source %q: %w", provider, err)
 	}
+	if eps := countEndpoints(plans); eps > txnWrites {
+		s.addrs.reserve(eps)
+	}
 	// One transaction, unless it grows past txnWrites: then it is
 	// abandoned, and the hand-over is written in independent sets.
 	changed, _, err = s.applyPlans(provider, plans, nil, at)
@@ -132,6 +135,14 @@ func (s *Store) ApplyAt(provider string, groups []discovery.Group, at time.Time)
 		order = rest
 	}
 	return changed, nil
+}
+
+func countEndpoints(plans []groupPlan) int {
+	n := 0
+	for i := range plans {
+		n += len(plans[i].eps)
+	}
+	return n
 }
 
 // errSplit: a transaction of every plan would grow past txnWrites.
