@@ -84,7 +84,7 @@ type flags struct {
 	duration, rampStep, rampLimit, syncTimeout                   time.Duration
 	settle                                                       time.Duration
 	rampRates, idleStreams, idleEndpoints                        string
-	newBurst, idleMaxStreams                                     int
+	newBurst, idleMaxStreams, memoryLimitMiB                     int
 }
 
 func newFlags(stderr io.Writer) *flags {
@@ -121,6 +121,7 @@ func newFlags(stderr io.Writer) *flags {
 	fs.IntVar(&f.newStreams, "new-streams", 0, "extra streams opened one by one with W open, for the new-stream latency")
 	fs.Float64Var(&f.newPerSecond, "new-per-second", 0, "started server: its server.streams.new_per_second (storm: the admission limit and its retry hints at work)")
 	fs.IntVar(&f.newBurst, "new-burst", 0, "started server: its server.streams.new_burst")
+	fs.IntVar(&f.memoryLimitMiB, "memory-limit-mib", 0, "started server: run it in a memory cgroup with this limit (MiB), as a container with a memory limit (needs root or a delegated cgroup)")
 	fs.IntVar(&f.slowStreams, "slow-streams", 0, "steady: extra streams, on their own connections, that stop reading after their first message (slow clients)")
 	fs.StringVar(&f.rampRates, "ramp-rates", "", "ramp: comma-separated rates (default 200,500,1000,2000,3000,4000,5000)")
 	fs.DurationVar(&f.rampStep, "ramp-step", 0, "ramp: time per rate (default 10s)")
@@ -177,6 +178,8 @@ func (f *flags) options(workload string) (load.Options, error) {
 			o.SlowStreams = f.slowStreams
 		case "new-burst":
 			o.NewStreamsBurst = f.newBurst
+		case "memory-limit-mib":
+			o.MemoryLimitMiB = f.memoryLimitMiB
 		case "new-per-second":
 			o.NewStreamsPerSecond = f.newPerSecond
 		case "ramp-rates":

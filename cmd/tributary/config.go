@@ -98,6 +98,11 @@ type ServerConfig struct {
 	// InboundPolicy is the default inbound authorization the policy API
 	// (destination/policy) gives a standalone proxy, per port.
 	InboundPolicy policy.Inbound `yaml:"inbound_policy"`
+	// MemoryLimitRatio sets the Go runtime's soft memory limit (GOMEMLIMIT)
+	// to this share of the container's memory limit (cgroup v2 or v1), as
+	// Prometheus's auto-gomemlimit does; 0 leaves it unset. The GOMEMLIMIT
+	// and AUTOMEMLIMIT environment variables win over it.
+	MemoryLimitRatio float64 `yaml:"memory_limit_ratio"`
 }
 
 // StreamsConfig is server.streams.
@@ -162,12 +167,13 @@ type KeepaliveConfig struct {
 // DefaultServerConfig is the server section of a config that leaves it out.
 func DefaultServerConfig() ServerConfig {
 	return ServerConfig{
-		Listen:          "127.0.0.1:8086",
-		Admin:           "127.0.0.1:9996",
-		StartupTimeout:  discovery.Duration(2 * time.Second),
-		ShutdownTimeout: discovery.Duration(10 * time.Second),
-		LogLevel:        "info",
-		LogFormat:       "text",
+		Listen:           "127.0.0.1:8086",
+		Admin:            "127.0.0.1:9996",
+		StartupTimeout:   discovery.Duration(2 * time.Second),
+		ShutdownTimeout:  discovery.Duration(10 * time.Second),
+		LogLevel:         "info",
+		LogFormat:        "text",
+		MemoryLimitRatio: 0.9,
 	}
 }
 
@@ -213,6 +219,9 @@ func parseServer(sec discovery.Section) (ServerConfig, *tlsauth.Config, error) {
 	}
 	if time.Duration(s.StartupTimeout) >= maxStartupTimeout {
 		fail("startup_timeout", "%s is too long: it must be less than %s, the time a proxy waits for a Get's first message", s.StartupTimeout, maxStartupTimeout)
+	}
+	if r := s.MemoryLimitRatio; r < 0 || r > 1 || r != r {
+		fail("memory_limit_ratio", "%v: want a share from 0 (off) to 1 of the container's memory limit", r)
 	}
 	switch s.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -109,7 +109,7 @@ func TestParseServerConfig(t *testing.T) {
 	wantServer := ServerConfig{
 		Listen: "0.0.0.0:8086", Admin: "127.0.0.1:9990",
 		StartupTimeout: discovery.Duration(1500 * time.Millisecond), ShutdownTimeout: discovery.Duration(10 * time.Second),
-		LogLevel: "debug", LogFormat: "json",
+		LogLevel: "debug", LogFormat: "json", MemoryLimitRatio: 0.9,
 	}
 	if !reflect.DeepEqual(c.Server, wantServer) {
 		t.Errorf("server = %+v, want %+v", c.Server, wantServer)

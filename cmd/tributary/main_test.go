@@ -40,7 +40,7 @@ var cliFiles = map[string]string{
 // badErrors is what every command says of bad.yaml: every section's
 // problems, in line order.
 const badErrors = `bad.yaml:2: server.listen: "localhost" must be host:port (address localhost: missing port in address)
-bad.yaml:3: server.lissen: unknown key (valid keys: listen, admin, startup_timeout, shutdown_timeout, log_level, log_format, keepalive, tls, streams, inbound_policy)
+bad.yaml:3: server.lissen: unknown key (valid keys: listen, admin, startup_timeout, shutdown_timeout, log_level, log_format, keepalive, tls, streams, inbound_policy, memory_limit_ratio)
 bad.yaml:5: health.max_concurrent_checks: must be from 1 to 100000, got 0
 bad.yaml:10: sources[0].health_check.type: unknown check type "icmp" (want tcp, http, grpc or none)
 `

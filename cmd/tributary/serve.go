@@ -12,11 +12,13 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/KimMachineGun/automemlimit/memlimit"
 	"github.com/hashicorp/go-memdb"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -103,6 +105,7 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 // server, and runs them until ctx ends; then it drains: not ready, no new
 // streams, open streams end, exit — bounded by server.shutdown_timeout.
 func serve(ctx context.Context, cfg *config, logger *slog.Logger, pprofOn bool) error {
+	setMemoryLimit(cfg.Server.MemoryLimitRatio, logger)
 	instances, err := cfg.BuildSources(logger)
 	if err != nil {
 		return err
@@ -434,4 +437,26 @@ func (r checkReader) CheckState(source string, a discovery.Authority, addr netip
 		ConsecutiveFailures: st.ConsecutiveFailures, ConsecutiveSuccesses: st.ConsecutiveSuccesses,
 		HeldDownUntil: st.HeldDownUntil,
 	}, ok
+}
+
+// setMemoryLimit gives the Go runtime a soft memory limit of ratio times the
+// container's memory limit (the cgroup's, v2 or v1), as Prometheus's
+// auto-gomemlimit does, unless the GOMEMLIMIT or AUTOMEMLIMIT environment
+// variables say otherwise (automemlimit's rules). The registry's heap grows
+// with the estate and Go collects at twice the live heap by default: at a
+// million endpoints that is past a 2.5 GiB container's limit, and the
+// kernel kills the replica rather than the collector running sooner.
+// Outside a container with a limit nothing changes.
+func setMemoryLimit(ratio float64, logger *slog.Logger) {
+	if ratio == 0 {
+		return
+	}
+	before := debug.SetMemoryLimit(-1)
+	limit, err := memlimit.Set(memlimit.WithRatio(ratio), memlimit.WithProvider(memlimit.FromCgroup))
+	switch {
+	case err != nil:
+		logger.Debug("no memory limit from a container", "err", err)
+	case limit != before:
+		logger.Info("Go memory limit set from the container's", "gomemlimit_bytes", limit, "ratio", ratio)
+	}
 }

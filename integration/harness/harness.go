@@ -204,7 +204,20 @@ func StartWith(t *testing.T, dir, serverKeys, sourcesAndRules string) *Server {
 	return startAt(t, dir, p[0], p[1], serverKeys, sourcesAndRules)
 }
 
+// StartWrapped is StartWith on free ports, with wrap called on the command
+// before it starts: to run it in a cgroup, or with more environment.
+func StartWrapped(t *testing.T, dir, serverKeys, sourcesAndRules string, wrap func(*exec.Cmd)) *Server {
+	t.Helper()
+	p := FreePorts(t, 2)
+	return startWrapped(t, dir, p[0], p[1], serverKeys, sourcesAndRules, wrap)
+}
+
 func startAt(t *testing.T, dir, api, admin, serverKeys, sourcesAndRules string) *Server {
+	t.Helper()
+	return startWrapped(t, dir, api, admin, serverKeys, sourcesAndRules, nil)
+}
+
+func startWrapped(t *testing.T, dir, api, admin, serverKeys, sourcesAndRules string, wrap func(*exec.Cmd)) *Server {
 	t.Helper()
 	s := &Server{t: t, API: api, Admin: admin, Dir: dir, Logs: &SyncBuffer{}, exited: make(chan struct{})}
 	cfg := fmt.Sprintf("server:\n  listen: %s\n  admin: %s\n  shutdown_timeout: 10s\n%s%s", s.API, s.Admin, serverKeys, sourcesAndRules)
@@ -215,6 +228,9 @@ func startAt(t *testing.T, dir, api, admin, serverKeys, sourcesAndRules string) 
 	}
 	s.cmd = exec.Command(Bin, "serve", "--config", cfgPath, "--log-level", "debug")
 	s.cmd.Stdout, s.cmd.Stderr = s.Logs, s.Logs
+	if wrap != nil {
+		wrap(s.cmd)
+	}
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

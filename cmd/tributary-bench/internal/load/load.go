@@ -76,6 +76,10 @@ type Options struct {
 	// its RetryInfo hints at work.
 	NewStreamsPerSecond float64
 	NewStreamsBurst     int // the same for server.streams.new_burst
+	// MemoryLimitMiB, when not 0, runs the started server in a memory
+	// cgroup with this limit: a replica in a container with a memory limit,
+	// which the server follows (server.memory_limit_ratio).
+	MemoryLimitMiB int
 
 	// Ramp: the rates tried, each for RampStep, stopping after the first
 	// whose p99 exceeds RampLimit.
@@ -335,13 +339,16 @@ func (r *runner) startServer(ctx context.Context, services, endpoints int) error
 		return nil
 	}
 	r.srv, err = StartServer(ctx, ServerSpec{Bin: r.o.Bin, Services: services, Endpoints: endpoints, Host: r.o.Host, Seed: r.o.Seed, Keep: r.o.Keep,
-		NewStreamsPerSecond: r.o.NewStreamsPerSecond, NewStreamsBurst: r.o.NewStreamsBurst,
+		NewStreamsPerSecond: r.o.NewStreamsPerSecond, NewStreamsBurst: r.o.NewStreamsBurst, MemoryLimitMiB: r.o.MemoryLimitMiB,
 		XDS: r.o.API == APIXDS, Impl: r.o.Impl, GCPBin: r.o.GCPBin})
 	if err != nil {
 		return err
 	}
 	if _, ok := r.res.Get("ready_s"); !ok {
 		r.res.Set("ready_s", r.srv.Ready.Seconds())
+	}
+	if r.o.MemoryLimitMiB > 0 {
+		r.res.Set("memory_limit_mib", r.o.MemoryLimitMiB)
 	}
 	if _, ok := r.res.Get("server_version"); !ok {
 		if r.o.Impl == ImplGCP {

@@ -19,6 +19,8 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/procfs"
+
+	"github.com/tributary-mesh/tributary/integration/harness"
 )
 
 // Server is the tributary process under test: one this tool started
@@ -33,11 +35,12 @@ type Server struct {
 	// 200 (every source synced) and the bench control API answering.
 	Ready time.Duration
 
-	cmd    *exec.Cmd
-	dir    string
-	keep   bool
-	exited chan struct{}
-	http   *http.Client
+	cmd       *exec.Cmd
+	dir       string
+	keep      bool
+	afterExit func() // when the process has exited
+	exited    chan struct{}
+	http      *http.Client
 }
 
 // ServerSpec is the bench source workload of a server this tool starts.
@@ -57,6 +60,9 @@ type ServerSpec struct {
 	Impl, GCPBin string
 	// Keep leaves the folder with the config and the server's log.
 	Keep bool
+	// MemoryLimitMiB, when not 0, runs the server in a memory cgroup with
+	// this limit (integration/harness.MemoryCgroup).
+	MemoryLimitMiB int
 }
 
 var errServerExited = errors.New("tributary exited")
@@ -114,7 +120,21 @@ sources:
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	if err := s.launch(ctx, spec, "config and log", exec.Command(bin, "serve", "--config", cfgPath, "--pprof")); err != nil {
+	cmd := exec.Command(bin, "serve", "--config", cfgPath, "--pprof")
+	if spec.MemoryLimitMiB > 0 {
+		procs, remove, err := harness.MemoryCgroup("tributary-bench", int64(spec.MemoryLimitMiB)<<20)
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("--memory-limit-mib: %w", err)
+		}
+		harness.InCgroup(cmd, procs)
+		s.afterExit = func() {
+			if err := remove(); err != nil {
+				fmt.Fprintf(os.Stderr, "tributary-bench: removing the server's cgroup: %v\n", err)
+			}
+		}
+	}
+	if err := s.launch(ctx, spec, "config and log", cmd); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -142,6 +162,9 @@ func (s *Server) launch(ctx context.Context, spec ServerSpec, what string, cmd *
 	go func() {
 		_ = s.cmd.Wait()
 		logf.Close()
+		if s.afterExit != nil {
+			s.afterExit()
+		}
 		close(s.exited)
 	}()
 	if err := s.waitReady(ctx, readyBound(spec.Services*spec.Endpoints)); err != nil {
