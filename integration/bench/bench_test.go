@@ -172,6 +172,27 @@ func BenchmarkMillion(b *testing.B) {
 	}))
 }
 
+// BenchmarkMillionInContainer is BenchmarkMillion with the server in a
+// memory cgroup of 2.5 GiB, the RSS bound: a replica in a container
+// with that limit, whose Go memory limit follows it (0.9 of it,
+// server.memory_limit_ratio). Skipped where no cgroup can be made.
+func BenchmarkMillionInContainer(b *testing.B) {
+	_, remove, err := harness.MemoryCgroup("tributary-bench-probe", 2560<<20)
+	if err != nil {
+		b.Skip(err)
+	}
+	if err := remove(); err != nil {
+		b.Fatal(err)
+	}
+	benchWorkload(b, "million", withFloor(latencyFigures, map[string]string{
+		"ready_s":           "ready-s",
+		"rss_max_mib":       "rss-max-MiB",
+		"achieved_rate":     "changes/s",
+		"lost_final_states": "lost",
+		"skipped":           "skipped-changes",
+	}), "--memory-limit-mib", "2560")
+}
+
 // withFloor is figures with the floor's and any more.
 func withFloor(figures map[string]string, more ...map[string]string) map[string]string {
 	out := map[string]string{
@@ -246,9 +267,9 @@ var latencyFigures = map[string]string{
 	"deliveries_per_s":           "deliveries/s",
 }
 
-func benchWorkload(b *testing.B, workload string, figures map[string]string) {
+func benchWorkload(b *testing.B, workload string, figures map[string]string, extra ...string) {
 	tool := buildTool(b, false)
-	args := strings.Fields(os.Getenv("TRIBUTARY_BENCH_FLAGS"))
+	args := append(strings.Fields(os.Getenv("TRIBUTARY_BENCH_FLAGS")), extra...)
 	var res map[string]any
 	for b.Loop() {
 		var stdout, stderr string
