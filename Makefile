@@ -96,12 +96,13 @@ fuzz:
 
 ## bench: micro-benchmarks, then the workloads against the real binary and
 ## real peers (docs/performance.md). BENCH=Steady runs one fan-out workload
-## (Steady, HotFanout, Ramp, Idle, Storm). Last, the steady workload over xDS
+## (Steady, ManyStreams, Million, MillionInContainer: in a 2.5 GiB memory
+## cgroup, HotFanout, Ramp, Idle, Storm). Last, the steady workload over xDS
 ## (EDS with ACKs) on tributary and on go-control-plane v0.14.0, alternated.
 BENCH ?= .
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./cache/ ./destination/ ./discovery/
-	TRIBUTARY_BIN=$(CURDIR)/$(BIN) $(GO) test -tags integration -run '^$$' -bench '$(BENCH)' -benchtime 1x -timeout 30m ./integration/bench/
+	TRIBUTARY_BIN=$(CURDIR)/$(BIN) $(GO) test -tags integration -run '^$$' -bench '$(BENCH)' -benchtime 1x -timeout 45m ./integration/bench/
 	TRIBUTARY_BIN=$(CURDIR)/$(BIN) $(GO) test -tags integration -run '^$$' -bench . -benchtime 1x -timeout 30m ./integration/health/ ./integration/consul/ ./integration/kubernetes/ ./integration/dns/ ./integration/register/
 	$(GO) build -o bin/tributary-bench ./cmd/tributary-bench
 	bin/tributary-bench steady --api xds --bin $(BIN)
