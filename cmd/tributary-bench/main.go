@@ -245,8 +245,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		return 0
-	case len(args) >= 1 && args[0] == load.XDSFloorArg:
-		if err := load.RunXDSFloorServer(args[1:]); err != nil {
+	case len(args) >= 1 && args[0] == load.FloorArg:
+		if err := load.RunFloorServer(args[1:]); err != nil {
 			fmt.Fprintf(stderr, "tributary-bench: %v\n", err)
 			return 1
 		}

@@ -232,11 +232,20 @@ func Run(ctx context.Context, o Options) *Result {
 	if o.Floor && err == nil && ctx.Err() == nil {
 		// After the server stopped, so that it does not share the cores.
 		r.logf("measuring the machine's wake cost (the floor)")
-		f := newResult("wakecost")
-		if err := measureWakeCost(f, 2000, 850, 5*time.Millisecond); err != nil {
+		if f, err := measureWakeFloor(floorRounds, floorWrites, 850, 5*time.Millisecond); err != nil {
 			r.res.Fail("wakecost: %v", err)
 		} else {
 			floorFigures(r.res, f, o.Streams, o.Services)
+		}
+		if o.Workload == "steady" && o.API != APIXDS {
+			// And the least a grpc-go Get server pays per delivery at this
+			// shape: what of the server's CPU any such server pays.
+			r.logf("measuring the Get floor (a grpc-go server that only writes pre-encoded updates)")
+			if err := measureServerFloor(ctx, r.res, floorGet, o.Streams, o.Conns, o.Services, o.Endpoints, o.Rate, min(o.Duration, 10*time.Second)); err != nil {
+				r.res.Fail("Get floor: %v", err)
+			} else {
+				getFloorFigures(r.res)
+			}
 		}
 	}
 	if r.checked {

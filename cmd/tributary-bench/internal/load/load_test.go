@@ -33,8 +33,8 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	// So is the xDS floor's server.
-	if len(os.Args) >= 2 && os.Args[1] == XDSFloorArg {
-		if err := RunXDSFloorServer(os.Args[2:]); err != nil {
+	if len(os.Args) >= 2 && os.Args[1] == FloorArg {
+		if err := RunFloorServer(os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
@@ -429,5 +429,28 @@ func TestFloorFigures(t *testing.T) {
 	}
 	if got, _ := res.Get("cpu_per_change_vs_floor"); got != 0.5 {
 		t.Errorf("cpu_per_change_vs_floor = %v, want 0.5", got)
+	}
+}
+
+// The floor beside a workload is the median of its windows, with their
+// spread, under the floor_ keys.
+func TestWakeFloorIsTheMedianOfItsRounds(t *testing.T) {
+	f, err := measureWakeFloor(3, 20, 850, time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lo, _ := f.Get("isolated_change_floor_us_min")
+	mid, _ := f.Get("isolated_change_floor_us")
+	hi, _ := f.Get("isolated_change_floor_us_max")
+	if !(lo.(float64) <= mid.(float64) && mid.(float64) <= hi.(float64)) || lo.(float64) <= 0 {
+		t.Fatalf("floor min %v, median %v, max %v", lo, mid, hi)
+	}
+	res := newResult("steady")
+	res.Set("server_cpu_us_per_change", 300.0)
+	floorFigures(res, f, 10000, 1000)
+	for _, k := range []string{"floor_isolated_change_floor_us", "floor_isolated_change_floor_us_min", "floor_isolated_change_floor_us_max", "floor_rounds"} {
+		if _, ok := res.Get(k); !ok {
+			t.Errorf("no %s in the result", k)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package load
 
 import (
+	"strings"
 	"time"
 )
 
@@ -49,9 +50,10 @@ func readyBound(endpoints int) time.Duration {
 // divided by the deliveries one change makes (streams per service):
 // cpu_per_delivery_vs_floor, which the issue wants at most 2.
 func floorFigures(res, f *Result, streams, services int) {
-	for _, k := range []string{"write_to_sleeping_reader_us", "write_to_busy_reader_us", "idle_wake_us", "isolated_change_floor_us"} {
+	for _, k := range []string{"write_to_sleeping_reader_us", "write_to_busy_reader_us", "idle_wake_us", "isolated_change_floor_us",
+		"isolated_change_floor_us_min", "isolated_change_floor_us_max", "floor_rounds"} {
 		if v, ok := f.Get(k); ok {
-			res.Set("floor_"+k, v)
+			res.Set("floor_"+strings.TrimPrefix(k, "floor_"), v)
 		}
 	}
 	floor, ok := f.Get("isolated_change_floor_us")

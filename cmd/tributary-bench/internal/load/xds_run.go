@@ -90,7 +90,7 @@ func (r *runner) steadyXDS(ctx context.Context) error {
 	if r.o.Floor && ctx.Err() == nil {
 		// After both servers stopped, so that it does not share the cores.
 		r.logf("measuring the xDS floor (a minimal grpc-go ADS server, xds_floor.go)")
-		if err := measureXDSFloor(ctx, r.res, r.o.Streams, r.o.Conns, r.o.Services, r.o.Endpoints, r.o.Rate, min(r.o.Duration, 10*time.Second)); err != nil {
+		if err := measureServerFloor(ctx, r.res, floorXDS, r.o.Streams, r.o.Conns, r.o.Services, r.o.Endpoints, r.o.Rate, min(r.o.Duration, 10*time.Second)); err != nil {
 			r.res.Fail("xDS floor: %v", err)
 		} else {
 			xdsFloorFigures(r.res)

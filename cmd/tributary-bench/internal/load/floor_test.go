@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/tributary-mesh/tributary/sources/bench"
 )
 
 // TestXDSFloor runs the xDS floor small: every stream synced, every change
@@ -11,7 +13,7 @@ import (
 // that it measures, never what it measures).
 func TestXDSFloor(t *testing.T) {
 	res := newResult("steady")
-	if err := measureXDSFloor(context.Background(), res, 40, 4, 10, 3, 200, 300*time.Millisecond); err != nil {
+	if err := measureServerFloor(context.Background(), res, floorXDS, 40, 4, 10, 3, 200, 300*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	for _, k := range []string{"xds_floor_cpu_us_per_delivery", "xds_floor_mem_per_stream_kib"} {
@@ -39,5 +41,35 @@ func TestFloorCLA(t *testing.T) {
 	v := decodeCLA(floorCLA(floorName(3), 3, 4))
 	if len(v.eps) != 4 || len(v.ts) != 4 || v.unlabelled || v.bad != "" || v.name != floorName(3) {
 		t.Errorf("floor CLA decodes as %+v", v)
+	}
+}
+
+// TestGetFloor runs the Get floor small: every stream synced and every
+// change delivered, and its figures reported and positive.
+func TestGetFloor(t *testing.T) {
+	res := newResult("steady")
+	if err := measureServerFloor(context.Background(), res, floorGet, 40, 4, 10, 3, 200, 300*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"get_floor_cpu_us_per_delivery", "get_floor_mem_per_stream_kib"} {
+		v, ok := res.Get(k)
+		if f, isF := v.(float64); !ok || !isF || f <= 0 {
+			t.Errorf("%s = %v", k, v)
+		}
+	}
+}
+
+// TestFloorUpdate: the Get floor's messages carry the bench labels the
+// fleet reads on every endpoint.
+func TestFloorUpdate(t *testing.T) {
+	u := floorUpdate(3, 0, 4, 4)
+	addrs := u.GetAdd().GetAddrs()
+	if len(addrs) != 4 {
+		t.Fatalf("%d endpoints, want 4", len(addrs))
+	}
+	for _, a := range addrs {
+		if a.GetMetricLabels()[bench.LabelSeq] == "" || a.GetMetricLabels()[bench.LabelTS] == "" || a.GetAddr().GetPort() != 8080 {
+			t.Errorf("endpoint %v", a)
+		}
 	}
 }

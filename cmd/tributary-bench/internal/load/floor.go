@@ -19,6 +19,8 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	pb "github.com/linkerd/linkerd2-proxy-api/go/destination"
+	pbnet "github.com/linkerd/linkerd2-proxy-api/go/net"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
@@ -33,25 +35,34 @@ import (
 	_ "google.golang.org/grpc/encoding/proto"
 )
 
-// The xDS floor: what any gRPC ADS server pays on this machine per
-// delivery and per stream, measured with the least server there can be.
-// It is this executable re-run with XDSFloorArg: a grpc-go server whose
-// ADS handler takes a stream's subscription, sends it one pre-marshalled
-// DiscoveryResponse (a CLA of the run's size, the bench labels in its
-// endpoints' metadata) and then only decodes the ACKs that come back, in
-// the handler goroutine blocked in Recv that every grpc-go bidi stream
-// has. A change is a line on its standard input naming a service: the
-// server writes that service's pre-marshalled response on each of its
-// streams, from the goroutine that read the line (no per-stream wake-up,
-// no per-change marshalling, no bookkeeping). The tool opens the run's
-// streams on the run's connections, feeds changes at the run's rate and
-// reads the server process's CPU and RSS from /proc, as it does the real
-// servers': xds_floor_cpu_us_per_delivery and xds_floor_mem_per_stream_kib
-// are the least those figures can be here, for grpc-go.
+// The floors of the two streaming APIs: what any gRPC server of that API
+// pays on this machine per delivery and per stream, measured with the
+// least server there can be. It is this executable re-run with FloorArg:
+// a grpc-go server that sends each new stream one pre-marshalled message
+// (the service's endpoints at the run's size, the bench labels on each)
+// and then does nothing more for it but what grpc-go does — for xDS, its
+// handler decodes the ACKs that come back, blocked in Recv as every grpc-go
+// bidi stream's is; for Get, its handler waits for the stream to end. A
+// change is a line on its standard input naming a service: the server
+// writes that service's pre-marshalled change on each of its streams (xDS:
+// the whole CLA again, as state of the world does; Get: an Add of one
+// endpoint, as Tributary sends a one-endpoint change), from the goroutine
+// that read the line (no per-stream wake-up, no per-change marshalling, no
+// bookkeeping). The tool opens the run's streams on the run's connections,
+// feeds changes at the run's rate and reads the server process's CPU and
+// RSS from /proc, as it does the real servers': <api>_floor_cpu_us_per_delivery
+// and <api>_floor_mem_per_stream_kib are the least those figures can be
+// here, for grpc-go.
 
-// XDSFloorArg is the argument that makes this executable the xDS floor's
-// server; main must call RunXDSFloorServer with the arguments after it.
-const XDSFloorArg = "__xds-floor-server"
+// FloorArg is the argument that makes this executable a floor server;
+// main must call RunFloorServer with the arguments after it.
+const FloorArg = "__floor-server"
+
+// The floors' APIs, and the prefix of their figures.
+const (
+	floorXDS = "xds"
+	floorGet = "get"
+)
 
 // floorCodec sends a *floorRaw as it is and anything else as protobuf.
 type floorCodec struct{ encoding.CodecV2 }
@@ -65,13 +76,15 @@ func (c floorCodec) Marshal(v any) (mem.BufferSlice, error) {
 	return c.CodecV2.Marshal(v)
 }
 
-// floorServer is the floor's ADS server: per service, its streams and
-// its pre-marshalled response.
+// floorServer is a floor's server: per service, its streams and its
+// pre-marshalled first message and change.
 type floorServer struct {
 	discoverygrpc.UnimplementedAggregatedDiscoveryServiceServer
-	index map[string]int // service by CLA name
-	resp  [][]byte       // pre-marshalled DiscoveryResponse by service
-	acks  atomic.Uint64
+	pb.UnimplementedDestinationServer
+	index  map[string]int // service by CLA name or Get path
+	first  [][]byte       // pre-marshalled first message by service
+	change [][]byte       // pre-marshalled change by service
+	acks   atomic.Uint64  // xDS ACKs; Get: streams that got their first message
 
 	mu      sync.Mutex
 	streams [][]*floorStream // by service
@@ -100,17 +113,51 @@ func (f *floorServer) StreamAggregatedResources(s discoverygrpc.AggregatedDiscov
 	if !ok {
 		return fmt.Errorf("floor server: subscribe to exactly one known CLA")
 	}
-	fs := &floorStream{s: s}
-	fs.send(f.resp[svc])
-	f.mu.Lock()
-	f.streams[svc] = append(f.streams[svc], fs)
-	f.mu.Unlock()
+	f.join(svc, s)
 	for {
 		if _, err := s.Recv(); err != nil {
 			return nil
 		}
 		f.acks.Add(1)
 	}
+}
+
+// join sends a new stream its service's first message and adds it to
+// the service's streams.
+func (f *floorServer) join(svc int, s grpc.ServerStream) {
+	fs := &floorStream{s: s}
+	fs.send(f.first[svc])
+	f.mu.Lock()
+	f.streams[svc] = append(f.streams[svc], fs)
+	f.mu.Unlock()
+}
+
+func (f *floorServer) Get(req *pb.GetDestination, s pb.Destination_GetServer) error {
+	svc, ok := f.index[req.GetPath()]
+	if !ok {
+		return fmt.Errorf("floor server: unknown path %q", req.GetPath())
+	}
+	f.join(svc, s)
+	f.acks.Add(1)
+	<-s.Context().Done()
+	return nil
+}
+
+// floorUpdate is a Get Add of endpoints first to first+n-1 of service svc,
+// the bench labels on each, as Tributary writes them.
+func floorUpdate(svc, first, n, endpoints int) *pb.Update {
+	var addrs []*pb.WeightedAddr
+	for e := first; e < first+n; e++ {
+		addrs = append(addrs, &pb.WeightedAddr{
+			Addr:   &pbnet.TcpAddress{Ip: &pbnet.IPAddress{Ip: &pbnet.IPAddress_Ipv4{Ipv4: uint32(10)<<24 | uint32(svc>>8&255)<<16 | uint32(svc&255)<<8 | uint32(e&255)}}, Port: 8080},
+			Weight: 10000,
+			MetricLabels: map[string]string{
+				bench.LabelSeq: strconv.Itoa(1_000_000 + svc*endpoints + e),
+				bench.LabelTS:  strconv.FormatInt(time.Now().UnixNano(), 10),
+			},
+		})
+	}
+	return &pb.Update{Update: &pb.Update_Add{Add: &pb.WeightedAddrSet{Addrs: addrs}}}
 }
 
 // floorCLA is service svc's CLA as the run's servers send it: endpoints
@@ -139,40 +186,54 @@ func floorCLA(name string, svc, endpoints int) *endpointv3.ClusterLoadAssignment
 
 func floorName(svc int) string { return "floor-" + strconv.Itoa(svc) + ".bench.svc:8080" }
 
-// RunXDSFloorServer is the floor's server: args are the services and the
-// endpoints per service. It prints its address, then reads commands on
-// standard input until it closes: a service number (a change: send its
-// response on its streams), or "gc" (collect garbage, then print the Go
-// heap and stacks in use, and the ACKs received).
-func RunXDSFloorServer(args []string) error {
-	if len(args) != 2 {
-		return errors.New("usage: " + XDSFloorArg + " SERVICES ENDPOINTS")
+// RunFloorServer is a floor's server: args are the API (xds or get), the
+// services and the endpoints per service. It prints its address, then
+// reads commands on standard input until it closes: a service number (a
+// change: send it on the service's streams), or "gc" (collect garbage,
+// then print the Go heap and stacks in use, and the ACKs received).
+func RunFloorServer(args []string) error {
+	if len(args) != 3 || args[0] != floorXDS && args[0] != floorGet {
+		return errors.New("usage: " + FloorArg + " xds|get SERVICES ENDPOINTS")
 	}
-	services, err1 := strconv.Atoi(args[0])
-	endpoints, err2 := strconv.Atoi(args[1])
+	api := args[0]
+	services, err1 := strconv.Atoi(args[1])
+	endpoints, err2 := strconv.Atoi(args[2])
 	if err := errors.Join(err1, err2); err != nil || services <= 0 || endpoints <= 0 {
-		return fmt.Errorf("%s: bad sizes %q", XDSFloorArg, args)
+		return fmt.Errorf("%s: bad sizes %q", FloorArg, args)
 	}
-	f := &floorServer{index: map[string]int{}, resp: make([][]byte, services), streams: make([][]*floorStream, services)}
+	f := &floorServer{index: map[string]int{}, first: make([][]byte, services), change: make([][]byte, services), streams: make([][]*floorStream, services)}
 	for svc := range services {
 		name := floorName(svc)
 		f.index[name] = svc
-		cla, err := anypb.New(floorCLA(name, svc, endpoints))
-		if err != nil {
+		var first, change proto.Message
+		if api == floorXDS {
+			cla, err := anypb.New(floorCLA(name, svc, endpoints))
+			if err != nil {
+				return err
+			}
+			first = &discoverygrpc.DiscoveryResponse{VersionInfo: "1", Resources: []*anypb.Any{cla}, TypeUrl: claType, Nonce: "1"}
+			change = first
+		} else {
+			first, change = floorUpdate(svc, 0, endpoints, endpoints), floorUpdate(svc, 0, 1, endpoints)
+		}
+		var err error
+		if f.first[svc], err = proto.Marshal(first); err != nil {
 			return err
 		}
-		b, err := proto.Marshal(&discoverygrpc.DiscoveryResponse{VersionInfo: "1", Resources: []*anypb.Any{cla}, TypeUrl: claType, Nonce: "1"})
-		if err != nil {
+		if f.change[svc], err = proto.Marshal(change); err != nil {
 			return err
 		}
-		f.resp[svc] = b
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
 	srv := grpc.NewServer(grpc.ForceServerCodecV2(floorCodec{encoding.GetCodecV2("proto")}))
-	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(srv, f)
+	if api == floorXDS {
+		discoverygrpc.RegisterAggregatedDiscoveryServiceServer(srv, f)
+	} else {
+		pb.RegisterDestinationServer(srv, f)
+	}
 	go func() { _ = srv.Serve(ln) }()
 	defer srv.Stop()
 	out := bufio.NewWriter(os.Stdout)
@@ -191,13 +252,13 @@ func RunXDSFloorServer(args []string) error {
 		}
 		svc, err := strconv.Atoi(line)
 		if err != nil || svc < 0 || svc >= services {
-			return fmt.Errorf("%s: bad command %q", XDSFloorArg, line)
+			return fmt.Errorf("%s: bad command %q", FloorArg, line)
 		}
 		f.mu.Lock()
 		ss := f.streams[svc]
 		f.mu.Unlock()
 		for _, s := range ss {
-			s.send(f.resp[svc])
+			s.send(f.change[svc])
 		}
 	}
 	return in.Err()
@@ -226,13 +287,13 @@ func (p *floorProc) settle() (live float64, acks uint64, err error) {
 	return float64(l), acks, nil
 }
 
-// measureXDSFloor runs the floor's server with the run's sizes (streams on
-// conns connections over services of endpoints each, stream i on service
-// i mod services), feeds it changes at rate for d, one service after
-// another, and records the xds_floor_ figures in res.
-func measureXDSFloor(ctx context.Context, res *Result, streams, conns, services, endpoints int, rate float64, d time.Duration) error {
+// measureServerFloor runs api's floor server with the run's sizes
+// (streams on conns connections over services of endpoints each, stream i
+// on service i mod services), feeds it changes at rate for d, one service
+// after another, and records the <api>_floor_ figures in res.
+func measureServerFloor(ctx context.Context, res *Result, api string, streams, conns, services, endpoints int, rate float64, d time.Duration) error {
 	if streams <= 0 || services <= 0 || rate <= 0 || d <= 0 {
-		return errors.New("xDS floor: no streams or no changes")
+		return fmt.Errorf("%s floor: no streams or no changes", api)
 	}
 	exe, err := os.Executable()
 	if err != nil {
@@ -240,7 +301,7 @@ func measureXDSFloor(ctx context.Context, res *Result, streams, conns, services,
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	cmd := exec.Command(exe, XDSFloorArg, strconv.Itoa(services), strconv.Itoa(endpoints))
+	cmd := exec.Command(exe, FloorArg, api, strconv.Itoa(services), strconv.Itoa(endpoints))
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -261,7 +322,7 @@ func measureXDSFloor(ctx context.Context, res *Result, streams, conns, services,
 		}
 	}()
 	if !p.out.Scan() {
-		return fmt.Errorf("xDS floor server did not start: %v", p.out.Err())
+		return fmt.Errorf("%s floor server did not start: %v", api, p.out.Err())
 	}
 	addr := strings.TrimSpace(p.out.Text())
 
@@ -287,6 +348,29 @@ func measureXDSFloor(ctx context.Context, res *Result, streams, conns, services,
 	defer cancel()
 	synced := make(chan error, streams)
 	for i := range streams {
+		if api == floorGet {
+			client := pb.NewDestinationClient(ccs[i%conns])
+			wg.Go(func() {
+				s, err := client.Get(ctx, &pb.GetDestination{Scheme: "k8s", Path: floorName(i % services)})
+				if err != nil {
+					synced <- err
+					return
+				}
+				for first := true; ; first = false {
+					if _, err := s.Recv(); err != nil {
+						if first {
+							synced <- err
+						}
+						return
+					}
+					received.Add(1)
+					if first {
+						synced <- nil
+					}
+				}
+			})
+			continue
+		}
 		client := discoverygrpc.NewAggregatedDiscoveryServiceClient(ccs[i%conns])
 		wg.Go(func() {
 			s, err := client.StreamAggregatedResources(ctx)
@@ -321,14 +405,14 @@ func measureXDSFloor(ctx context.Context, res *Result, streams, conns, services,
 		select {
 		case err := <-synced:
 			if err != nil {
-				return fmt.Errorf("xDS floor stream: %w", err)
+				return fmt.Errorf("%s floor stream: %w", api, err)
 			}
 		case <-time.After(2 * time.Minute):
-			return errors.New("xDS floor: streams not synced within 2 minutes")
+			return fmt.Errorf("%s floor: streams not synced within 2 minutes", api)
 		}
 	}
 	// Every stream has its first response; wait for the server to have
-	// every first ACK, then sample its memory.
+	// every first ACK (Get: every stream joined), then sample its memory.
 	wantAcks := uint64(streams)
 	live, err := waitAcks(p, wantAcks)
 	if err != nil {
@@ -338,8 +422,8 @@ func measureXDSFloor(ctx context.Context, res *Result, streams, conns, services,
 	if err != nil {
 		return err
 	}
-	res.Set("xds_floor_mem_per_stream_kib", (rss-baseRSS)/float64(streams)/1024)
-	res.Set("xds_floor_live_per_stream_kib", (live-baseLive)/float64(streams)/1024)
+	res.Set(api+"_floor_mem_per_stream_kib", (rss-baseRSS)/float64(streams)/1024)
+	res.Set(api+"_floor_live_per_stream_kib", (live-baseLive)/float64(streams)/1024)
 
 	// The changes, at the run's rate, one service after another.
 	perSvc := func(svc int) uint64 { return uint64(streams/services + btoi(svc < streams%services)) }
@@ -372,7 +456,7 @@ loop:
 	// Every delivery received by its stream and ACKed back to the server.
 	for deadline := time.Now().Add(time.Minute); received.Load() < uint64(streams)+deliveries; {
 		if time.Now().After(deadline) {
-			return fmt.Errorf("xDS floor: %d of %d deliveries received", received.Load()-uint64(streams), deliveries)
+			return fmt.Errorf("%s floor: %d of %d deliveries received", api, received.Load()-uint64(streams), deliveries)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -380,12 +464,15 @@ loop:
 	if err != nil {
 		return err
 	}
-	if _, err := waitAcks(p, wantAcks+deliveries); err != nil {
-		return err
+	if api == floorXDS {
+		// and every ACK back at the server.
+		if _, err := waitAcks(p, wantAcks+deliveries); err != nil {
+			return err
+		}
 	}
-	res.Set("xds_floor_changes", changes)
-	res.Set("xds_floor_deliveries", deliveries)
-	res.Set("xds_floor_cpu_us_per_delivery", (cpu1-cpu0)*1e6/float64(deliveries))
+	res.Set(api+"_floor_changes", changes)
+	res.Set(api+"_floor_deliveries", deliveries)
+	res.Set(api+"_floor_cpu_us_per_delivery", (cpu1-cpu0)*1e6/float64(deliveries))
 	return nil
 }
 
@@ -399,7 +486,7 @@ func waitAcks(p *floorProc, want uint64) (live float64, err error) {
 			return live, err
 		}
 		if time.Now().After(deadline) {
-			return 0, fmt.Errorf("xDS floor: %d of %d ACKs received", acks, want)
+			return 0, fmt.Errorf("floor: %d of %d ACKs received", acks, want)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -410,6 +497,18 @@ func btoi(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// getFloorFigures records the server's CPU per delivery and memory per
+// stream over the Get floor's (already in res).
+func getFloorFigures(res *Result) {
+	for _, k := range [][2]string{{"server_cpu_us_per_delivery", "get_floor_cpu_us_per_delivery"}, {"live_per_stream_kib", "get_floor_live_per_stream_kib"}} {
+		v, okV := res.values[k[0]].(float64)
+		fl, okF := res.values[k[1]].(float64)
+		if okV && okF && fl > 0 {
+			res.Set(k[0]+"_vs_get_floor", v/fl)
+		}
+	}
 }
 
 // xdsFloorFigures records each server's CPU per delivery and memory per
