@@ -197,6 +197,7 @@ func withFloor(figures map[string]string, more ...map[string]string) map[string]
 		"cpu_per_delivery_vs_floor":      "cpu/delivery-vs-floor",
 		"server_cpu_us_per_change":       "cpu-µs/change",
 		"cpu_per_change_vs_floor":        "cpu/change-vs-floor",
+		"get_floor_cpu_us_per_delivery":  "get-floor-µs/delivery",
 		"steal_pct":                      "steal-%",
 		"load1":                          "load1",
 	}

@@ -347,29 +347,39 @@ func measureServerFloor(ctx context.Context, res *Result, api string, streams, c
 	defer wg.Wait()
 	defer cancel()
 	synced := make(chan error, streams)
-	for i := range streams {
-		if api == floorGet {
-			client := pb.NewDestinationClient(ccs[i%conns])
+	if api == floorGet {
+		// As the fleet opens them: one goroutine per connection opens its
+		// streams one after another; each stream then reads on its own.
+		for k := range conns {
+			client := pb.NewDestinationClient(ccs[k])
 			wg.Go(func() {
-				s, err := client.Get(ctx, &pb.GetDestination{Scheme: "k8s", Path: floorName(i % services)})
-				if err != nil {
-					synced <- err
-					return
-				}
-				for first := true; ; first = false {
-					if _, err := s.Recv(); err != nil {
-						if first {
-							synced <- err
+				for i := k; i < streams; i += conns {
+					s, err := client.Get(ctx, &pb.GetDestination{Scheme: "k8s", Path: floorName(i % services)})
+					if err != nil {
+						synced <- err
+						continue
+					}
+					wg.Go(func() {
+						for first := true; ; first = false {
+							if _, err := s.Recv(); err != nil {
+								if first {
+									synced <- err
+								}
+								return
+							}
+							received.Add(1)
+							if first {
+								synced <- nil
+							}
 						}
-						return
-					}
-					received.Add(1)
-					if first {
-						synced <- nil
-					}
+					})
 				}
 			})
-			continue
+		}
+	}
+	for i := range streams {
+		if api == floorGet {
+			break
 		}
 		client := discoverygrpc.NewAggregatedDiscoveryServiceClient(ccs[i%conns])
 		wg.Go(func() {

@@ -237,9 +237,9 @@ func Run(ctx context.Context, o Options) *Result {
 		} else {
 			floorFigures(r.res, f, o.Streams, o.Services)
 		}
-		if o.Workload == "steady" && o.API != APIXDS {
+		if (o.Workload == "steady" || o.Workload == "manystreams") && o.API != APIXDS {
 			// And the least a grpc-go Get server pays per delivery at this
-			// shape: what of the server's CPU any such server pays.
+			// shape: what of the server's CPU any such server pays here.
 			r.logf("measuring the Get floor (a grpc-go server that only writes pre-encoded updates)")
 			if err := measureServerFloor(ctx, r.res, floorGet, o.Streams, o.Conns, o.Services, o.Endpoints, o.Rate, min(o.Duration, 10*time.Second)); err != nil {
 				r.res.Fail("Get floor: %v", err)
