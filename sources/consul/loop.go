@@ -55,7 +55,7 @@ type (
 
 type checkRef struct{ node, id string }
 
-type checkInfo struct{ status, service, serviceID string }
+type checkInfo struct{ status, service string }
 
 // svcState is what the loop knows of one Consul service of one datacenter.
 type svcState struct {
@@ -761,7 +761,7 @@ func (r *run) watchChecks(ctx context.Context, dc, state string) {
 			set := make(map[checkRef]checkInfo, len(checks))
 			for _, c := range checks {
 				if c != nil {
-					set[checkRef{node: c.Node, id: c.CheckID}] = checkInfo{status: c.Status, service: c.ServiceName, serviceID: c.ServiceID}
+					set[checkRef{node: c.Node, id: c.CheckID}] = checkInfo{status: c.Status, service: c.ServiceName}
 				}
 			}
 			return checksEvent{dc: dc, state: state, checks: set}
