@@ -10,14 +10,13 @@ import (
 	"github.com/tributary-mesh/tributary/discovery"
 )
 
-// addrTable finds endpoint rows by address (a Get by IP). It is not a memdb
-// index: an index costs every endpoint row a second radix-tree key, with
-// its nodes and their watch channels, and a copy of its path on every write
-// — at 1,000,000 endpoints about 450 MB, 30 % of the registry's heap, for
+// addrTable finds endpoints by address (a Get by IP). It is not a memdb
+// index: an index costs every endpoint a radix-tree key, with its nodes and
+// their watch channels, and a copy of its path on every write — at
+// 1,000,000 endpoints about 450 MB, 30 % of the registry's heap then, for
 // lookups by IP that many deployments never make. Here an address costs
-// one map entry naming the rows that have it (a row's id without the
-// address); the rows themselves, and the watch on each, come from the
-// snapshot's id index.
+// one map entry naming the service rows that have it; the rows themselves,
+// and the watch on each, come from the snapshot's id index.
 //
 // The table is written under memdb's write lock (by the writer, just before
 // Commit), so it follows the transactions in their order, and read at call
@@ -42,7 +41,7 @@ type addrTable struct {
 // 1/addrBuckets of the addresses being watched.
 const addrBuckets = 1024
 
-// rowRef names an endpoint row but for its address: its service row's id.
+// rowRef names the service row an endpoint is in: its id.
 type rowRef struct {
 	auth          discovery.Authority
 	provider, key string

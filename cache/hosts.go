@@ -10,7 +10,8 @@ import (
 // Ports returns the ports the services of host are declared with, sorted
 // and without repeats; 0 stands for a service declared for any port. The
 // host is compared in its canonical form. It adds to ws (if non-nil) a
-// channel that fires when the host's service rows change.
+// channel that fires when the host's service rows change (their endpoints
+// too: a service row holds its endpoints).
 func (sn *Snapshot) Ports(ws memdb.WatchSet, host string) []uint16 {
 	h, err := canonicalHost(host)
 	if err != nil {
@@ -28,13 +29,14 @@ func (sn *Snapshot) Ports(ws memdb.WatchSet, host string) []uint16 {
 }
 
 // Hosts returns every host some service row is declared for, sorted, each
-// once. It reads the whole services table (not the endpoints), and adds to
-// ws (if non-nil) a channel that fires whenever a service row is inserted
-// or deleted anywhere: a change of endpoints alone does not fire it, since
-// the store does not rewrite service rows that did not change.
+// once. It reads the whole services table, and adds to ws (if non-nil) a
+// channel that fires whenever a service row is inserted where there was
+// none, or deleted, anywhere: a change of a service's endpoints or
+// settings alone does not fire it.
 func (sn *Snapshot) Hosts(ws memdb.WatchSet) []string {
+	ws.Add(sn.rows)
 	var out []string
-	it := sn.get(ws, tableServices, indexHost, nil)
+	it := sn.get(nil, tableServices, indexHost, nil)
 	for obj := it.Next(); obj != nil; obj = it.Next() {
 		if h := obj.(*serviceRow).auth.Host; len(out) == 0 || out[len(out)-1] != h {
 			out = append(out, h)

@@ -45,3 +45,33 @@ func TestPortsAndHosts(t *testing.T) {
 		t.Fatal("hosts watch did not fire for a new service")
 	}
 }
+
+// The hosts watch fires when a service row goes, by a hand-over or by
+// dropping its provider, and for a snapshot taken before the change.
+func TestHostsWatchFiresWhenARowGoes(t *testing.T) {
+	s := New()
+	apply(t, s, "a", group("k", svc("web.demo:80", ep("10.0.0.1:80"))), group("k2", svc("api.demo:80")))
+	apply(t, s, "b", group("k", svc("db.demo:5432")))
+	for _, step := range []struct {
+		what   string
+		change func()
+	}{
+		{"a service row withdrawn", func() { apply(t, s, "a", group("k2")) }},
+		{"its provider dropped", func() {
+			if _, err := s.DropProvider("b"); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		sn := s.Snapshot()
+		ws := memdb.NewWatchSet()
+		sn.Hosts(ws)
+		step.change()
+		if !watchFired(ws) {
+			t.Errorf("%s: the hosts watch did not fire", step.what)
+		}
+	}
+	if got := s.Snapshot().Hosts(nil); !slices.Equal(got, []string{"web.demo"}) {
+		t.Fatalf("hosts %v", got)
+	}
+}

@@ -2,7 +2,6 @@ package cache
 
 import (
 	"fmt"
-	"net/netip"
 	"time"
 
 	"github.com/hashicorp/go-memdb"
@@ -11,40 +10,45 @@ import (
 )
 
 const (
-	tableServices  = "services"
-	tableEndpoints = "endpoints"
+	// tableServices holds the service rows, each with its endpoints. An
+	// endpoint is not a row of its own: a row costs go-memdb a key in each
+	// index, its radix-tree nodes and their watch channels, about 580 bytes
+	// at 1,000,000 endpoints, against the 8 of a pointer in its service's
+	// row.
+	tableServices = "services"
 	// tableHosts holds one versionRow per host that has ever had rows.
 	tableHosts = "hosts"
 
 	// indexID is memdb's primary index: (provider, key, host, port) for a
-	// service; (host, port, provider, key, address) for an endpoint, so that
-	// its prefix reads by host, by authority and by service (idPrefix)
-	// replace a host index.
+	// service. Its prefix form takes a groupPrefix: a groupQuery (every row
+	// of one group key) or a providerQuery (every row of one provider) —
+	// what a group index would answer, without a third key for every row
+	// to copy on every write.
 	indexID = "id"
 	// indexHost (services only): (host, port), read with an authQuery; its
 	// prefix form takes a hostQuery and matches every port of that host.
 	indexHost = "host"
-	// indexGroup: (provider, key), read with a groupQuery; its prefix form
-	// takes a providerQuery and matches every key of exactly that provider.
 	// Endpoints by address: the addrTable, not an index.
-	indexGroup = "group"
 
 	prefix = "_prefix"
 )
 
 // serviceRow is one provider's assertion, under one group key, that an
-// authority exists. Rows are immutable once inserted.
+// authority exists, with its endpoints. Rows are immutable once inserted: a
+// change of one endpoint is a new row, which shares the unchanged endpoint
+// rows of the one it replaces.
 type serviceRow struct {
 	provider, key string
 	auth          discovery.Authority
 	opaque        bool
 	profile       *discovery.Profile            // shared with the source; nil: none
 	clients       map[string]*discovery.Profile // ClientProfiles, shared with the source
+	eps           []*endpointRow                // sorted by address, unique
 }
 
 // endpointRow is one endpoint of a service row; ep.Source and ep.Key hold
-// the provider and the group key. Rows are immutable once inserted, and
-// readers are handed &row.ep.
+// the provider and the group key. Endpoint rows are immutable, shared by
+// the service rows that have them, and readers are handed &row.ep.
 type endpointRow struct {
 	auth discovery.Authority
 	ep   discovery.Endpoint
@@ -71,10 +75,7 @@ type (
 		provider, key string
 		auth          discovery.Authority
 	}
-	endpointID struct {
-		serviceID
-		addr netip.AddrPort
-	}
+	// groupQuery selects the rows of one group key of one provider.
 	groupQuery struct{ provider, key string }
 	// providerQuery selects every group of one provider.
 	providerQuery string
@@ -82,29 +83,22 @@ type (
 	hostQuery string
 )
 
-// authQuery selects the rows of one (host, port). Service reads pass the
-// same argument to both tables.
+// authQuery selects the rows of one (host, port).
 type authQuery discovery.Authority
 
-// idPrefix is a prefix of endpoint ids made of whole components: every
-// port of a host (hostQuery), one authority (authQuery), or the endpoints of
-// one service row (*serviceRow: its host, port, provider and key).
-type idPrefix interface{ idPrefix() []byte }
+// groupPrefix is a prefix of service ids made of whole components.
+type groupPrefix interface{ groupPrefix() []byte }
 
-func (h hostQuery) idPrefix() []byte { return appendString(nil, string(h)) }
-func (a authQuery) idPrefix() []byte { return appendHostPort(nil, discovery.Authority(a)) }
-func (r *serviceRow) idPrefix() []byte {
-	return appendServicePrefix(nil, r.auth, r.provider, r.key)
-}
+func (q groupQuery) groupPrefix() []byte    { return appendGroup(nil, q.provider, q.key) }
+func (p providerQuery) groupPrefix() []byte { return appendString(nil, string(p)) }
 
 // schema is the registry's memdb schema. Strings in keys end in a NUL byte
 // (Apply rejects NUL inside them), so "consul/dc1" never prefixes
 // "consul/dc10"; ports are two bytes big-endian.
 func schema() *memdb.DBSchema {
 	return &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
-		tableServices:  servicesTableSchema(),
-		tableEndpoints: endpointsTableSchema(),
-		tableHosts:     hostsTableSchema(),
+		tableServices: servicesTableSchema(),
+		tableHosts:    hostsTableSchema(),
 	}}
 }
 
@@ -115,9 +109,12 @@ func servicesTableSchema() *memdb.TableSchema {
 			indexID: {
 				Name:   indexID,
 				Unique: true,
-				Indexer: index[serviceID, *serviceRow]{
-					query:  func(q serviceID) []byte { return appendServiceID(nil, q.provider, q.key, q.auth) },
-					object: func(r *serviceRow) []byte { return appendServiceID(nil, r.provider, r.key, r.auth) },
+				Indexer: prefixIndex[serviceID, groupPrefix, *serviceRow]{
+					index: index[serviceID, *serviceRow]{
+						query:  func(q serviceID) []byte { return appendServiceID(nil, q.provider, q.key, q.auth) },
+						object: func(r *serviceRow) []byte { return appendServiceID(nil, r.provider, r.key, r.auth) },
+					},
+					prefix: func(p groupPrefix) []byte { return p.groupPrefix() },
 				},
 			},
 			indexHost: {
@@ -130,18 +127,6 @@ func servicesTableSchema() *memdb.TableSchema {
 						},
 					},
 					prefix: func(h hostQuery) []byte { return appendString(nil, string(h)) },
-				},
-			},
-			indexGroup: {
-				Name: indexGroup,
-				Indexer: prefixIndex[groupQuery, providerQuery, *serviceRow]{
-					index: index[groupQuery, *serviceRow]{
-						query: func(q groupQuery) []byte { return appendGroup(nil, q.provider, q.key) },
-						object: func(r *serviceRow) []byte {
-							return appendGroup(make([]byte, 0, groupLen(r.provider, r.key)+serviceIDLen(r)), r.provider, r.key)
-						},
-					},
-					prefix: func(p providerQuery) []byte { return appendString(nil, string(p)) },
 				},
 			},
 		},
@@ -158,34 +143,6 @@ func hostsTableSchema() *memdb.TableSchema {
 				Indexer: index[hostQuery, *versionRow]{
 					query:  func(h hostQuery) []byte { return appendString(nil, string(h)) },
 					object: func(r *versionRow) []byte { return appendString(nil, r.host) },
-				},
-			},
-		},
-	}
-}
-
-func endpointsTableSchema() *memdb.TableSchema {
-	return &memdb.TableSchema{
-		Name: tableEndpoints,
-		Indexes: map[string]*memdb.IndexSchema{
-			// The id starts with the authority: its prefix reads answer the
-			// reads by host and by authority, which would otherwise need a
-			// host index costing every row another key of the id's length,
-			// its radix nodes and their copies on every write. Reads by
-			// group or provider find the service rows first (an endpoint
-			// row never exists without its service row), then read each
-			// service's endpoints by id prefix.
-			indexID: {
-				Name:   indexID,
-				Unique: true,
-				Indexer: prefixIndex[endpointID, idPrefix, *endpointRow]{
-					index: index[endpointID, *endpointRow]{
-						query: func(q endpointID) []byte {
-							return appendAddr(appendServicePrefix(nil, q.auth, q.provider, q.key), q.addr)
-						},
-						object: func(r *endpointRow) []byte { return appendEndpointID(nil, r) },
-					},
-					prefix: func(q idPrefix) []byte { return q.idPrefix() },
 				},
 			},
 		},
@@ -262,52 +219,4 @@ func appendServiceID(b []byte, provider, key string, a discovery.Authority) []by
 		b = make([]byte, 0, groupLen(provider, key)+hostPortLen(a))
 	}
 	return appendHostPort(appendGroup(b, provider, key), a)
-}
-
-// appendServicePrefix appends the prefix shared by the endpoint ids of one
-// service row: host, port, provider, key.
-func appendServicePrefix(b []byte, a discovery.Authority, provider, key string) []byte {
-	if b == nil {
-		b = make([]byte, 0, hostPortLen(a)+groupLen(provider, key))
-	}
-	return appendGroup(appendHostPort(b, a), provider, key)
-}
-
-func endpointIDLen(r *endpointRow) int {
-	return hostPortLen(r.auth) + groupLen(r.ep.Source, r.ep.Key) + addrLen(r.ep.Addr)
-}
-
-func appendEndpointID(b []byte, r *endpointRow) []byte {
-	if b == nil {
-		b = make([]byte, 0, endpointIDLen(r))
-	}
-	return appendAddr(appendServicePrefix(b, r.auth, r.ep.Source, r.ep.Key), r.ep.Addr)
-}
-
-// An address is a family byte (4 or 6, so 1.2.3.4 and ::ffff:1.2.3.4 stay
-// distinct), its 4 or 16 bytes (the family byte says which, so keys stay
-// prefix-free), the port, and the zone as a terminated string. IPv4 keys
-// are 12 bytes shorter than the 16-byte form would make them: shorter
-// radix-tree keys to store and compare in the id index.
-func addrLen(a netip.AddrPort) int {
-	n := 16
-	if a.Addr().Is4() {
-		n = 4
-	}
-	return 1 + n + 2 + len(a.Addr().Zone()) + 1
-}
-
-func appendAddr(b []byte, a netip.AddrPort) []byte {
-	ip := a.Addr()
-	if ip.Is4() {
-		a4 := ip.As4()
-		b = append(b, 4)
-		b = append(b, a4[:]...)
-	} else {
-		a16 := ip.As16()
-		b = append(b, 6)
-		b = append(b, a16[:]...)
-	}
-	b = appendPort(b, a.Port())
-	return appendString(b, ip.Zone())
 }

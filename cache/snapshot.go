@@ -21,6 +21,7 @@ import (
 type Snapshot struct {
 	txn   *memdb.Txn
 	addrs *addrTable
+	rows  <-chan struct{} // Store.rows when the snapshot was taken
 }
 
 // ServiceState is what the registry holds for one requested authority.
@@ -98,9 +99,7 @@ func (sn *Snapshot) Service(ws memdb.WatchSet, a discovery.Authority) ServiceSta
 		v := raw.(*versionRow)
 		st.Version, st.Changed = v.version, v.changed
 	}
-	// Endpoint ids start with the authority: their prefix reads take the
-	// argument of the services' host index.
-	visit := func(svcIndex string, q idPrefix) {
+	visit := func(svcIndex string, q any) {
 		it := sn.get(ws, tableServices, svcIndex, q)
 		for obj := it.Next(); obj != nil; obj = it.Next() {
 			r := obj.(*serviceRow)
@@ -109,10 +108,7 @@ func (sn *Snapshot) Service(ws memdb.WatchSet, a discovery.Authority) ServiceSta
 			if st.Profile == nil && st.ClientProfiles == nil {
 				st.Profile, st.ClientProfiles = r.profile, r.clients
 			}
-		}
-		it = sn.get(ws, tableEndpoints, indexID+prefix, q)
-		for obj := it.Next(); obj != nil; obj = it.Next() {
-			rows = append(rows, obj.(*endpointRow))
+			rows = append(rows, r.eps...)
 		}
 	}
 	if a.Port == 0 {
@@ -157,14 +153,17 @@ func (sn *Snapshot) EndpointsByAddr(ws memdb.WatchSet, addr netip.AddrPort) []Ad
 	ws.Add(bell)
 	var out []AddrMatch
 	for _, ref := range refs {
-		watch, obj, err := sn.txn.FirstWatch(tableEndpoints, indexID, endpointID{serviceID{provider: ref.provider, key: ref.key, auth: ref.auth}, addr})
+		watch, obj, err := sn.txn.FirstWatch(tableServices, indexID, serviceID{provider: ref.provider, key: ref.key, auth: ref.auth})
 		if err != nil {
 			panic("cache: " + err.Error())
 		}
 		ws.Add(watch)
-		if obj != nil {
-			r := obj.(*endpointRow)
-			out = append(out, AddrMatch{Authority: r.auth, Endpoint: &r.ep})
+		if obj == nil {
+			continue
+		}
+		eps := obj.(*serviceRow).eps
+		if i, ok := slices.BinarySearchFunc(eps, addr, func(r *endpointRow, a netip.AddrPort) int { return r.ep.Addr.Compare(a) }); ok {
+			out = append(out, AddrMatch{Authority: eps[i].auth, Endpoint: &eps[i].ep})
 		}
 	}
 	slices.SortFunc(out, func(x, y AddrMatch) int {
@@ -184,19 +183,14 @@ func (sn *Snapshot) EndpointsByAddr(ws memdb.WatchSet, addr netip.AddrPort) []Ad
 // is meant for the admin API, not for a hot path.
 func (sn *Snapshot) Dump() []ServiceRow {
 	var out []ServiceRow
-	at := map[serviceID]int{}
 	it := sn.get(nil, tableServices, indexID, nil)
 	for obj := it.Next(); obj != nil; obj = it.Next() {
 		r := obj.(*serviceRow)
-		at[serviceID{provider: r.provider, key: r.key, auth: r.auth}] = len(out)
-		out = append(out, ServiceRow{Provider: r.provider, Key: r.key, Authority: r.auth, Opaque: r.opaque, Profile: r.profile, Clients: r.clients})
-	}
-	it = sn.get(nil, tableEndpoints, indexID, nil)
-	for obj := it.Next(); obj != nil; obj = it.Next() {
-		r := obj.(*endpointRow)
-		if i, ok := at[serviceID{provider: r.ep.Source, key: r.ep.Key, auth: r.auth}]; ok {
-			out[i].Endpoints = append(out[i].Endpoints, &r.ep)
+		row := ServiceRow{Provider: r.provider, Key: r.key, Authority: r.auth, Opaque: r.opaque, Profile: r.profile, Clients: r.clients}
+		for _, e := range r.eps {
+			row.Endpoints = append(row.Endpoints, &e.ep)
 		}
+		out = append(out, row)
 	}
 	slices.SortFunc(out, func(x, y ServiceRow) int {
 		if c := cmpAuth(x.Authority, y.Authority); c != 0 {
@@ -207,9 +201,6 @@ func (sn *Snapshot) Dump() []ServiceRow {
 		}
 		return strings.Compare(x.Key, y.Key)
 	})
-	for i := range out {
-		slices.SortFunc(out[i].Endpoints, func(x, y *discovery.Endpoint) int { return x.Addr.Compare(y.Addr) })
-	}
 	return out
 }
 
@@ -228,14 +219,8 @@ func (sn *Snapshot) Providers() map[string]ProviderStats {
 			st.Keys++
 			lastProvider, lastKey = r.provider, r.key
 		}
+		st.Endpoints += len(r.eps)
 		out[r.provider] = st
-	}
-	it = sn.get(nil, tableEndpoints, indexID, nil)
-	for obj := it.Next(); obj != nil; obj = it.Next() {
-		r := obj.(*endpointRow)
-		st := out[r.ep.Source]
-		st.Endpoints++
-		out[r.ep.Source] = st
 	}
 	return out
 }

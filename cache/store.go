@@ -1,8 +1,8 @@
 // Package cache is Tributary's registry: every source's groups, stored in
-// go-memdb. Service rows are indexed by (provider, group key) and by host;
-// endpoint rows by an id that starts with the authority (so host reads are
-// id prefix reads) and by address. Endpoint rows are reached by group or
-// provider through their service rows.
+// go-memdb. A service row — one provider's assertion of an authority under
+// one group key — holds its endpoints; rows are indexed by id (provider,
+// group key, host, port; its prefixes read a group or a provider) and by
+// host. Endpoints are found by address through a side table (addrs.go).
 //
 // Writes come from the manager through Apply and DropProvider and are
 // serialised. Reads go through a Snapshot, a lock-free MVCC view, and take a
@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-memdb"
@@ -33,6 +34,11 @@ var ErrInvalid = errors.New("invalid registry input")
 type Store struct {
 	db    *memdb.MemDB
 	addrs *addrTable
+	// rows is closed, and replaced, after a commit that inserted a service
+	// row where there was none or deleted one: what Snapshot.Hosts
+	// watches, since a change of endpoints also rewrites its service row.
+	rowsMu sync.Mutex
+	rows   chan struct{}
 	// version counts the transactions that changed something. Only written
 	// inside a write transaction, which memdb serialises.
 	version uint64
@@ -44,7 +50,7 @@ func New() *Store {
 	if err != nil {
 		panic("cache: invalid schema: " + err.Error())
 	}
-	return &Store{db: db, addrs: newAddrTable()}
+	return &Store{db: db, addrs: newAddrTable(), rows: make(chan struct{})}
 }
 
 // Apply writes the groups of one provider (a source instance name) and
@@ -191,6 +197,9 @@ func (s *Store) applyPlans(provider string, plans []groupPlan, order [][]int, at
 	}
 	s.addrs.apply(w.addrs)
 	txn.Commit()
+	if w.rowsAddedOrDeleted {
+		s.ringRows()
+	}
 	return true, order, nil
 }
 
@@ -223,7 +232,7 @@ func (s *Store) independent(provider string, plans []groupPlan) [][]int {
 	txn := s.db.Txn(false)
 	// A provider's first hand-over (a source's initial state) has no rows
 	// to look up.
-	held, err := txn.First(tableServices, indexGroup+prefix, providerQuery(provider))
+	held, err := txn.First(tableServices, indexID+prefix, providerQuery(provider))
 	if err != nil {
 		panic("cache: " + err.Error())
 	}
@@ -237,7 +246,7 @@ func (s *Store) independent(provider string, plans []groupPlan) [][]int {
 			continue
 		}
 		args[0] = groupQuery{provider: provider, key: p.key}
-		it, err := txn.Get(tableServices, indexGroup, args...)
+		it, err := txn.Get(tableServices, indexID+prefix, args...)
 		if err != nil {
 			panic("cache: " + err.Error())
 		}
@@ -277,7 +286,7 @@ func (s *Store) Keys(provider string) []string {
 	if checkName("provider", provider) != nil {
 		return nil
 	}
-	it, err := s.db.Txn(false).Get(tableServices, indexGroup+prefix, providerQuery(provider))
+	it, err := s.db.Txn(false).Get(tableServices, indexID+prefix, providerQuery(provider))
 	if err != nil {
 		panic("cache: " + err.Error())
 	}
@@ -299,28 +308,20 @@ func (s *Store) DropProvider(provider string) (changed bool, err error) {
 	txn := s.db.Txn(true)
 	defer txn.Abort()
 	// Rows are collected before deleting: a write txn's iterator must not
-	// outlive a modification. Endpoints are found through their service
-	// rows, which every endpoint row has (see syncGroup).
-	svcs, err := appendRows[*serviceRow](nil, txn, tableServices, indexGroup+prefix, providerQuery(provider))
-	if err != nil {
-		return false, fmt.Errorf("source %q: %w", provider, err)
-	}
-	eps, err := appendEndpointsOf(nil, txn, svcs, make([]any, 1))
+	// outlive a modification. A service row holds its endpoints.
+	svcs, err := appendRows[*serviceRow](nil, txn, tableServices, indexID+prefix, providerQuery(provider))
 	if err != nil {
 		return false, fmt.Errorf("source %q: %w", provider, err)
 	}
 	touched := map[string]struct{}{}
-	addrs := make([]addrChange, 0, len(eps))
-	for _, r := range eps {
-		if err := txn.Delete(tableEndpoints, r); err != nil {
-			return false, fmt.Errorf("source %q: %w", provider, err)
-		}
-		addrs = append(addrs, addrChange{addr: r.ep.Addr, ref: r.ref()})
-	}
+	var addrs []addrChange
 	for _, r := range svcs {
 		touched[r.auth.Host] = struct{}{}
 		if err := txn.Delete(tableServices, r); err != nil {
 			return false, fmt.Errorf("source %q: %w", provider, err)
+		}
+		for _, e := range r.eps {
+			addrs = append(addrs, addrChange{addr: e.ep.Addr, ref: e.ref()})
 		}
 	}
 	if len(touched) == 0 {
@@ -331,22 +332,18 @@ func (s *Store) DropProvider(provider string) (changed bool, err error) {
 	}
 	s.addrs.apply(addrs)
 	txn.Commit()
+	s.ringRows()
 	return true, nil
 }
 
-// appendEndpointsOf appends the endpoint rows of the service rows svcs, read
-// by id prefix: an endpoint row never exists without its service row, since
-// syncGroup writes and deletes them together. args is a one-element
-// scratch slice for Get's variadic argument.
-func appendEndpointsOf(eps []*endpointRow, txn *memdb.Txn, svcs []*serviceRow, args []any) ([]*endpointRow, error) {
-	var err error
-	for _, r := range svcs {
-		args[0] = idPrefix(r)
-		if eps, err = appendRows(eps, txn, tableEndpoints, indexID+prefix, args...); err != nil {
-			return eps, err
-		}
-	}
-	return eps, nil
+// ringRows wakes the readers of the set of service rows. After the commit:
+// a reader takes the bell before its snapshot (Store.Snapshot), so one that
+// took the new bell has a snapshot with the commit.
+func (s *Store) ringRows() {
+	s.rowsMu.Lock()
+	defer s.rowsMu.Unlock()
+	close(s.rows)
+	s.rows = make(chan struct{})
 }
 
 // appendRows appends to rows the rows of txn.Get(table, index, args...).
@@ -364,7 +361,10 @@ func appendRows[R any](rows []R, txn *memdb.Txn, table, index string, args ...an
 // Snapshot returns a consistent read-only view of the registry. It is cheap
 // and never blocks writers; later writes do not show in it.
 func (s *Store) Snapshot() *Snapshot {
-	return &Snapshot{txn: s.db.Txn(false), addrs: s.addrs}
+	s.rowsMu.Lock()
+	rows := s.rows
+	s.rowsMu.Unlock()
+	return &Snapshot{txn: s.db.Txn(false), addrs: s.addrs, rows: rows}
 }
 
 // Planning: validate and normalise a whole Apply before the write lock.
@@ -534,12 +534,14 @@ func checkAddr(a netip.AddrPort) error {
 type writer struct {
 	txn      *memdb.Txn
 	provider string
-	writes   int            // rows inserted or deleted
-	oldSvcs  []*serviceRow  // scratch, reused across groups
-	oldEps   []*endpointRow // scratch, reused across groups
-	args     []any          // scratch: Get's variadic argument, reused
+	writes   int           // rows inserted or deleted
+	oldSvcs  []*serviceRow // scratch, reused across groups
+	args     []any         // scratch: Get's variadic argument, reused
 	touched  map[string]struct{}
 	addrs    []addrChange // endpoint rows inserted and deleted, for the addrTable
+	// rowsAddedOrDeleted: a service row was inserted where there was none,
+	// or deleted (Store.rows).
+	rowsAddedOrDeleted bool
 }
 
 // touch records that a row of host changed.
@@ -557,28 +559,16 @@ func (w *writer) syncGroup(p *groupPlan) (changed bool, err error) {
 	w.args[0] = groupQuery{provider: w.provider, key: p.key}
 
 	// Rows are collected before writing: a write txn's iterator must not
-	// outlive a modification. Endpoint rows are found through the group's
-	// service rows: plan gives every endpoint the service it came with and
-	// the loops below write both, so an endpoint row never exists without
-	// its service row.
-	w.oldSvcs, err = appendRows(w.oldSvcs[:0], w.txn, tableServices, indexGroup, w.args...)
+	// outlive a modification.
+	w.oldSvcs, err = appendRows(w.oldSvcs[:0], w.txn, tableServices, indexID+prefix, w.args...)
 	if err != nil {
 		return false, err
 	}
-	if cap(w.oldEps) < len(p.eps) {
-		w.oldEps = make([]*endpointRow, 0, len(p.eps)) // usually what the group had
-	}
-	if w.oldEps, err = appendEndpointsOf(w.oldEps[:0], w.txn, w.oldSvcs, w.args); err != nil {
-		return false, err
-	}
 	// The index yields rows in (nearly always exactly) this order, so the
-	// sorts are linear; they keep the merge correct regardless.
+	// sort is linear; it keeps the merge correct regardless.
 	slices.SortFunc(w.oldSvcs, func(a, b *serviceRow) int { return cmpAuth(a.auth, b.auth) })
-	slices.SortFunc(w.oldEps, func(a, b *endpointRow) int {
-		return cmpEndpointKey(a.auth, a.ep.Addr, b.auth, b.ep.Addr)
-	})
 
-	old, want := w.oldSvcs, p.svcs
+	old, want, eps := w.oldSvcs, p.svcs, p.eps
 	for i, j := 0, 0; i < len(old) || j < len(want); {
 		var c int
 		switch {
@@ -589,69 +579,113 @@ func (w *writer) syncGroup(p *groupPlan) (changed bool, err error) {
 		default:
 			c = cmpAuth(old[i].auth, want[j].auth)
 		}
-		switch {
-		case c < 0:
+		if c < 0 {
 			w.touch(old[i].auth.Host)
-			err = w.txn.Delete(tableServices, old[i])
+			if err := w.txn.Delete(tableServices, old[i]); err != nil {
+				return false, err
+			}
+			w.noteEndpoints(old[i].eps, nil)
+			w.rowsAddedOrDeleted = true
+			w.writes++
+			changed = true
 			i++
-		case c > 0:
-			w.touch(want[j].auth.Host)
-			err = w.txn.Insert(tableServices, &serviceRow{provider: w.provider, key: p.key, auth: want[j].auth, opaque: want[j].opaque, profile: want[j].profile, clients: want[j].clients})
-			j++
-		case old[i].opaque == want[j].opaque && old[i].profile.Equal(want[j].profile) &&
-			discovery.SameProfiles(old[i].clients, want[j].clients):
-			i, j = i+1, j+1
 			continue
-		default:
-			w.touch(want[j].auth.Host)
-			err = w.txn.Insert(tableServices, &serviceRow{provider: w.provider, key: p.key, auth: want[j].auth, opaque: want[j].opaque, profile: want[j].profile, clients: want[j].clients})
-			i, j = i+1, j+1
 		}
-		if err != nil {
+		// want[j]'s endpoints: p.eps is sorted by authority, then address.
+		n := 0
+		for n < len(eps) && eps[n].auth == want[j].auth {
+			n++
+		}
+		mine := eps[:n]
+		eps = eps[n:]
+		var prev *serviceRow
+		if c == 0 {
+			prev = old[i]
+			i++
+		}
+		j++
+		r, same := w.serviceRow(p.key, &want[j-1], mine, prev)
+		if same {
+			continue
+		}
+		w.touch(r.auth.Host)
+		if err := w.txn.Insert(tableServices, r); err != nil {
 			return false, err
 		}
-		w.writes++
-		changed = true
-	}
-
-	oldE, wantE := w.oldEps, p.eps
-	for i, j := 0, 0; i < len(oldE) || j < len(wantE); {
-		var c int
-		switch {
-		case i == len(oldE):
-			c = 1
-		case j == len(wantE):
-			c = -1
-		default:
-			c = cmpEndpointKey(oldE[i].auth, oldE[i].ep.Addr, wantE[j].auth, wantE[j].ep.Addr)
+		var before []*endpointRow
+		if prev != nil {
+			before = prev.eps
+		} else {
+			w.rowsAddedOrDeleted = true
 		}
-		switch {
-		case c < 0:
-			w.touch(oldE[i].auth.Host)
-			err = w.txn.Delete(tableEndpoints, oldE[i])
-			w.addrs = append(w.addrs, addrChange{addr: oldE[i].ep.Addr, ref: oldE[i].ref()})
-			i++
-		case c > 0:
-			w.touch(wantE[j].auth.Host)
-			r := w.endpointRow(p.key, &wantE[j])
-			err = w.txn.Insert(tableEndpoints, r)
-			w.addrs = append(w.addrs, addrChange{addr: r.ep.Addr, ref: r.ref(), add: true})
-			j++
-		case sameEndpoint(&oldE[i].ep, wantE[j].ep, w.provider, p.key):
-			i, j = i+1, j+1
-			continue
-		default:
-			w.touch(wantE[j].auth.Host)
-			err = w.txn.Insert(tableEndpoints, w.endpointRow(p.key, &wantE[j]))
-			i, j = i+1, j+1
-		}
-		if err != nil {
-			return false, err
-		}
+		w.noteEndpoints(before, r.eps)
 		w.writes++
 		changed = true
 	}
 	return changed, nil
+}
+
+// serviceRow returns the row to store for a wanted service with its
+// endpoints (sorted by address, unique), reusing the endpoint rows of prev
+// (the row it replaces, or nil) that did not change; same reports that
+// prev is already exactly that.
+func (w *writer) serviceRow(key string, want *svcWant, eps []epWant, prev *serviceRow) (r *serviceRow, same bool) {
+	sameSvc := prev != nil && prev.opaque == want.opaque && prev.profile.Equal(want.profile) &&
+		discovery.SameProfiles(prev.clients, want.clients)
+	var rows []*endpointRow
+	if len(eps) > 0 {
+		rows = make([]*endpointRow, len(eps))
+	}
+	var before []*endpointRow
+	if prev != nil {
+		before = prev.eps
+	}
+	sameEps := len(before) == len(eps)
+	k := 0
+	for n := range eps {
+		for k < len(before) && before[k].ep.Addr.Compare(eps[n].ep.Addr) < 0 {
+			k++
+		}
+		if k < len(before) && before[k].ep.Addr == eps[n].ep.Addr && sameEndpoint(&before[k].ep, eps[n].ep, w.provider, key) {
+			rows[n] = before[k]
+			continue
+		}
+		sameEps = false
+		rows[n] = w.endpointRow(key, &eps[n])
+	}
+	if sameSvc && sameEps {
+		return prev, true
+	}
+	return &serviceRow{provider: w.provider, key: key, auth: want.auth, opaque: want.opaque,
+		profile: want.profile, clients: want.clients, eps: rows}, false
+}
+
+// noteEndpoints records, for the addrTable, the addresses a row replacing
+// one with endpoints before (nil: none) gains and loses. Both are sorted by
+// address.
+func (w *writer) noteEndpoints(before, after []*endpointRow) {
+	i, j := 0, 0
+	for i < len(before) || j < len(after) {
+		var c int
+		switch {
+		case i == len(before):
+			c = 1
+		case j == len(after):
+			c = -1
+		default:
+			c = before[i].ep.Addr.Compare(after[j].ep.Addr)
+		}
+		switch {
+		case c < 0:
+			w.addrs = append(w.addrs, addrChange{addr: before[i].ep.Addr, ref: before[i].ref()})
+			i++
+		case c > 0:
+			w.addrs = append(w.addrs, addrChange{addr: after[j].ep.Addr, ref: after[j].ref(), add: true})
+			j++
+		default:
+			i, j = i+1, j+1
+		}
+	}
 }
 
 // sameEndpoint reports whether stored is what storing in would produce.
