@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -205,7 +204,7 @@ func serve(ctx context.Context, cfg *config, logger *slog.Logger, pprofOn bool) 
 	adminHandler := admin.New(admin.Options{
 		Store: store, Status: mgr.Status, Gatherer: reg, Synced: mgr.Synced(), Version: version, Pprof: pprofOn,
 		Federation: fed, Panicking: tracker.Panicking, HealthCheck: checkType(cfg.Checks.Sources),
-		Checks: checkReader{checker},
+		Checks: checker,
 	})
 
 	grpcLn, err := net.Listen("tcp", cfg.Server.Listen)
@@ -425,28 +424,14 @@ func checkType(sources map[string]*activehealth.Checks) func(string, discovery.A
 	}
 }
 
-// checkReader lets the admin API read what the active checks found of an
-// endpoint (why a checked endpoint is critical).
-type checkReader struct{ c *activehealth.Checker }
-
-func (r checkReader) CheckState(source string, a discovery.Authority, addr netip.AddrPort) (admin.CheckState, bool) {
-	st, ok := r.c.CheckState(source, a, addr)
-	return admin.CheckState{
-		Type: st.Type, Target: st.Target, Verdict: st.Verdict,
-		LastCheck: st.LastCheck, LastError: st.LastError, LastErrorTime: st.LastErrorTime,
-		ConsecutiveFailures: st.ConsecutiveFailures, ConsecutiveSuccesses: st.ConsecutiveSuccesses,
-		HeldDownUntil: st.HeldDownUntil,
-	}, ok
-}
-
 // setMemoryLimit gives the Go runtime a soft memory limit of ratio times the
 // container's memory limit (the cgroup's, v2 or v1), as Prometheus's
 // auto-gomemlimit does, unless the GOMEMLIMIT or AUTOMEMLIMIT environment
 // variables say otherwise (automemlimit's rules). The registry's heap grows
-// with the estate and Go collects at twice the live heap by default: at a
-// million endpoints that is past a 2.5 GiB container's limit, and the
-// kernel kills the replica rather than the collector running sooner.
-// Outside a container with a limit nothing changes.
+// with the estate and Go collects at twice the live heap by default: a
+// replica holding more than about half its container's limit would be
+// killed by the kernel before the collector ran. Outside a container with
+// a limit nothing changes.
 func setMemoryLimit(ratio float64, logger *slog.Logger) {
 	if ratio == 0 {
 		return

@@ -10,7 +10,6 @@ import (
 	"net/http/pprof"
 	"net/netip"
 	"sync/atomic"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -53,21 +52,7 @@ type Options struct {
 // source's endpoint addr under authority a. ok is false when no check
 // covers it.
 type CheckReader interface {
-	CheckState(source string, a discovery.Authority, addr netip.AddrPort) (CheckState, bool)
-}
-
-// CheckState is what an endpoint's active check found (the checker's
-// view, before it is combined with the source's health).
-type CheckState struct {
-	Type                 string
-	Target               netip.AddrPort
-	Verdict              discovery.Health
-	LastCheck            time.Time
-	LastError            string
-	LastErrorTime        time.Time
-	ConsecutiveFailures  int
-	ConsecutiveSuccesses int
-	HeldDownUntil        time.Time
+	CheckState(source string, a discovery.Authority, addr netip.AddrPort) (discovery.CheckState, bool)
 }
 
 // Handler is the admin HTTP handler. SetDraining makes /readyz fail, which

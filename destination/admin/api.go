@@ -690,7 +690,7 @@ func (h *Handler) apiService(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, v)
 }
 
-func checkAPI(cs CheckState) *CheckAPI {
+func checkAPI(cs discovery.CheckState) *CheckAPI {
 	return &CheckAPI{
 		Type: cs.Type, Target: cs.Target.String(), Verdict: cs.Verdict.String(),
 		LastCheck: cs.LastCheck.UTC(), LastError: cs.LastError, LastErrorTime: cs.LastErrorTime.UTC(),

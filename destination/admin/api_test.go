@@ -321,9 +321,9 @@ func TestStatusPageHeaders(t *testing.T) {
 }
 
 // fakeChecks is a CheckReader with fixed states, by "source address".
-type fakeChecks map[string]CheckState
+type fakeChecks map[string]discovery.CheckState
 
-func (f fakeChecks) CheckState(source string, _ discovery.Authority, addr netip.AddrPort) (CheckState, bool) {
+func (f fakeChecks) CheckState(source string, _ discovery.Authority, addr netip.AddrPort) (discovery.CheckState, bool) {
 	st, ok := f[source+" "+addr.String()]
 	return st, ok
 }
@@ -462,9 +462,9 @@ func TestLargestServicesFollowChanges(t *testing.T) {
 
 // checksByAuthority is a CheckReader that knows endpoints under the exact
 // authority they were asserted under, as the health checker does.
-type checksByAuthority map[discovery.Authority]CheckState
+type checksByAuthority map[discovery.Authority]discovery.CheckState
 
-func (f checksByAuthority) CheckState(_ string, a discovery.Authority, _ netip.AddrPort) (CheckState, bool) {
+func (f checksByAuthority) CheckState(_ string, a discovery.Authority, _ netip.AddrPort) (discovery.CheckState, bool) {
 	st, ok := f[a]
 	return st, ok
 }

@@ -2,36 +2,13 @@ package health
 
 import (
 	"net/netip"
-	"time"
 
 	"github.com/tributary-mesh/tributary/discovery"
 )
 
-// CheckState is what the checker knows of one endpoint's active check,
-// for the admin API: why an endpoint the check evicts is critical.
-type CheckState struct {
-	// Type is the check's type (CheckTCP, CheckHTTP, CheckGRPC).
-	Type string
-	// Target is the address probed: the endpoint's, or its host with the
-	// check's port.
-	Target netip.AddrPort
-	// Verdict is the check's own verdict (HealthUnknown until the first
-	// check ends), before it is combined with the source's health.
-	Verdict discovery.Health
-	// LastCheck is when the last check ended; zero: none yet.
-	LastCheck time.Time
-	// LastError is the last failed check's error, and LastErrorTime when it
-	// ended; they stay after later checks pass ("" and zero: none failed).
-	LastError     string
-	LastErrorTime time.Time
-	// ConsecutiveFailures and ConsecutiveSuccesses count the latest
-	// results in a row (one of them is 0).
-	ConsecutiveFailures  int
-	ConsecutiveSuccesses int
-	// HeldDownUntil: a flapping endpoint is kept critical until then
-	// (zero: not held down).
-	HeldDownUntil time.Time
-}
+// CheckState is what the checker knows of one endpoint's active check
+// (discovery.CheckState, which the admin API reads).
+type CheckState = discovery.CheckState
 
 // CheckState returns what the checks of source's endpoint addr, listed
 // under authority a, have found; false when no active check covers it (no
