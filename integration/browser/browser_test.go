@@ -129,19 +129,7 @@ func TestStatusPageFollowsTheRegistry(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "svc.yaml")
 	harness.WriteAtomic(t, path, servicesFile(a.Addr().String(), b.Addr().String(), c.Addr().String(), true))
-	s := harness.Start(t, dir, `sources:
-  - name: local
-    kind: file
-    paths: ["svc.yaml"]
-    health_check:
-      type: tcp
-      interval: 100ms
-      timeout: 500ms
-      jitter: 0%
-      healthy_threshold: 1
-      unhealthy_threshold: 2
-      hold_down: 0s
-`)
+	s := harness.Start(t, dir, "sources:\n  - {name: local, kind: file, paths: [svc.yaml], health_check: "+harness.QuickTCPCheck+"}\n")
 	ctx := browser(t)
 	row := func(addr, extra string) css { return css(`#endpoints tbody tr[data-address="` + addr + `"]` + extra) }
 

@@ -181,6 +181,11 @@ type Server struct {
 	conn   *grpc.ClientConn
 }
 
+// QuickTCPCheck is a health_check value (YAML flow style) for tests that see a
+// listener close: a TCP check every 100 ms that turns critical after two
+// failures and passing after one success, with no jitter and no hold-down.
+const QuickTCPCheck = "{type: tcp, interval: 100ms, timeout: 500ms, jitter: 0%, healthy_threshold: 1, unhealthy_threshold: 2, hold_down: 0s}"
+
 // Start writes config (its "server:" section is added here) into dir
 // and starts tributary on free loopback ports; it returns once /readyz is 200.
 func Start(t *testing.T, dir, sourcesAndRules string) *Server {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -91,12 +92,11 @@ func TestExplainAndAPI(t *testing.T) {
 	}
 }
 
-// TestExplainCheckFailure: an endpoint whose active TCP check fails after
-// its listener closes is explained with the check's own error — in
-// /api/v1's check object and why, and in `tributary explain` — while the
-// other endpoint's check, passing, has none.
-func TestExplainCheckFailure(t *testing.T) {
-	up, down := harness.Acceptor(t, "127.0.0.1:0"), harness.Acceptor(t, "127.0.0.1:0")
+// startCheckedPair starts tributary on a file of web.demo:8080 with two
+// endpoints, two real listeners, under a fast active TCP check.
+func startCheckedPair(t *testing.T) (s *harness.Server, up, down net.Listener) {
+	t.Helper()
+	up, down = harness.Acceptor(t, "127.0.0.1:0"), harness.Acceptor(t, "127.0.0.1:0")
 	dir := t.TempDir()
 	harness.WriteAtomic(t, filepath.Join(dir, "svc.yaml"), `services:
   - name: web.demo
@@ -105,19 +105,16 @@ func TestExplainCheckFailure(t *testing.T) {
       - address: `+up.Addr().String()+`
       - address: `+down.Addr().String()+`
 `)
-	s := harness.Start(t, dir, `sources:
-  - name: local
-    kind: file
-    paths: ["svc.yaml"]
-    health_check:
-      type: tcp
-      interval: 100ms
-      timeout: 500ms
-      jitter: 0%
-      healthy_threshold: 1
-      unhealthy_threshold: 2
-      hold_down: 0s
-`)
+	s = harness.Start(t, dir, "sources:\n  - {name: local, kind: file, paths: [svc.yaml], health_check: "+harness.QuickTCPCheck+"}\n")
+	return s, up, down
+}
+
+// TestExplainCheckFailure: an endpoint whose active TCP check fails after
+// its listener closes is explained with the check's own error — in
+// /api/v1's check object and why, and in `tributary explain` — while the
+// other endpoint's check, passing, has none.
+func TestExplainCheckFailure(t *testing.T) {
+	s, up, down := startCheckedPair(t)
 	type check struct {
 		Type                string    `json:"type"`
 		Target              string    `json:"target"`
@@ -203,21 +200,7 @@ func TestExplainCheckFailure(t *testing.T) {
 // REMOVE row carries its health and the explain view's reason, the
 // check's error included.
 func TestWatchSaysWhyRemoved(t *testing.T) {
-	up, down := harness.Acceptor(t, "127.0.0.1:0"), harness.Acceptor(t, "127.0.0.1:0")
-	dir := t.TempDir()
-	harness.WriteAtomic(t, filepath.Join(dir, "svc.yaml"), `services:
-  - name: web.demo
-    port: 8080
-    endpoints:
-      - address: `+up.Addr().String()+`
-      - address: `+down.Addr().String()+`
-`)
-	s := harness.Start(t, dir, `sources:
-  - name: local
-    kind: file
-    paths: ["svc.yaml"]
-    health_check: {type: tcp, interval: 100ms, timeout: 500ms, jitter: 0%, healthy_threshold: 1, unhealthy_threshold: 2, hold_down: 0s}
-`)
+	s, _, down := startCheckedPair(t)
 	ctx, cancel := context.WithTimeout(context.Background(), harness.WaitFor)
 	defer cancel()
 	var stdout harness.SyncBuffer

@@ -68,21 +68,31 @@ func openADS(t *testing.T, addr string, node *corev3.Node) *adsStream {
 		cc.Close()
 		t.Fatal(err)
 	}
-	s := &adsStream{t: t, stream: stream, resps: make(chan *discoverygrpc.DiscoveryResponse, 1000), errc: make(chan error, 1), node: node}
+	s := &adsStream{t: t, stream: stream, node: node}
+	s.resps, s.errc = pump(t, 1000, stream.Recv, func() { cancel(); cc.Close() })
+	return s
+}
+
+// pump receives a stream's messages on a goroutine until it ends: into
+// resps (buffered n), then its error into errc. When the test ends, stop
+// (which must end the stream: cancel its context) runs and the goroutine
+// is waited for.
+func pump[R any](t *testing.T, n int, recv func() (R, error), stop func()) (resps chan R, errc chan error) {
+	resps, errc = make(chan R, n), make(chan error, 1)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		for {
-			r, err := stream.Recv()
+			r, err := recv()
 			if err != nil {
-				s.errc <- err
+				errc <- err
 				return
 			}
-			s.resps <- r
+			resps <- r
 		}
 	}()
-	t.Cleanup(func() { cancel(); <-done; cc.Close() })
-	return s
+	t.Cleanup(func() { stop(); <-done })
+	return resps, errc
 }
 
 // request sends a DiscoveryRequest; nack, when not empty, is its error.
@@ -520,20 +530,8 @@ func openDelta(t *testing.T, addr string) *deltaStream {
 		cc.Close()
 		t.Fatal(err)
 	}
-	s := &deltaStream{t: t, stream: stream, resps: make(chan *discoverygrpc.DeltaDiscoveryResponse, 100), errc: make(chan error, 1)}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			r, err := stream.Recv()
-			if err != nil {
-				s.errc <- err
-				return
-			}
-			s.resps <- r
-		}
-	}()
-	t.Cleanup(func() { cancel(); <-done; cc.Close() })
+	s := &deltaStream{t: t, stream: stream}
+	s.resps, s.errc = pump(t, 100, stream.Recv, func() { cancel(); cc.Close() })
 	return s
 }
 
