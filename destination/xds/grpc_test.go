@@ -187,14 +187,7 @@ func TestProxylessGRPCZonePreference(t *testing.T) {
 // served tier (here: registered passing, but nothing listens) fails over
 // to the next tier by itself instead of failing its calls.
 func TestProxylessGRPCFailsOverToBackupTier(t *testing.T) {
-	fed, err := discovery.NewFederation([]discovery.FederationRule{{
-		Authority: discovery.Authority{Host: "web.demo", Port: 8080},
-		Failover:  []discovery.Tier{{Sources: []string{"east"}, MinHealthy: 1}, {Sources: []string{"west"}, MinHealthy: 1}},
-	}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := newHarness(t, Options{Federation: fed})
+	h := newHarness(t, Options{Federation: eastThenWest(t)})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -461,14 +461,7 @@ func TestAdmissionQueuesRefusedClients(t *testing.T) {
 // numbered without gaps; the backup holds only what the tier would serve
 // on its own (a critical endpoint of it is evicted).
 func TestBackupTierPriorities(t *testing.T) {
-	fed, err := discovery.NewFederation([]discovery.FederationRule{{
-		Authority: discovery.Authority{Host: "web.demo", Port: 8080},
-		Failover:  []discovery.Tier{{Sources: []string{"east"}, MinHealthy: 1}, {Sources: []string{"west"}, MinHealthy: 1}},
-	}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := newHarness(t, Options{Federation: fed})
+	h := newHarness(t, Options{Federation: eastThenWest(t)})
 	h.apply("east", group("web", "web.demo", 8080,
 		discovery.Endpoint{Addr: mustAddr("10.0.0.1:8080"), Zone: "a", Health: discovery.HealthPassing},
 		discovery.Endpoint{Addr: mustAddr("10.0.0.2:8080"), Zone: "b", Health: discovery.HealthPassing}))
@@ -499,4 +492,18 @@ func TestBackupTierPriorities(t *testing.T) {
 			t.Errorf("client zone %q: %q, want %q", tc.zone, got, tc.want)
 		}
 	}
+}
+
+// eastThenWest is a federation of web.demo:8080 that serves source east,
+// and west when east has no healthy endpoint.
+func eastThenWest(t *testing.T) *discovery.Federation {
+	t.Helper()
+	fed, err := discovery.NewFederation([]discovery.FederationRule{{
+		Authority: discovery.Authority{Host: "web.demo", Port: 8080},
+		Failover:  []discovery.Tier{{Sources: []string{"east"}, MinHealthy: 1}, {Sources: []string{"west"}, MinHealthy: 1}},
+	}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fed
 }
