@@ -121,16 +121,24 @@ func (s *adsStream) ack(r *discoverygrpc.DiscoveryResponse, names []string) {
 // wait or the stream ends.
 func (s *adsStream) next(wait time.Duration) *discoverygrpc.DiscoveryResponse {
 	s.t.Helper()
+	return nextFrom(s.t, "ADS", s.resps, s.errc, wait)
+}
+
+// nextFrom returns the next of a pumped stream's messages, failing the test
+// if none comes within wait or the stream ends (its error stays in errc).
+func nextFrom[R any](t *testing.T, what string, resps chan R, errc chan error, wait time.Duration) R {
+	t.Helper()
+	var none R
 	select {
-	case r := <-s.resps:
+	case r := <-resps:
 		return r
-	case err := <-s.errc:
-		s.errc <- err
-		s.t.Fatalf("ADS stream ended: %v", err)
+	case err := <-errc:
+		errc <- err
+		t.Fatalf("%s stream ended: %v", what, err)
 	case <-time.After(wait):
-		s.t.Fatalf("no xDS response within %v", wait)
+		t.Fatalf("no %s response within %v", what, wait)
 	}
-	return nil
+	return none
 }
 
 // nextOf returns the next response of typeURL, failing on another type.
@@ -544,16 +552,7 @@ func (s *deltaStream) send(req *discoverygrpc.DeltaDiscoveryRequest) {
 
 func (s *deltaStream) next() *discoverygrpc.DeltaDiscoveryResponse {
 	s.t.Helper()
-	select {
-	case r := <-s.resps:
-		return r
-	case err := <-s.errc:
-		s.errc <- err
-		s.t.Fatalf("delta stream ended: %v", err)
-	case <-time.After(harness.WaitFor):
-		s.t.Fatalf("no delta response within %v", harness.WaitFor)
-	}
-	return nil
+	return nextFrom(s.t, "delta", s.resps, s.errc, harness.WaitFor)
 }
 
 // deltaCLAs decodes a delta response's CLAs by resource name.
