@@ -630,17 +630,20 @@ func (w *writer) syncGroup(p *groupPlan) (changed bool, err error) {
 // (the row it replaces, or nil) that did not change; same reports that
 // prev is already exactly that.
 func (w *writer) serviceRow(key string, want *svcWant, eps []epWant, prev *serviceRow) (r *serviceRow, same bool) {
-	sameSvc := prev != nil && prev.opaque == want.opaque && prev.profile.Equal(want.profile) &&
-		discovery.SameProfiles(prev.clients, want.clients)
+	var before []*endpointRow
+	if prev != nil {
+		before = prev.eps
+		// A source that hands over what it has again (a resync) is the
+		// common case: tell it without allocating.
+		if prev.opaque == want.opaque && prev.profile.Equal(want.profile) && discovery.SameProfiles(prev.clients, want.clients) &&
+			len(before) == len(eps) && sameEndpoints(before, eps, w.provider, key) {
+			return prev, true
+		}
+	}
 	var rows []*endpointRow
 	if len(eps) > 0 {
 		rows = make([]*endpointRow, len(eps))
 	}
-	var before []*endpointRow
-	if prev != nil {
-		before = prev.eps
-	}
-	sameEps := len(before) == len(eps)
 	k := 0
 	for n := range eps {
 		for k < len(before) && before[k].ep.Addr.Compare(eps[n].ep.Addr) < 0 {
@@ -650,14 +653,21 @@ func (w *writer) serviceRow(key string, want *svcWant, eps []epWant, prev *servi
 			rows[n] = before[k]
 			continue
 		}
-		sameEps = false
 		rows[n] = w.endpointRow(key, &eps[n])
-	}
-	if sameSvc && sameEps {
-		return prev, true
 	}
 	return &serviceRow{provider: w.provider, key: key, auth: want.auth, opaque: want.opaque,
 		profile: want.profile, clients: want.clients, eps: rows}, false
+}
+
+// sameEndpoints reports whether the stored rows are what storing eps (as
+// long, both sorted by address) would produce.
+func sameEndpoints(rows []*endpointRow, eps []epWant, provider, key string) bool {
+	for n := range eps {
+		if rows[n].ep.Addr != eps[n].ep.Addr || !sameEndpoint(&rows[n].ep, eps[n].ep, provider, key) {
+			return false
+		}
+	}
+	return true
 }
 
 // noteEndpoints records, for the addrTable, the addresses a row replacing
