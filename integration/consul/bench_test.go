@@ -41,6 +41,13 @@ import (
 //	                the agent's limit per client (200) fails the benchmark
 //	rss-MiB         tributary's resident memory after the changes
 //	setup-s         registering the 5,000 instances (not a tributary figure)
+//	checks-state-ms, checks-filtered-ms
+//	                what one answer of the overflow's checks query costs
+//	                (/v1/health/state/critical, the query the source makes)
+//	                against one filtered over every check
+//	                (/v1/health/state/any?filter=Status != "passing"),
+//	                the mean of 20 each: Consul's figures, why the source
+//	                asks by state
 //
 // Run it once: -benchtime=1x.
 func BenchmarkConsulThousandServices(b *testing.B) { consulEstate(b, 1000, 5, 200) }
@@ -66,6 +73,8 @@ func consulEstate(b *testing.B, services, instances, changes int) {
 	setup := time.Now()
 	registerMany(b, a, services, instances, func(i int) bool { return slices.Contains(targets, i) })
 	b.ReportMetric(time.Since(setup).Seconds(), "setup-s")
+	b.ReportMetric(ms(checksQueryTime(b, a, api.HealthCritical, "")), "checks-state-ms")
+	b.ReportMetric(ms(checksQueryTime(b, a, api.HealthAny, `Status != "passing"`)), "checks-filtered-ms")
 
 	for range b.N {
 		srv := startTributary(b, "sources:\n"+consulSource("consul", a.HTTPAddr()))
@@ -194,6 +203,20 @@ func registerMany(b *testing.B, a *agent, services, instances int, agentOwned fu
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
+}
+
+// checksQueryTime is the mean time of 20 non-blocking checks queries of
+// state with filter.
+func checksQueryTime(b *testing.B, a *agent, state, filter string) time.Duration {
+	b.Helper()
+	const n = 20
+	start := time.Now()
+	for range n {
+		if _, _, err := a.Client.Health().State(state, &api.QueryOptions{Filter: filter}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return time.Since(start) / n
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
